@@ -1,0 +1,324 @@
+"""Operator actions and queries: what ``sagactl`` does, callable from application code.
+
+Every action takes the saga's row lock for the length of one short transaction, applies a
+pure state-machine transition, records who did it and why in the history, and rotates the
+fencing token (so a worker still running the old step cannot overwrite the result).
+"""
+
+from __future__ import annotations
+
+import getpass
+import uuid
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any, Generic, TypeVar
+
+from pydantic import ValidationError
+
+from saga_core import machine as m
+from saga_core.errors import SagaConflictError, SagaInputError, SagaNotFoundError, SagaStateError
+from saga_core.orchestrator import SagaEngine, _as_uuid
+from saga_core.payload import check_size, to_json_data
+from saga_core.rows import machine_state, now_iso, shape_of, update_for
+from saga_core.snapshot import SagaAdminSnapshot, SagaSnapshot
+from saga_core.state import SagaStateMixin
+from saga_core.store import RowUpdate, SagaFilter, SagaRow, WorkerRow
+
+__all__ = ["SagaAdmin"]
+
+M = TypeVar("M", bound=SagaStateMixin)
+
+
+def _default_actor() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:
+        return "unknown"
+
+
+def _statuses(status: m.SagaStatus | str | Sequence[m.SagaStatus | str] | None) -> list[str] | None:
+    if status is None:
+        return None
+    items = [status] if isinstance(status, str) else list(status)
+    out: list[str] = []
+    for s in items:
+        try:
+            out.append(m.SagaStatus(str(s).upper()).value)
+        except ValueError:
+            names = ", ".join(x.value for x in m.SagaStatus)
+            raise SagaInputError(f"unknown status {s!r}; use one of {names}") from None
+    return out
+
+
+class SagaAdmin(Generic[M]):
+    """Inspect and repair sagas.
+
+    Args:
+        engine: ``orchestrator.engine``; its registered definitions are used to validate
+            ``skip_step(mock_output=...)``.
+        actor: recorded with each action (default: the OS user).
+    """
+
+    def __init__(self, *, engine: SagaEngine[M], actor: str | None = None) -> None:
+        self.engine = engine
+        self.store = engine.store
+        self.actor = actor or _default_actor()
+
+    # --- reads ---------------------------------------------------------------------------
+
+    async def get_saga(self, saga_id: uuid.UUID | str) -> SagaAdminSnapshot:
+        """The saga with its context, per-step state and history. Raises SagaNotFoundError."""
+        sid = await self.resolve_id(saga_id)
+        row = await self.store.saga_get(sid)
+        if row is None:
+            raise SagaNotFoundError(f"no saga with id {saga_id}", saga_id)
+        return SagaAdminSnapshot.from_row(row)
+
+    async def resolve_id(self, saga_id: uuid.UUID | str) -> uuid.UUID:
+        """A full id, from a UUID or an unambiguous prefix of one (as ``sagactl`` accepts)."""
+        if isinstance(saga_id, uuid.UUID):
+            return saga_id
+        text = str(saga_id).strip()
+        try:
+            return uuid.UUID(text)
+        except ValueError:
+            pass
+        matches = await self.store.saga_find_by_prefix(text, limit=2)
+        if not matches:
+            raise SagaNotFoundError(f"no saga id starts with {text!r}", text)
+        if len(matches) > 1:
+            raise SagaNotFoundError(
+                f"id prefix {text!r} is ambiguous (matches {matches[0]}, {matches[1]}, ...); type more of it",
+                text,
+            )
+        return matches[0]
+
+    def _filter(
+        self,
+        status: Any,
+        saga_name: str | Sequence[str] | None,
+        aggregation_id: str | None,
+        created_after: datetime | None,
+        created_before: datetime | None,
+    ) -> SagaFilter:
+        names = (
+            [saga_name] if isinstance(saga_name, str) else (list(saga_name) if saga_name else None)
+        )
+        return SagaFilter(
+            statuses=_statuses(status),
+            saga_names=names,
+            aggregation_id=aggregation_id,
+            created_after=created_after,
+            created_before=created_before,
+        )
+
+    async def list_sagas(
+        self,
+        *,
+        status: m.SagaStatus | str | Sequence[m.SagaStatus | str] | None = None,
+        saga_name: str | Sequence[str] | None = None,
+        aggregation_id: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        limit: int = 100,
+        offset: int = 0,
+        oldest_first: bool = False,
+    ) -> list[SagaSnapshot]:
+        """Sagas matching every given filter, newest first; ``limit`` is honoured as given."""
+        if limit < 0 or offset < 0:
+            raise SagaInputError("limit and offset must not be negative")
+        flt = self._filter(status, saga_name, aggregation_id, created_after, created_before)
+        rows = await self.store.saga_list(
+            flt, limit=limit, offset=offset, oldest_first=oldest_first
+        )
+        return [SagaSnapshot.from_row(r) for r in rows]
+
+    async def count_sagas(
+        self,
+        *,
+        status: m.SagaStatus | str | Sequence[m.SagaStatus | str] | None = None,
+        saga_name: str | Sequence[str] | None = None,
+        aggregation_id: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+    ) -> int:
+        flt = self._filter(status, saga_name, aggregation_id, created_after, created_before)
+        return await self.store.saga_count(flt)
+
+    async def stats(self) -> list[tuple[str, str, int]]:
+        """(saga_name, status, count) for every pair present."""
+        return await self.store.saga_stats()
+
+    async def due_summary(self) -> tuple[int, datetime | None]:
+        """(sagas due now, the oldest due time among them)."""
+        return await self.store.saga_due_summary()
+
+    async def finished_since(self, since: datetime) -> list[tuple[str, str, int]]:
+        return await self.store.saga_finished_since(since)
+
+    async def workers(self) -> list[WorkerRow]:
+        """The ``sagad`` worker registry (live and stale entries)."""
+        return await self.store.worker_list()
+
+    async def db_now(self) -> datetime:
+        return await self.store.db_now()
+
+    # --- actions ---------------------------------------------------------------------------
+
+    async def _act(
+        self,
+        saga_id: uuid.UUID | str,
+        action: str,
+        compute: Callable[[SagaRow, datetime], tuple[m.Transition, dict[str, Any] | None]],
+        reason: str | None,
+        actor: str | None,
+        extra: dict[str, Any] | None = None,
+    ) -> SagaAdminSnapshot:
+        sid = await self.resolve_id(saga_id)
+        who = actor or self.actor
+
+        def apply(row: SagaRow, now: datetime) -> RowUpdate:
+            t, context = compute(row, now)
+            idx = row.current_step_index
+            entry: dict[str, Any] = {
+                "at": now_iso(),
+                "phase": "admin",
+                "step_id": row.steps_state[idx]["step_id"] if idx < len(row.steps_state) else None,
+                "status": action,
+                "attempt": 0,
+                "actor": who,
+                "reason": reason,
+                "from_status": row.status,
+                "to_status": t.state.status.value,
+                **(extra or {}),
+            }
+            upd = update_for(t, row.steps_state, history=[entry], context=context)
+            upd.new_token = uuid.uuid4()
+            if action == "RETRY":
+                upd.set_last_error = False
+            return upd
+
+        row, _ = await self.store.saga_update_locked(sid, apply)
+        return SagaAdminSnapshot.from_row(row)
+
+    async def retry_step(
+        self, saga_id: uuid.UUID | str, *, reason: str | None = None, actor: str | None = None
+    ) -> SagaAdminSnapshot:
+        """Run the failed step (or failed compensation) again now, retry counter reset.
+        Allowed from SUSPENDED and FAILED; raises SagaStateError otherwise."""
+        return await self._act(
+            saga_id,
+            "RETRY",
+            lambda row, now: (m.admin_retry(machine_state(row), shape_of(row)), None),
+            reason,
+            actor,
+        )
+
+    async def skip_step(
+        self,
+        saga_id: uuid.UUID | str,
+        *,
+        mock_output: Any = None,
+        reason: str | None = None,
+        actor: str | None = None,
+    ) -> SagaAdminSnapshot:
+        """Mark the current step (or compensation) done and continue.
+
+        A forward skip stores ``mock_output`` as the step's output, validated against the
+        step's output model (the saga's definition must be registered on this engine); a
+        skipped step is not compensated by a later rollback. Allowed from SUSPENDED and
+        FAILED.
+
+        Raises:
+            SagaInputError: ``mock_output`` does not fit the output model (nothing changed).
+            SagaStateError: the status does not allow a skip.
+        """
+        sid = await self.resolve_id(saga_id)
+        row = await self.store.saga_get(sid, with_history=False)
+        if row is None:
+            raise SagaNotFoundError(f"no saga with id {saga_id}", saga_id)
+        state = machine_state(row)
+        if state.status not in m.RETRYABLE:
+            raise SagaStateError(
+                f"cannot skip the current step of a saga in status {row.status}; allowed from: SUSPENDED, FAILED",
+                status=row.status,
+            )
+        out_json: dict[str, Any] | None = None
+        step_id = str(row.steps_state[state.cursor]["step_id"])
+        if state.phase is m.Phase.EXECUTE:
+            definition = self.engine.definitions.get(row.saga_name)
+            if definition is None:
+                raise SagaInputError(
+                    f"skipping a step of {row.saga_name!r} needs its definition to validate the output; "
+                    "register the saga on this engine (sagactl: pass --app module:orchestrator)"
+                )
+            try:
+                spec = definition.step(step_id)
+            except KeyError:
+                raise SagaInputError(
+                    f"step {step_id!r} is not in the registered definition of {row.saga_name!r}"
+                ) from None
+            data = to_json_data({} if mock_output is None else mock_output, "mock_output")
+            if not isinstance(data, dict):
+                raise SagaInputError(
+                    f"mock_output must be a JSON object for {spec.output_model.__name__}"
+                )
+            try:
+                out_json = spec.output_model.model_validate(data).model_dump(mode="json")
+            except ValidationError as exc:
+                raise SagaInputError(
+                    f"mock_output does not fit {spec.output_model.__name__} of step {step_id!r}: {exc}"
+                ) from None
+            check_size(out_json, "mock_output", self.engine.max_payload_bytes)
+        elif mock_output is not None:
+            raise SagaInputError(
+                "mock_output only applies to a forward step, not to a compensation"
+            )
+        expected = (state.phase, state.cursor, row.step_execution_token)
+
+        def compute(current: SagaRow, _now: datetime) -> tuple[m.Transition, dict[str, Any] | None]:
+            cs = machine_state(current)
+            if (cs.phase, cs.cursor, current.step_execution_token) != expected:
+                raise SagaConflictError(
+                    f"saga {sid} moved on while the skip was being prepared; look again"
+                )
+            t = m.admin_skip(cs, shape_of(current))
+            ctx = None
+            if out_json is not None:
+                outputs = dict(current.context.get("step_outputs") or {})
+                outputs[step_id] = out_json
+                ctx = {**current.context, "step_outputs": outputs}
+            return t, ctx
+
+        extra = {"mock_output": out_json} if out_json is not None else None
+        return await self._act(sid, "SKIP", compute, reason, actor, extra)
+
+    async def compensate_step(
+        self, saga_id: uuid.UUID | str, *, reason: str | None = None, actor: str | None = None
+    ) -> SagaAdminSnapshot:
+        """Start (or resume) the rollback from the newest completed step; with none
+        completed the saga ends COMPENSATED. Allowed from SUSPENDED, FAILED, and RUNNING
+        when no worker holds a live lease."""
+
+        def compute(row: SagaRow, now: datetime) -> tuple[m.Transition, None]:
+            live = (
+                row.lease_owner is not None
+                and row.deadline_at is not None
+                and row.deadline_at > now
+            )
+            return m.admin_compensate(machine_state(row), shape_of(row), lease_live=live), None
+
+        return await self._act(saga_id, "COMPENSATE", compute, reason, actor)
+
+    async def abort(
+        self, saga_id: uuid.UUID | str, *, reason: str | None = None, actor: str | None = None
+    ) -> SagaAdminSnapshot:
+        """Stop now without rollback (ABORTED). An in-flight step's late result is rejected.
+        Allowed from any non-terminal status."""
+        return await self._act(
+            saga_id,
+            "ABORT",
+            lambda row, now: (m.admin_abort(machine_state(row)), None),
+            reason,
+            actor,
+        )

@@ -1,0 +1,479 @@
+"""Saga definitions: typed steps, the builder, and the immutable definition it produces.
+
+Every mistake in a definition is reported by ``SagaBuilder.build()`` (or ``add_step``), never
+while a saga runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import itertools
+import json
+import math
+import re
+import typing
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from types import NoneType, UnionType
+from typing import Any, ClassVar, Generic, TypeVar, Union, get_args, get_origin
+
+from pydantic import BaseModel, ConfigDict
+
+from saga_core.errors import SagaDefinitionError, TypeValidationError
+from saga_core.retry import NoRetry, RetryPolicy, default_compensation_policy
+
+__all__ = ["BaseStep", "InputContext", "SagaBuilder", "SagaDefinition", "StepRef", "StepSpec"]
+
+InT = TypeVar("InT", bound=BaseModel)
+OutT = TypeVar("OutT", bound=BaseModel)
+
+
+class InputContext(BaseModel):
+    """What the ``input_map`` of a step without ``depends_on`` receives."""
+
+    model_config = ConfigDict(frozen=True)
+
+    initial_data: dict[str, Any]
+    """The data given to ``start``, decoded from JSON."""
+    step_outputs: dict[str, dict[str, Any]]
+    """Outputs of the steps completed so far, as JSON objects, by step id."""
+    events: list[dict[str, Any]] = []
+    """Every event delivered by ``notify``, oldest first."""
+    latest_event: dict[str, Any] | None = None
+    """The most recent event, or ``None``."""
+
+
+def _model_arg(value: Any) -> type[BaseModel] | None:
+    if isinstance(value, type) and issubclass(value, BaseModel):
+        return value
+    return None
+
+
+class BaseStep(Generic[InT, OutT]):
+    """A step of a saga: ``execute`` does the work, ``compensate`` undoes it.
+
+    Subclass with the input and output pydantic models as generic arguments::
+
+        class ChargeCard(BaseStep[ChargeIn, ChargeOut]):
+            async def execute(self, inp: ChargeIn) -> ChargeOut: ...
+            async def compensate(self, inp: ChargeIn, out: ChargeOut) -> None: ...
+
+    Steps are created once and reused by every saga: keep clients on them, never per-saga
+    state. A step that does not override ``compensate`` has nothing to undo.
+    """
+
+    input_model: ClassVar[type[BaseModel] | None] = None
+    output_model: ClassVar[type[BaseModel] | None] = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for base in getattr(cls, "__orig_bases__", ()):
+            origin = get_origin(base)
+            if isinstance(origin, type) and issubclass(origin, BaseStep):
+                args = get_args(base)
+                if len(args) == 2:
+                    in_model, out_model = _model_arg(args[0]), _model_arg(args[1])
+                    if in_model is not None:
+                        cls.input_model = in_model
+                    if out_model is not None:
+                        cls.output_model = out_model
+
+    async def execute(self, inp: InT) -> OutT:
+        """Do the step's work and return its output."""
+        raise NotImplementedError(f"{type(self).__name__}.execute is not implemented")
+
+    async def compensate(self, inp: InT, out: OutT) -> None:
+        """Undo what ``execute`` did. The default does nothing (nothing to undo)."""
+        return None
+
+    @classmethod
+    def has_compensation(cls) -> bool:
+        return cls.compensate is not BaseStep.compensate
+
+    @classmethod
+    def resolve_models(cls) -> tuple[type[BaseModel], type[BaseModel]]:
+        """The input and output models, from the generic arguments or ``execute``'s
+        annotations."""
+        in_model, out_model = cls.input_model, cls.output_model
+        if in_model is None or out_model is None:
+            try:
+                hints = typing.get_type_hints(cls.execute)
+            except Exception:  # unresolvable annotations: report below
+                hints = {}
+            params = [p for p in inspect.signature(cls.execute).parameters if p != "self"]
+            if in_model is None and params:
+                in_model = _model_arg(hints.get(params[0]))
+            if out_model is None:
+                out_model = _model_arg(hints.get("return"))
+        if in_model is None or out_model is None:
+            raise SagaDefinitionError(
+                f"step {cls.__name__}: cannot tell its input/output models; declare them as "
+                f"`class {cls.__name__}(BaseStep[InModel, OutModel])` with pydantic models"
+            )
+        return in_model, out_model
+
+
+@dataclass(frozen=True)
+class StepRef:
+    """A handle to a step added to a builder, used for ``depends_on``."""
+
+    step_id: str
+    index: int
+    output_model: type[BaseModel]
+    _builder_id: int = field(repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class StepSpec:
+    """One step of a built definition."""
+
+    step_id: str
+    index: int
+    step: BaseStep[Any, Any]
+    input_map: Callable[[Any], Any]
+    input_model: type[BaseModel]
+    output_model: type[BaseModel]
+    timeout: timedelta | None
+    retry_policy: RetryPolicy
+    depends_on: str | None
+    compensation_timeout: timedelta | None
+    compensation_retry_policy: RetryPolicy
+    has_compensation: bool
+
+    @property
+    def step_class(self) -> str:
+        return type(self.step).__name__
+
+
+@dataclass(frozen=True)
+class SagaDefinition:
+    """An immutable saga definition; create it with :class:`SagaBuilder`."""
+
+    steps: tuple[StepSpec, ...]
+    compensate_on_failure: bool
+    fingerprint: str
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+    def step(self, step_id: str) -> StepSpec:
+        for spec in self.steps:
+            if spec.step_id == step_id:
+                return spec
+        raise KeyError(step_id)
+
+    @property
+    def step_ids(self) -> tuple[str, ...]:
+        return tuple(s.step_id for s in self.steps)
+
+
+def _to_timeout(value: timedelta | float | None, what: str) -> timedelta | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, timedelta | int | float):
+        raise SagaDefinitionError(f"{what} must be a timedelta or seconds, got {value!r}")
+    if not isinstance(value, timedelta) and not math.isfinite(value):
+        raise SagaDefinitionError(f"{what} must be a finite number of seconds, got {value!r}")
+    delta = value if isinstance(value, timedelta) else timedelta(seconds=value)
+    if delta <= timedelta(0):
+        raise SagaDefinitionError(f"{what} must be positive, got {delta}")
+    return delta
+
+
+# Unique per builder (``id()`` is reused once a builder is garbage collected, which let a
+# StepRef from a discarded builder pass for one of a new builder's).
+_BUILDER_IDS = itertools.count(1)
+
+_STEP_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,100}$")
+
+
+@dataclass
+class _Pending:
+    step_id: str
+    step: BaseStep[Any, Any]
+    input_map: Any
+    timeout: timedelta | None
+    retry_policy: RetryPolicy
+    depends_on: StepRef | None
+    compensation_timeout: timedelta | None
+    compensation_retry_policy: RetryPolicy
+    input_model: type[BaseModel]
+    output_model: type[BaseModel]
+
+
+class SagaBuilder:
+    """Builds a :class:`SagaDefinition` step by step.
+
+    Args:
+        compensate_on_failure: when a step exhausts its retries, roll back the completed
+            steps (newest first). With ``False`` the saga stops in ``FAILED`` for an operator.
+    """
+
+    def __init__(self, *, compensate_on_failure: bool = True) -> None:
+        self.compensate_on_failure = bool(compensate_on_failure)
+        self._pending: list[_Pending] = []
+        self._errors: list[str] = []
+        self._id = next(_BUILDER_IDS)
+
+    def add_step(
+        self,
+        *,
+        step: BaseStep[Any, Any],
+        input_map: Callable[[Any], Any],
+        timeout: timedelta | float | None = None,
+        retry_policy: RetryPolicy | None = None,
+        depends_on: StepRef | Sequence[StepRef] | None = None,
+        step_id: str | None = None,
+        compensation_timeout: timedelta | float | None = None,
+        compensation_retry_policy: RetryPolicy | None = None,
+    ) -> StepRef:
+        """Add a step; steps run in the order they are added.
+
+        Args:
+            step: the step instance (shared by every saga of this definition).
+            input_map: builds the step's input. Without ``depends_on`` it receives an
+                :class:`InputContext`; with ``depends_on`` the output model of that step. It
+                returns the step's input model or a dict validated into it.
+            timeout: cancel an execution after this long; counts as a failed attempt.
+            retry_policy: how often and when to run a failed execution again (default
+                :class:`NoRetry`).
+            depends_on: the step whose output feeds ``input_map``.
+            step_id: unique id within the saga; defaults to the step's class name.
+            compensation_timeout: like ``timeout``, for ``compensate``.
+            compensation_retry_policy: retry policy for ``compensate`` (default: 5 tries with
+                exponential backoff).
+        """
+        if not isinstance(step, BaseStep):
+            raise SagaDefinitionError(f"step must be a BaseStep instance, got {step!r}")
+        sid = step_id if step_id is not None else type(step).__name__
+        if not isinstance(sid, str) or not _STEP_ID.match(sid):
+            raise SagaDefinitionError(
+                f"step_id {sid!r} is invalid: use 1-100 letters, digits, '_', '.', ':' or '-'"
+            )
+        in_model, out_model = type(step).resolve_models()
+        dep: StepRef | None
+        if depends_on is None:
+            dep = None
+        elif isinstance(depends_on, StepRef):
+            dep = depends_on
+        elif isinstance(depends_on, Sequence) and not isinstance(depends_on, str):
+            refs = list(depends_on)
+            if len(refs) != 1 or not isinstance(refs[0], StepRef):
+                raise SagaDefinitionError(
+                    f"step {sid!r}: depends_on takes one StepRef (parallel branches are not "
+                    "supported yet)"
+                )
+            dep = refs[0]
+        else:
+            raise SagaDefinitionError(
+                f"step {sid!r}: depends_on must be a StepRef, got {depends_on!r}"
+            )
+        if retry_policy is not None and not isinstance(retry_policy, RetryPolicy):
+            raise SagaDefinitionError(f"step {sid!r}: retry_policy must be a RetryPolicy")
+        if compensation_retry_policy is not None and not isinstance(
+            compensation_retry_policy, RetryPolicy
+        ):
+            raise SagaDefinitionError(
+                f"step {sid!r}: compensation_retry_policy must be a RetryPolicy"
+            )
+        self._pending.append(
+            _Pending(
+                step_id=sid,
+                step=step,
+                input_map=input_map,
+                timeout=_to_timeout(timeout, f"step {sid!r}: timeout"),
+                retry_policy=retry_policy or NoRetry(),
+                depends_on=dep,
+                compensation_timeout=_to_timeout(
+                    compensation_timeout, f"step {sid!r}: compensation_timeout"
+                ),
+                compensation_retry_policy=compensation_retry_policy
+                or default_compensation_policy(),
+                input_model=in_model,
+                output_model=out_model,
+            )
+        )
+        return StepRef(sid, len(self._pending) - 1, out_model, self._id)
+
+    def build(self) -> SagaDefinition:
+        """Check everything and return the immutable definition.
+
+        Raises:
+            SagaDefinitionError: empty saga, duplicate step ids, a non-callable input_map,
+                a depends_on from another builder.
+            TypeValidationError: input_map annotations that do not fit.
+        """
+        if not self._pending:
+            raise SagaDefinitionError(
+                "a saga needs at least one step; call add_step() before build()"
+            )
+        seen: set[str] = set()
+        specs: list[StepSpec] = []
+        for index, p in enumerate(self._pending):
+            if p.step_id in seen:
+                raise SagaDefinitionError(
+                    f"duplicate step_id {p.step_id!r}: give each step a unique step_id="
+                )
+            seen.add(p.step_id)
+            if not callable(p.input_map):
+                raise SagaDefinitionError(f"step {p.step_id!r}: input_map must be callable")
+            if p.depends_on is not None:
+                if p.depends_on._builder_id != self._id:
+                    raise SagaDefinitionError(
+                        f"step {p.step_id!r}: depends_on {p.depends_on.step_id!r} comes from "
+                        "another SagaBuilder"
+                    )
+                if p.depends_on.index >= index:
+                    raise SagaDefinitionError(
+                        f"step {p.step_id!r}: depends_on must name an earlier step"
+                    )
+            expected_arg: type[Any] = (
+                InputContext if p.depends_on is None else p.depends_on.output_model
+            )
+            _check_input_map(p.step_id, p.input_map, expected_arg, p.input_model)
+            specs.append(
+                StepSpec(
+                    step_id=p.step_id,
+                    index=index,
+                    step=p.step,
+                    input_map=p.input_map,
+                    input_model=p.input_model,
+                    output_model=p.output_model,
+                    timeout=p.timeout,
+                    retry_policy=p.retry_policy,
+                    depends_on=None if p.depends_on is None else p.depends_on.step_id,
+                    compensation_timeout=p.compensation_timeout,
+                    compensation_retry_policy=p.compensation_retry_policy,
+                    has_compensation=type(p.step).has_compensation(),
+                )
+            )
+        return SagaDefinition(
+            steps=tuple(specs),
+            compensate_on_failure=self.compensate_on_failure,
+            fingerprint=_fingerprint(specs, self.compensate_on_failure),
+        )
+
+
+def _resolve_hints(fn: Callable[..., Any]) -> dict[str, Any] | None:
+    """Annotations of ``fn`` resolved from its globals and closure; None when they cannot be."""
+    target = fn if inspect.isfunction(fn) or inspect.ismethod(fn) else getattr(fn, "__call__", fn)  # noqa: B004
+    localns: dict[str, Any] = {}
+    code_fn = getattr(target, "__func__", target)
+    closure = getattr(code_fn, "__closure__", None)
+    code = getattr(code_fn, "__code__", None)
+    if closure and code is not None:
+        for name, cell in zip(code.co_freevars, closure, strict=False):
+            try:
+                localns[name] = cell.cell_contents
+            except ValueError:  # empty cell
+                continue
+    try:
+        return typing.get_type_hints(target, localns=localns)
+    except Exception:
+        return None
+
+
+def _check_input_map(
+    step_id: str, fn: Callable[..., Any], expected_arg: type[Any], input_model: type[BaseModel]
+) -> None:
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return  # builtins and C callables cannot be inspected: nothing to check
+    params = [
+        p
+        for p in sig.parameters.values()
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)
+    ]
+    required = [
+        p
+        for p in sig.parameters.values()
+        if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    ]
+    if not params or len(required) > 1:
+        raise SagaDefinitionError(
+            f"step {step_id!r}: input_map must take exactly one positional argument "
+            f"(got signature {sig})"
+        )
+    hints = _resolve_hints(fn)
+    if hints is None:
+        return
+    first = params[0]
+    ann = hints.get(first.name)
+    if (
+        ann is not None
+        and first.kind is not first.VAR_POSITIONAL
+        and not _accepts(ann, expected_arg)
+    ):
+        raise TypeValidationError(
+            f"step {step_id!r}: input_map takes {getattr(ann, '__name__', ann)} but receives "
+            f"{expected_arg.__name__}"
+            + (
+                " (a step without depends_on gets an InputContext)"
+                if expected_arg is InputContext
+                else " (the output model of its depends_on step)"
+            )
+        )
+    ret = hints.get("return")
+    if ret is None or _return_fits(ret, input_model):
+        return
+    if isinstance(ret, type) and ret is not NoneType:
+        raise TypeValidationError(
+            f"step {step_id!r}: input_map returns {ret.__name__} but the step takes "
+            f"{input_model.__name__} (return that model or a dict)"
+        )
+    raise TypeValidationError(
+        f"step {step_id!r}: input_map return annotation {ret!r} is neither "
+        f"{input_model.__name__} nor dict"
+    )
+
+
+def _accepts(ann: Any, arg: type[Any]) -> bool:
+    """Whether a parameter annotated ``ann`` accepts an ``arg`` instance (a union does when
+    one member does). What is not a class (a TypeVar, ``Self``...) is not checked."""
+    origin = get_origin(ann)
+    if origin is Union or origin is UnionType:
+        return any(_accepts(member, arg) for member in get_args(ann))
+    cls = origin if isinstance(origin, type) else ann  # dict[str, Any] -> dict
+    if not isinstance(cls, type) or cls is Any:
+        return True
+    try:
+        return issubclass(arg, cls)
+    except TypeError:  # a class that refuses subclass checks (a plain Protocol, say)
+        return True
+
+
+def _return_fits(ret: Any, input_model: type[BaseModel]) -> bool:
+    """Whether an input_map return annotation is the input model or a dict (a union fits
+    when every member does). What is not a class (a TypeVar, ``Self``...) is not checked."""
+    origin = get_origin(ret)
+    if origin is Union or origin is UnionType:
+        return all(_return_fits(arg, input_model) for arg in get_args(ret))
+    cls = origin if isinstance(origin, type) else ret  # dict[str, Any] -> dict
+    if not isinstance(cls, type) or cls is Any:
+        return True
+    try:
+        return cls is Mapping or issubclass(cls, dict) or issubclass(cls, input_model)
+    except TypeError:  # a class that refuses subclass checks
+        return True
+
+
+def _fingerprint(specs: list[StepSpec], compensate_on_failure: bool) -> str:
+    parts = {
+        "compensate_on_failure": compensate_on_failure,
+        "steps": [
+            {
+                "id": s.step_id,
+                "class": f"{type(s.step).__module__}.{type(s.step).__qualname__}",
+                "in": s.input_model.model_json_schema(),
+                "out": s.output_model.model_json_schema(),
+                "depends_on": s.depends_on,
+                "compensates": s.has_compensation,
+            }
+            for s in specs
+        ],
+    }
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]

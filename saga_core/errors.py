@@ -1,0 +1,71 @@
+"""Exceptions raised by saga_core.
+
+Every expected error derives from :class:`SagaError`::
+
+    SagaError
+    ├── SagaDefinitionError          a saga definition is wrong (caught at build/register time)
+    │   └── TypeValidationError      an input_map annotation does not fit the steps it joins
+    ├── SagaInputError               bad input: unknown saga name, non-JSON data, oversize
+    │                                payload, invalid mock_output
+    ├── SagaNotFoundError            no saga with that id (or an ambiguous id prefix)
+    ├── ActiveSagaAlreadyExistsError another saga for the aggregation_id is still active
+    ├── SagaStateError               the saga's current status does not allow the action
+    │   └── SagaConflictError        the saga changed while an action was applied; try again
+    └── SagaStoreError               the database is unreachable or the schema is missing
+"""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+
+class SagaError(Exception):
+    """Root of every error saga_core raises on purpose."""
+
+
+class SagaDefinitionError(SagaError):
+    """A saga definition is invalid; raised by ``SagaBuilder.build`` or ``register``."""
+
+
+class TypeValidationError(SagaDefinitionError):
+    """An ``input_map`` annotation does not fit the models it connects."""
+
+
+class SagaInputError(SagaError):
+    """Input to start, notify or an admin action is invalid; nothing was written."""
+
+
+class SagaNotFoundError(SagaError):
+    """No saga matches the given id."""
+
+    def __init__(self, message: str, saga_id: UUID | str | None = None) -> None:
+        super().__init__(message)
+        self.saga_id = saga_id
+
+
+class ActiveSagaAlreadyExistsError(SagaError):
+    """A saga for this aggregation_id is still active (running, suspended, compensating or
+    failed); settle it before starting another."""
+
+    def __init__(self, aggregation_id: str) -> None:
+        super().__init__(
+            f"an active saga already exists for aggregation_id {aggregation_id!r}; "
+            "wait for it to finish or settle it with an operator action first"
+        )
+        self.aggregation_id = aggregation_id
+
+
+class SagaStateError(SagaError):
+    """The action is not allowed in the saga's current status; nothing was changed."""
+
+    def __init__(self, message: str, *, status: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class SagaStoreError(SagaError):
+    """The database could not be used: unreachable, or the schema is missing or outdated."""
+
+
+class SagaConflictError(SagaStateError):
+    """The saga changed between reading and writing it; nothing was changed, try again."""

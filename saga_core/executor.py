@@ -1,0 +1,476 @@
+"""Runs one claimed saga: builds inputs, calls steps under their timeouts, records outcomes
+through the store fenced by the claim's token, renews the lease of long steps, and turns
+every error into a recorded step failure."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import inspect
+import time
+import uuid
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from loguru import logger
+from pydantic import BaseModel
+
+from saga_core import machine as m
+from saga_core.checkpoint import is_transient
+from saga_core.context import _CURRENT, StepContext
+from saga_core.definition import InputContext, SagaDefinition, StepSpec
+from saga_core.payload import check_size
+from saga_core.rows import machine_state, now_iso, shape_of, update_for
+from saga_core.store.base import Checkpoint, DeadlineChange, LeaseChange, RowUpdate, SagaRow
+
+if TYPE_CHECKING:
+    from saga_core.orchestrator import SagaEngine
+
+__all__ = ["Executor", "LeaseLost"]
+
+MAX_ERROR_CHARS = 4000
+
+
+class LeaseLost(Exception):
+    """The saga's token changed under us (lease taken over, or an operator acted)."""
+
+
+class _StepTimeout(Exception):
+    pass
+
+
+@dataclass
+class _Run:
+    row: SagaRow
+    definition: SagaDefinition
+    token: uuid.UUID
+    lease_renewed_at: float
+    context: dict[str, Any]
+    steps_state: list[dict[str, Any]]
+    lost: asyncio.Event = field(default_factory=asyncio.Event)
+    log: Any = None
+    state: m.MachineState | None = None
+
+
+def _error_text(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}"
+    return text[:MAX_ERROR_CHARS]
+
+
+class Executor:
+    """Drives claimed sagas for one engine."""
+
+    def __init__(self, engine: SagaEngine) -> None:
+        self.engine = engine
+
+    # --- public ---------------------------------------------------------------------------
+
+    async def drive(self, row: SagaRow) -> None:
+        """Run the claimed saga until it finishes, suspends, is released or loses its lease.
+
+        Cancelling the task releases the lease (the saga is due at once for another worker)
+        and re-raises: an interrupted step is not a failed attempt.
+        """
+        eng = self.engine
+        log = logger.bind(saga_id=str(row.id), saga_name=row.saga_name, worker=eng.worker_id)
+        definition = eng.definitions.get(row.saga_name)
+        if definition is None:
+            log.warning("claimed a saga this worker cannot run; releasing it")
+            await self._release(row.id, row.step_execution_token, None)
+            return
+        run = _Run(
+            row=row,
+            definition=definition,
+            token=row.step_execution_token,
+            lease_renewed_at=time.monotonic(),
+            context=dict(row.context),
+            steps_state=[dict(s) for s in row.steps_state],
+            log=log,
+        )
+        keeper = asyncio.create_task(self._keep_lease(run))
+        try:
+            if not await self._check_definition(run):
+                return
+            await self._loop(run)
+        except LeaseLost:
+            log.warning("lease lost: another worker or an operator took the saga over")
+            eng.emit("lease_lost", saga_name=row.saga_name)
+        except asyncio.CancelledError:
+            await self._release(row.id, run.token, self._interrupted_note(run))
+            raise
+        except Exception as exc:
+            log.opt(exception=exc).error("saga run stopped by an unexpected error: {}", exc)
+            await self._release(row.id, run.token, None, delay=timedelta(seconds=5))
+        finally:
+            keeper.cancel()
+            await asyncio.gather(keeper, return_exceptions=True)
+
+    # --- the loop ----------------------------------------------------------------------------
+
+    async def _loop(self, run: _Run) -> None:
+        state = m.claimed(machine_state(run.row))
+        shape = shape_of(run.row)
+        eng = self.engine
+        while True:
+            run.state = state
+            if run.lost.is_set():
+                raise LeaseLost()
+            if state.status is m.SagaStatus.RUNNING:
+                spec = run.definition.steps[state.cursor]
+                t, entry, error = await self._execute(run, spec, state, shape)
+            elif state.status is m.SagaStatus.COMPENSATING:
+                spec = run.definition.steps[state.cursor]
+                t, entry, error = await self._compensate(run, spec, state, shape)
+            else:
+                return
+            upd = update_for(
+                t,
+                run.steps_state,
+                history=[entry],
+                context=run.context,
+                last_error=error,
+                set_last_error=error is not None or state.phase is m.Phase.EXECUTE,
+                renew_lease=self._lease_half_gone(run),
+            )
+            if upd.deadline is DeadlineChange.LEASE:
+                run.lease_renewed_at = time.monotonic()
+            res = await eng.writer.write(Checkpoint(run.row.id, run.token, upd))
+            if res is False:
+                raise LeaseLost()
+            run.steps_state = upd.steps_state or run.steps_state
+            eng.emit(
+                "step",
+                saga_name=run.row.saga_name,
+                step_id=spec.step_id,
+                phase=entry["phase"],
+                status=entry["status"],
+                duration=entry["duration_ms"] / 1000,
+            )
+            state = t.state
+            if state.status.is_terminal or state.status is m.SagaStatus.FAILED:
+                eng.emit("finished", saga_name=run.row.saga_name, status=state.status.value)
+                run.log.bind(status=state.status.value).info("saga {}", state.status.value.lower())
+            kind = t.schedule.kind
+            if kind is m.ScheduleKind.HOLD:
+                continue
+            if kind is m.ScheduleKind.RETRY_IN_PLACE:
+                await self._sleep(run, t.schedule.delay.total_seconds())
+                continue
+            return
+
+    async def _execute(
+        self, run: _Run, spec: StepSpec, state: m.MachineState, shape: m.Shape
+    ) -> tuple[m.Transition, dict[str, Any], str | None]:
+        attempt = state.steps[state.cursor].attempts + 1
+        entry = self._entry(run, spec, "execute", attempt)
+        started = time.monotonic()
+        inp: BaseModel | None = None
+        try:
+            inp = await self._build_input(run, spec)
+            entry["input"] = inp.model_dump(mode="json")
+            ctx = self._step_context(run, spec, "execute", attempt)
+            step_input = inp
+            out = await self._call(run, lambda: spec.step.execute(step_input), spec.timeout, ctx)
+            out_model = self._validate_output(spec, out)
+            out_json = out_model.model_dump(mode="json")
+            check_size(out_json, f"output of step {spec.step_id!r}", self.engine.max_payload_bytes)
+        except (LeaseLost, asyncio.CancelledError):
+            raise
+        except Exception as exc:
+            status = "TIMEOUT" if isinstance(exc, _StepTimeout) else "ERROR"
+            error = _error_text(exc) if status == "ERROR" else f"TimeoutError: {exc}"
+            entry.update(
+                status=status,
+                error_type="TimeoutError" if status == "TIMEOUT" else type(exc).__name__,
+                error=error,
+                duration_ms=round((time.monotonic() - started) * 1000, 3),
+            )
+            delay = spec.retry_policy.next_delay(state.retry_counter + 1)
+            t = m.step_failed(
+                state, shape, delay, in_place_threshold=self.engine.in_place_retry_max
+            )
+            if delay is not None:
+                entry["retry_in_s"] = round(delay.total_seconds(), 3)
+            run.log.bind(step=spec.step_id, attempt=attempt).warning(
+                "step {} failed (attempt {}): {}", spec.step_id, attempt, error
+            )
+            return t, entry, error
+        entry.update(
+            status="SUCCESS",
+            output=out_json,
+            duration_ms=round((time.monotonic() - started) * 1000, 3),
+        )
+        outputs = dict(run.context.get("step_outputs") or {})
+        inputs = dict(run.context.get("step_inputs") or {})
+        outputs[spec.step_id] = out_json
+        inputs[spec.step_id] = entry["input"]
+        run.context = {**run.context, "step_outputs": outputs, "step_inputs": inputs}
+        return m.step_succeeded(state, shape), entry, None
+
+    async def _compensate(
+        self, run: _Run, spec: StepSpec, state: m.MachineState, shape: m.Shape
+    ) -> tuple[m.Transition, dict[str, Any], str | None]:
+        attempt = state.steps[state.cursor].compensation_attempts + 1
+        entry = self._entry(run, spec, "compensate", attempt)
+        started = time.monotonic()
+        try:
+            raw_in = (run.context.get("step_inputs") or {}).get(spec.step_id)
+            raw_out = (run.context.get("step_outputs") or {}).get(spec.step_id)
+            if raw_in is None or raw_out is None:
+                raise LookupError(
+                    f"no recorded input/output of step {spec.step_id!r} to compensate"
+                )
+            inp = spec.input_model.model_validate(raw_in)
+            out = spec.output_model.model_validate(raw_out)
+            entry["input"] = raw_in
+            entry["output"] = raw_out
+            ctx = self._step_context(run, spec, "compensate", attempt)
+            await self._call(
+                run, lambda: spec.step.compensate(inp, out), spec.compensation_timeout, ctx
+            )
+        except (LeaseLost, asyncio.CancelledError):
+            raise
+        except Exception as exc:
+            status = "TIMEOUT" if isinstance(exc, _StepTimeout) else "ERROR"
+            error = _error_text(exc) if status == "ERROR" else f"TimeoutError: {exc}"
+            entry.update(
+                status=status,
+                error_type="TimeoutError" if status == "TIMEOUT" else type(exc).__name__,
+                error=error,
+                duration_ms=round((time.monotonic() - started) * 1000, 3),
+            )
+            delay = spec.compensation_retry_policy.next_delay(state.retry_counter + 1)
+            if delay is not None:
+                entry["retry_in_s"] = round(delay.total_seconds(), 3)
+            t = m.compensation_failed(
+                state, shape, delay, in_place_threshold=self.engine.in_place_retry_max
+            )
+            run.log.bind(step=spec.step_id, attempt=attempt).warning(
+                "compensation of {} failed (attempt {}): {}", spec.step_id, attempt, error
+            )
+            return t, entry, f"compensation of {spec.step_id}: {error}"
+        entry.update(status="SUCCESS", duration_ms=round((time.monotonic() - started) * 1000, 3))
+        return m.compensation_succeeded(state, shape), entry, None
+
+    # --- pieces ----------------------------------------------------------------------------
+
+    def _entry(self, run: _Run, spec: StepSpec, phase: str, attempt: int) -> dict[str, Any]:
+        return {
+            "at": now_iso(),
+            "phase": phase,
+            "step_id": spec.step_id,
+            "step_class": spec.step_class,
+            "attempt": attempt,
+            "worker": self.engine.worker_id,
+        }
+
+    def _step_context(self, run: _Run, spec: StepSpec, phase: str, attempt: int) -> StepContext:
+        suffix = "" if phase == "execute" else ":compensate"
+        return StepContext(
+            saga_id=run.row.id,
+            saga_name=run.row.saga_name,
+            aggregation_id=run.row.aggregation_id,
+            step_id=spec.step_id,
+            phase="execute" if phase == "execute" else "compensate",
+            attempt=attempt,
+            token=run.token,
+            trace_id=run.row.trace_id,
+            idempotency_key=f"{run.row.id}:{spec.step_id}{suffix}",
+            worker=self.engine.worker_id,
+        )
+
+    async def _build_input(self, run: _Run, spec: StepSpec) -> BaseModel:
+        outputs: dict[str, Any] = run.context.get("step_outputs") or {}
+        if spec.depends_on is not None:
+            dep = run.definition.step(spec.depends_on)
+            arg: Any = dep.output_model.model_validate(outputs.get(spec.depends_on) or {})
+        else:
+            arg = InputContext(
+                initial_data=run.context.get("initial_data") or {},
+                step_outputs=outputs,
+                events=run.context.get("events") or [],
+                latest_event=run.context.get("latest_event"),
+            )
+        raw = spec.input_map(arg)
+        if inspect.isawaitable(raw):
+            raw = await raw
+        if isinstance(raw, spec.input_model):
+            return raw
+        if isinstance(raw, dict):
+            return spec.input_model.model_validate(raw)
+        if isinstance(raw, BaseModel):
+            return spec.input_model.model_validate(raw.model_dump())
+        raise TypeError(
+            f"input_map of step {spec.step_id!r} returned {type(raw).__name__}; "
+            f"expected {spec.input_model.__name__} or a dict"
+        )
+
+    @staticmethod
+    def _validate_output(spec: StepSpec, out: Any) -> BaseModel:
+        if isinstance(out, spec.output_model):
+            return out
+        if isinstance(out, dict):
+            return spec.output_model.model_validate(out)
+        if isinstance(out, BaseModel):
+            return spec.output_model.model_validate(out.model_dump())
+        raise TypeError(
+            f"step {spec.step_id!r} returned {type(out).__name__}; expected {spec.output_model.__name__}"
+        )
+
+    async def _call(
+        self,
+        run: _Run,
+        factory: Callable[[], Coroutine[Any, Any, Any]],
+        timeout: timedelta | None,
+        ctx: StepContext,
+    ) -> Any:
+        """Run user code in its own task (with ``current_step()`` set) under its timeout,
+        racing the lease: a lost lease cancels it."""
+
+        async def guarded() -> Any:
+            if timeout is None:
+                return await factory()
+            try:
+                async with asyncio.timeout(timeout.total_seconds()) as cm:
+                    return await factory()
+            except TimeoutError:
+                if cm.expired():
+                    raise _StepTimeout(f"no result within {timeout.total_seconds():g}s") from None
+                raise
+
+        cv = contextvars.copy_context()
+        cv.run(_CURRENT.set, ctx)
+        task = asyncio.get_running_loop().create_task(guarded(), context=cv)
+        lost = asyncio.ensure_future(run.lost.wait())
+        try:
+            await asyncio.wait({task, lost}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            raise
+        finally:
+            lost.cancel()
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            raise LeaseLost()
+        return task.result()
+
+    async def _sleep(self, run: _Run, seconds: float) -> None:
+        lost = asyncio.ensure_future(run.lost.wait())
+        try:
+            await asyncio.wait({lost}, timeout=seconds)
+        finally:
+            lost.cancel()
+        if run.lost.is_set():
+            raise LeaseLost()
+
+    def _lease_half_gone(self, run: _Run) -> bool:
+        lease = self.engine.execution_lease.total_seconds()
+        return time.monotonic() - run.lease_renewed_at > lease / 2
+
+    async def _keep_lease(self, run: _Run) -> None:
+        """Renew the lease while the saga runs: every half lease (by the local monotonic
+        clock; the expiry itself is set by the database clock)."""
+        lease = self.engine.execution_lease.total_seconds()
+        store = self.engine.store
+        while True:
+            wait = run.lease_renewed_at + lease / 2 - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+                continue
+            attempt_at = time.monotonic()
+            try:
+                expiry = await store.saga_renew_lease(run.row.id, run.token)
+            except Exception as exc:
+                if not is_transient(exc):
+                    run.log.opt(exception=exc).error("lease renewal failed: {}", exc)
+                await asyncio.sleep(min(1.0, lease / 10))
+                continue
+            if expiry is None:
+                run.lost.set()
+                return
+            run.lease_renewed_at = attempt_at
+
+    def _interrupted_note(self, run: _Run) -> dict[str, Any]:
+        state = run.state or machine_state(run.row)
+        idx = state.cursor
+        step_id = run.steps_state[idx]["step_id"] if 0 <= idx < len(run.steps_state) else None
+        return {
+            "at": now_iso(),
+            "phase": state.phase.value,
+            "step_id": step_id,
+            "status": "INTERRUPTED",
+            "attempt": 0,
+            "worker": self.engine.worker_id,
+            "reason": "worker shutting down; lease released (not a failed attempt)",
+        }
+
+    async def _release(
+        self,
+        saga_id: uuid.UUID,
+        token: uuid.UUID,
+        note: dict[str, Any] | None,
+        *,
+        delay: timedelta = timedelta(0),
+    ) -> None:
+        upd = RowUpdate(
+            deadline=DeadlineChange.AFTER,
+            delay=delay,
+            lease=LeaseChange.RELEASE,
+            history=[note] if note else [],
+        )
+        try:
+            await self.engine.store.saga_checkpoint([Checkpoint(saga_id, token, upd)])
+        except Exception as exc:  # the lease will expire; another worker takes over then
+            logger.bind(saga_id=str(saga_id)).warning("could not release lease: {}", exc)
+
+    async def _check_definition(self, run: _Run) -> bool:
+        """A saga whose definition changed while it was in flight: go on when its steps are
+        the same (recording the change once); fail it for an operator when they are not."""
+        row, definition = run.row, run.definition
+        if row.definition_fingerprint == definition.fingerprint:
+            return True
+        stored_ids = [str(s["step_id"]) for s in row.steps_state]
+        if stored_ids == list(definition.step_ids):
+            note = {
+                "at": now_iso(),
+                "phase": "admin",
+                "step_id": None,
+                "status": "DEFINITION_CHANGED",
+                "attempt": 0,
+                "reason": f"definition fingerprint {row.definition_fingerprint} -> "
+                f"{definition.fingerprint}; same steps, continuing",
+            }
+            upd = RowUpdate(history=[note])
+            res = await self.engine.writer.write(Checkpoint(row.id, run.token, upd))
+            if res is False:
+                raise LeaseLost()
+            return True
+        reason = (
+            f"definition of {row.saga_name!r} changed incompatibly while this saga was in flight: "
+            f"steps were {stored_ids}, now {list(definition.step_ids)}"
+        )
+        upd = RowUpdate(
+            status=m.SagaStatus.FAILED.value,
+            last_error=reason,
+            history=[
+                {
+                    "at": now_iso(),
+                    "phase": "admin",
+                    "step_id": None,
+                    "status": "DEFINITION_MISMATCH",
+                    "attempt": 0,
+                    "reason": reason,
+                }
+            ],
+            deadline=DeadlineChange.CLEAR,
+            lease=LeaseChange.RELEASE,
+        )
+        res = await self.engine.writer.write(Checkpoint(row.id, run.token, upd))
+        if res is False:
+            raise LeaseLost()
+        run.log.error(reason)
+        return False

@@ -1,0 +1,355 @@
+"""``SagaOrchestrator`` (the application's entry point) and ``SagaEngine`` (the runtime
+underneath it, shared with ``sagad`` and ``SagaAdmin``)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from datetime import timedelta
+from typing import Any, Generic, TypeVar
+
+from loguru import logger
+from sqlalchemy import Table
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from saga_core import machine as m
+from saga_core.checkpoint import CheckpointWriter
+from saga_core.definition import SagaDefinition
+from saga_core.errors import SagaDefinitionError, SagaError, SagaInputError, SagaNotFoundError
+from saga_core.executor import Executor
+from saga_core.payload import DEFAULT_MAX_PAYLOAD_BYTES, json_object
+from saga_core.rows import initial_steps_state, machine_state, now_iso, update_for
+from saga_core.snapshot import SagaSnapshot
+from saga_core.state import SagaState, SagaStateMixin
+from saga_core.store import SagaRow, SagaStore, make_store
+
+__all__ = ["SagaEngine", "SagaOrchestrator"]
+
+M = TypeVar("M", bound=SagaStateMixin)
+
+WAIT_STATUSES = frozenset(
+    {
+        m.SagaStatus.COMPLETED,
+        m.SagaStatus.COMPENSATED,
+        m.SagaStatus.ABORTED,
+        m.SagaStatus.FAILED,
+        m.SagaStatus.SUSPENDED,
+    }
+)
+
+Listener = Callable[[str, dict[str, Any]], None]
+
+
+def default_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+def _as_timedelta(value: timedelta | float | int, name: str) -> timedelta:
+    if isinstance(value, bool) or not isinstance(value, timedelta | int | float):
+        raise SagaError(f"{name} must be a timedelta or a number of seconds, got {value!r}")
+    return value if isinstance(value, timedelta) else timedelta(seconds=value)
+
+
+class SagaEngine(Generic[M]):
+    """The runtime of one saga table: store, registered definitions, executor and the
+    checkpoint writer. Reach it as ``orchestrator.engine``."""
+
+    def __init__(
+        self,
+        *,
+        model_class: type[M],
+        session_maker: async_sessionmaker[AsyncSession],
+        execution_lease: timedelta,
+        in_place_retry_max: timedelta,
+        max_payload_bytes: int,
+        worker_id: str | None,
+    ) -> None:
+        bind = session_maker.kw.get("bind")
+        if not isinstance(bind, AsyncEngine):
+            raise SagaError(
+                "session_maker must be an async_sessionmaker bound to an AsyncEngine "
+                "(async_sessionmaker(create_async_engine(url)))"
+            )
+        table = getattr(model_class, "__table__", None)
+        if not isinstance(table, Table) or "step_execution_token" not in table.c:
+            raise SagaError(f"{model_class!r} is not a mapped model that mixes in SagaStateMixin")
+        if execution_lease < timedelta(seconds=1):
+            raise SagaError(f"execution_lease must be at least 1 second, got {execution_lease}")
+        if max_payload_bytes < 1:
+            raise SagaError("max_payload_bytes must be positive")
+        self.model_class = model_class
+        self.session_maker = session_maker
+        self.sql_engine: AsyncEngine = bind
+        self.execution_lease = execution_lease
+        self.in_place_retry_max = in_place_retry_max
+        self.max_payload_bytes = max_payload_bytes
+        self.worker_id = worker_id or default_worker_id()
+        self.store: SagaStore = make_store(bind, table, lease=execution_lease)
+        self.definitions: dict[str, SagaDefinition] = {}
+        self.writer = CheckpointWriter(self.store)
+        self.executor = Executor(self)
+        self.listeners: list[Listener] = []
+
+    @property
+    def table_name(self) -> str:
+        return self.store.table_name
+
+    def emit(self, event: str, **fields: Any) -> None:
+        """Tell listeners (metrics) what happened; a failing listener is logged, not raised."""
+        for listener in self.listeners:
+            try:
+                listener(event, fields)
+            except Exception as exc:  # a metrics bug must not break a saga
+                logger.warning("saga listener {!r} failed: {}", listener, exc)
+
+    async def claim(
+        self, limit: int, *, saga_ids: Sequence[uuid.UUID] | None = None
+    ) -> list[SagaRow]:
+        """Claim up to ``limit`` due sagas this engine can run (registered names only)."""
+        if not self.definitions:
+            return []
+        return await self.store.saga_claim(
+            owner=self.worker_id,
+            lease=self.execution_lease,
+            limit=limit,
+            saga_names=sorted(self.definitions),
+            saga_ids=saga_ids,
+        )
+
+    async def drive(self, row: SagaRow) -> None:
+        """Run one claimed saga until it stops being held by this worker."""
+        await self.executor.drive(row)
+
+
+class SagaOrchestrator(Generic[M]):
+    """Registers saga definitions, starts sagas and runs them.
+
+    Args:
+        model_class: the SQLAlchemy model holding the sagas (mixes in ``SagaStateMixin``);
+            ``SagaState`` (table ``saga_state``) by default.
+        session_maker: an ``async_sessionmaker`` bound to the application's ``AsyncEngine``
+            (``postgresql+asyncpg://`` or ``sqlite+aiosqlite://``).
+        execution_lease: how long a claim lasts without renewal (at least 1 s). A worker
+            that dies is replaced after this long; long steps renew it.
+        in_place_retry_max: retry waits up to this long are spent by the worker holding
+            the saga; longer ones suspend it until its due time.
+        max_payload_bytes: the largest JSON accepted for initial data, events, step outputs
+            and mock outputs.
+        worker_id: identifies this process in leases and history (default host:pid:random).
+    """
+
+    def __init__(
+        self,
+        *,
+        model_class: type[M] = SagaState,  # type: ignore[assignment]
+        session_maker: async_sessionmaker[AsyncSession],
+        execution_lease: timedelta | float = timedelta(minutes=5),
+        in_place_retry_max: timedelta | float = timedelta(seconds=1),
+        max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+        worker_id: str | None = None,
+    ) -> None:
+        self.engine: SagaEngine[M] = SagaEngine(
+            model_class=model_class,
+            session_maker=session_maker,
+            execution_lease=_as_timedelta(execution_lease, "execution_lease"),
+            in_place_retry_max=_as_timedelta(in_place_retry_max, "in_place_retry_max"),
+            max_payload_bytes=max_payload_bytes,
+            worker_id=worker_id,
+        )
+
+    # --- definitions ----------------------------------------------------------------------
+
+    def register(self, name: str, definition: SagaDefinition) -> None:
+        """Register ``definition`` under ``name`` (once per orchestrator)."""
+        if not isinstance(name, str) or not name.strip() or len(name) > 200:
+            raise SagaDefinitionError(
+                f"saga name must be a non-empty string of at most 200 characters, got {name!r}"
+            )
+        if not isinstance(definition, SagaDefinition):
+            raise SagaDefinitionError(
+                f"register({name!r}, ...) needs a SagaDefinition (from SagaBuilder.build()), got {definition!r}"
+            )
+        if name in self.engine.definitions:
+            raise SagaDefinitionError(f"a saga named {name!r} is already registered")
+        self.engine.definitions[name] = definition
+
+    @property
+    def saga_names(self) -> list[str]:
+        return sorted(self.engine.definitions)
+
+    async def create_tables(self) -> list[str]:
+        """Create or upgrade this orchestrator's saga table and the worker registry."""
+        return await self.engine.store.schema_upgrade()
+
+    # --- running ---------------------------------------------------------------------------
+
+    async def start(
+        self,
+        *,
+        saga_name: str,
+        initial_data: Any,
+        aggregation_id: str,
+        trace_id: str | None = None,
+        session: AsyncSession | None = None,
+        inline: bool = False,
+    ) -> uuid.UUID:
+        """Start a saga; returns its id.
+
+        Args:
+            saga_name: a registered name.
+            initial_data: a dict (or pydantic model) of JSON data, given to input maps.
+            aggregation_id: the business key; at most one active saga per value.
+            trace_id: carried through history and ``current_step()``; generated if omitted.
+            session: add the row to this session: it commits with the caller's transaction.
+            inline: drive the saga in this task until it completes, suspends or ends.
+
+        Raises:
+            SagaInputError: unknown saga name, data that is not a JSON object, oversize.
+            ActiveSagaAlreadyExistsError: another saga for ``aggregation_id`` is active.
+            SagaError: ``inline=True`` with ``session=``.
+        """
+        eng = self.engine
+        if inline and session is not None:
+            raise SagaError(
+                "start(inline=True) cannot be combined with session=: the row is not committed "
+                "until your transaction commits; start it without inline and let a worker run it"
+            )
+        definition = eng.definitions.get(saga_name) if isinstance(saga_name, str) else None
+        if definition is None:
+            known = ", ".join(self.saga_names) or "none"
+            raise SagaInputError(f"unknown saga name {saga_name!r}; registered: {known}")
+        if not isinstance(aggregation_id, str) or not aggregation_id or len(aggregation_id) > 200:
+            raise SagaInputError(
+                f"aggregation_id must be a non-empty string of at most 200 characters, got {aggregation_id!r}"
+            )
+        data = json_object(initial_data, "initial_data", eng.max_payload_bytes)
+        if trace_id is None:
+            trace_id = uuid.uuid4().hex
+        elif not isinstance(trace_id, str) or not trace_id or len(trace_id) > 128:
+            raise SagaInputError(
+                f"trace_id must be a non-empty string of at most 128 characters, got {trace_id!r}"
+            )
+        saga_id = uuid.uuid4()
+        values: dict[str, Any] = {
+            "id": saga_id,
+            "saga_name": saga_name,
+            "aggregation_id": aggregation_id,
+            "status": m.SagaStatus.RUNNING.value,
+            "phase": m.Phase.EXECUTE.value,
+            "current_step_index": 0,
+            "steps_state": initial_steps_state(definition),
+            "step_execution_token": uuid.uuid4(),
+            "context": {
+                "initial_data": data,
+                "step_outputs": {},
+                "step_inputs": {},
+                "events": [],
+                "latest_event": None,
+                "options": {"compensate_on_failure": definition.compensate_on_failure},
+            },
+            "step_history": [],
+            "lease_owner": None,
+            "retry_counter": 0,
+            "takeover_count": 0,
+            "last_error": None,
+            "definition_fingerprint": definition.fingerprint,
+            "trace_id": trace_id,
+        }
+        await eng.store.saga_insert(values, session=session)
+        eng.emit("started", saga_name=saga_name)
+        if inline:
+            rows = await eng.claim(1, saga_ids=[saga_id])
+            for row in rows:
+                await eng.drive(row)
+        return saga_id
+
+    async def run_due(self, *, limit: int = 100) -> int:
+        """Claim up to ``limit`` due sagas and drive them concurrently; how many it claimed."""
+        rows = await self.engine.claim(limit)
+        if rows:
+            await asyncio.gather(*(self.engine.drive(r) for r in rows))
+        return len(rows)
+
+    async def notify(self, *, saga_id: uuid.UUID, token: uuid.UUID, event: Any = None) -> bool:
+        """Deliver an event to a SUSPENDED saga whose current token is ``token``: it becomes
+        RUNNING, due now, with a new token, and its current step runs again seeing the event.
+        A stale or wrong token (or a saga not suspended) returns ``False`` and changes
+        nothing.
+
+        Raises:
+            SagaNotFoundError: no saga with that id.
+            SagaInputError: the event is not a JSON object or is too large.
+        """
+        eng = self.engine
+        ev = None if event is None else json_object(event, "event", eng.max_payload_bytes)
+        saga_id = _as_uuid(saga_id, "saga_id")
+        token = _as_uuid(token, "token")
+
+        def apply(row: SagaRow, _now: Any) -> Any:
+            if row.status != m.SagaStatus.SUSPENDED.value or row.step_execution_token != token:
+                return None
+            t = m.notified(machine_state(row))
+            ctx = dict(row.context)
+            if ev is not None:
+                ctx["events"] = [*(ctx.get("events") or []), ev]
+                ctx["latest_event"] = ev
+            idx = row.current_step_index
+            entry = {
+                "at": now_iso(),
+                "phase": "event",
+                "step_id": row.steps_state[idx]["step_id"] if idx < len(row.steps_state) else None,
+                "status": "RECEIVED",
+                "attempt": 0,
+                "event": ev,
+            }
+            upd = update_for(t, row.steps_state, history=[entry], context=ctx)
+            upd.new_token = uuid.uuid4()
+            return upd
+
+        _, applied = await eng.store.saga_update_locked(saga_id, apply)
+        return applied
+
+    async def get_snapshot(self, saga_id: uuid.UUID) -> SagaSnapshot:
+        """The saga as stored now (a plain read). Raises SagaNotFoundError."""
+        sid = _as_uuid(saga_id, "saga_id")
+        row = await self.engine.store.saga_get(sid, with_history=False)
+        if row is None:
+            raise SagaNotFoundError(f"no saga with id {saga_id}", saga_id)
+        return SagaSnapshot.from_row(row)
+
+    async def wait(
+        self, saga_id: uuid.UUID, *, timeout: timedelta | float | None = None
+    ) -> SagaSnapshot:
+        """Return once the saga is COMPLETED, COMPENSATED, ABORTED, FAILED or SUSPENDED.
+
+        Raises:
+            TimeoutError: ``timeout`` (seconds or a timedelta) passed first.
+        """
+        limit = None if timeout is None else _as_timedelta(timeout, "timeout").total_seconds()
+        deadline = None if limit is None else time.monotonic() + limit
+        pause = 0.01
+        while True:
+            snap = await self.get_snapshot(saga_id)
+            if snap.status in WAIT_STATUSES:
+                return snap
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"saga {saga_id} still {snap.status.value} after {limit:g}s")
+                await asyncio.sleep(min(pause, left))
+            else:
+                await asyncio.sleep(pause)
+            pause = min(pause * 1.5, 0.5)
+
+
+def _as_uuid(value: Any, name: str) -> uuid.UUID:
+    if isinstance(value, uuid.UUID):
+        return value
+    try:
+        return uuid.UUID(str(value))
+    except ValueError:
+        raise SagaInputError(f"{name} must be a UUID, got {value!r}") from None

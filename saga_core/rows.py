@@ -1,0 +1,87 @@
+"""Conversions between stored rows and the pure state machine, shared by the executor and
+the admin and notify paths."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from saga_core import machine as m
+from saga_core.definition import SagaDefinition
+from saga_core.store.base import DeadlineChange, LeaseChange, RowUpdate, SagaRow
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+def initial_steps_state(definition: SagaDefinition) -> list[dict[str, Any]]:
+    """Per-step state at start; carries what admin actions need without the definition."""
+    return [
+        {**m.StepState().to_json(s.step_id), "compensates": s.has_compensation}
+        for s in definition.steps
+    ]
+
+
+def machine_state(row: SagaRow) -> m.MachineState:
+    return m.MachineState(
+        status=m.SagaStatus(row.status),
+        phase=m.Phase(row.phase),
+        cursor=row.current_step_index,
+        steps=tuple(m.StepState.from_json(s) for s in row.steps_state),
+        retry_counter=row.retry_counter,
+    )
+
+
+def shape_of(row: SagaRow) -> m.Shape:
+    options = row.context.get("options") or {}
+    return m.Shape(
+        step_ids=tuple(str(s["step_id"]) for s in row.steps_state),
+        has_compensation=tuple(bool(s.get("compensates", True)) for s in row.steps_state),
+        compensate_on_failure=bool(options.get("compensate_on_failure", True)),
+    )
+
+
+def steps_json(row_steps: list[dict[str, Any]], state: m.MachineState) -> list[dict[str, Any]]:
+    return [
+        {**old, **st.to_json(str(old["step_id"]))}
+        for old, st in zip(row_steps, state.steps, strict=True)
+    ]
+
+
+def update_for(
+    t: m.Transition,
+    row_steps: list[dict[str, Any]],
+    *,
+    history: list[dict[str, Any]],
+    context: dict[str, Any] | None = None,
+    last_error: str | None = None,
+    set_last_error: bool = False,
+    renew_lease: bool = False,
+) -> RowUpdate:
+    """The row update that persists transition ``t``."""
+    at = now_iso()
+    notes = [{"at": at, **n} for n in t.notes]
+    upd = RowUpdate(
+        status=t.state.status.value,
+        phase=t.state.phase.value,
+        current_step_index=t.state.cursor,
+        steps_state=steps_json(row_steps, t.state),
+        retry_counter=t.state.retry_counter,
+        context=context,
+        history=[*history, *notes],
+        last_error=last_error,
+        set_last_error=set_last_error,
+    )
+    kind = t.schedule.kind
+    if kind in (m.ScheduleKind.HOLD, m.ScheduleKind.RETRY_IN_PLACE):
+        upd.deadline = DeadlineChange.LEASE if renew_lease else DeadlineChange.KEEP
+    elif kind is m.ScheduleKind.DUE:
+        upd.deadline = DeadlineChange.AFTER
+        upd.delay = t.schedule.delay
+        upd.lease = LeaseChange.RELEASE
+    else:
+        upd.deadline = DeadlineChange.CLEAR
+        upd.lease = LeaseChange.RELEASE
+        upd.finished = t.state.status.is_terminal
+    return upd

@@ -1,0 +1,99 @@
+"""Read models returned by the orchestrator and admin APIs."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from saga_core.machine import SagaStatus
+from saga_core.store.base import SagaRow
+
+__all__ = ["SagaAdminSnapshot", "SagaSnapshot"]
+
+
+class SagaSnapshot(BaseModel):
+    """A saga as stored, at one moment (a plain read, never a lock)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: uuid.UUID
+    saga_name: str
+    aggregation_id: str
+    status: SagaStatus
+    phase: str
+    """``execute`` while going forward, ``compensate`` once rolling back."""
+    current_step_index: int
+    current_step_id: str | None
+    """The step running, waiting or failed; ``None`` once every step is done."""
+    total_steps: int
+    retry_counter: int
+    takeover_count: int
+    deadline_at: datetime | None
+    """When the saga is next due or its lease expires; ``None`` while it waits for an event
+    or is finished (or FAILED)."""
+    lease_owner: str | None
+    trace_id: str | None
+    step_execution_token: uuid.UUID
+    last_error: str | None
+    definition_fingerprint: str
+    created_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status.is_terminal
+
+    @classmethod
+    def _fields_from_row(cls, row: SagaRow) -> dict[str, Any]:
+        steps = row.steps_state
+        idx = row.current_step_index
+        current = steps[idx]["step_id"] if 0 <= idx < len(steps) else None
+        status = SagaStatus(row.status)
+        if status.is_terminal and status is not SagaStatus.COMPENSATED:
+            current = None
+        return {
+            "id": row.id,
+            "saga_name": row.saga_name,
+            "aggregation_id": row.aggregation_id,
+            "status": status,
+            "phase": row.phase,
+            "current_step_index": idx,
+            "current_step_id": current if not status.is_terminal else None,
+            "total_steps": len(steps),
+            "retry_counter": row.retry_counter,
+            "takeover_count": row.takeover_count,
+            "deadline_at": row.deadline_at,
+            "lease_owner": row.lease_owner,
+            "trace_id": row.trace_id,
+            "step_execution_token": row.step_execution_token,
+            "last_error": row.last_error,
+            "definition_fingerprint": row.definition_fingerprint,
+            "created_at": row.created_at,
+            "updated_at": row.updated_at,
+            "finished_at": row.finished_at,
+        }
+
+    @classmethod
+    def from_row(cls, row: SagaRow) -> SagaSnapshot:
+        return cls(**cls._fields_from_row(row))
+
+
+class SagaAdminSnapshot(SagaSnapshot):
+    """A snapshot with the saga's full context, per-step state and history."""
+
+    context: dict[str, Any]
+    steps_state: list[dict[str, Any]]
+    step_history: list[dict[str, Any]]
+
+    @classmethod
+    def from_row(cls, row: SagaRow) -> SagaAdminSnapshot:
+        return cls(
+            **cls._fields_from_row(row),
+            context=row.context,
+            steps_state=row.steps_state,
+            step_history=row.step_history or [],
+        )

@@ -1,0 +1,243 @@
+"""The persistence seam: records exchanged with the store and the interface every store
+implements. All SQL lives in the store modules; nothing here knows about steps."""
+
+from __future__ import annotations
+
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+__all__ = [
+    "Checkpoint",
+    "DeadlineChange",
+    "LeaseChange",
+    "RowUpdate",
+    "SagaFilter",
+    "SagaRow",
+    "SagaStore",
+    "WorkerRow",
+]
+
+
+@dataclass(frozen=True)
+class SagaRow:
+    """One saga row as read from the database."""
+
+    id: uuid.UUID
+    saga_name: str
+    aggregation_id: str
+    status: str
+    phase: str
+    current_step_index: int
+    steps_state: list[dict[str, Any]]
+    step_execution_token: uuid.UUID
+    context: dict[str, Any]
+    deadline_at: datetime | None
+    lease_owner: str | None
+    retry_counter: int
+    takeover_count: int
+    last_error: str | None
+    definition_fingerprint: str
+    trace_id: str | None
+    created_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None
+    step_history: list[dict[str, Any]] | None = None
+    """Only loaded where asked for (claims do not need it)."""
+
+    @classmethod
+    def from_mapping(cls, m: Any) -> SagaRow:
+        names = cls.__dataclass_fields__
+        return cls(**{k: m[k] for k in names if k in m})
+
+
+class DeadlineChange(StrEnum):
+    KEEP = "keep"
+    CLEAR = "clear"
+    AFTER = "after"
+    """now (database clock) + ``RowUpdate.delay``."""
+    LEASE = "lease"
+    """now + the store's lease length (a renewal)."""
+
+
+class LeaseChange(StrEnum):
+    KEEP = "keep"
+    RELEASE = "release"
+
+
+@dataclass
+class RowUpdate:
+    """New values for a saga row. ``None`` fields are left as they are, except where said."""
+
+    status: str | None = None
+    phase: str | None = None
+    current_step_index: int | None = None
+    steps_state: list[dict[str, Any]] | None = None
+    context: dict[str, Any] | None = None
+    retry_counter: int | None = None
+    last_error: str | None = None
+    set_last_error: bool = False
+    """Write ``last_error`` even when it is ``None`` (clears it)."""
+    history: list[dict[str, Any]] = field(default_factory=list)
+    """Entries appended to step_history."""
+    deadline: DeadlineChange = DeadlineChange.KEEP
+    delay: timedelta = timedelta(0)
+    lease: LeaseChange = LeaseChange.KEEP
+    finished: bool = False
+    new_token: uuid.UUID | None = None
+
+
+@dataclass
+class Checkpoint:
+    """A fenced update: applied only if the row's token still equals ``token``."""
+
+    saga_id: uuid.UUID
+    token: uuid.UUID
+    update: RowUpdate
+
+
+@dataclass(frozen=True)
+class SagaFilter:
+    statuses: Sequence[str] | None = None
+    saga_names: Sequence[str] | None = None
+    aggregation_id: str | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+    updated_after: datetime | None = None
+    ids: Sequence[uuid.UUID] | None = None
+
+
+@dataclass(frozen=True)
+class WorkerRow:
+    id: str
+    host: str
+    pid: int
+    version: str
+    started_at: datetime
+    heartbeat_at: datetime
+    in_flight: int
+    concurrency: int
+    saga_names: list[str]
+    stopped_at: datetime | None
+    info: dict[str, Any]
+
+    @classmethod
+    def from_mapping(cls, m: Any) -> WorkerRow:
+        return cls(**{k: m[k] for k in cls.__dataclass_fields__})
+
+
+LockedFn = Callable[[SagaRow, datetime], RowUpdate | None]
+"""Computes an update from the locked row and the database clock; ``None``: change nothing."""
+
+
+class SagaStore(ABC):
+    """Everything the engine and admin need from the database, for one saga table."""
+
+    dialect: str
+    table_name: str
+
+    # --- sagas: writes on the hot path ---------------------------------------------------
+
+    @abstractmethod
+    async def saga_insert(
+        self, values: dict[str, Any], *, session: AsyncSession | None = None
+    ) -> None:
+        """Insert a new saga row and wake workers. Raises ActiveSagaAlreadyExistsError."""
+
+    @abstractmethod
+    async def saga_claim(
+        self,
+        *,
+        owner: str,
+        lease: timedelta,
+        limit: int,
+        saga_names: Sequence[str] | None = None,
+        saga_ids: Sequence[uuid.UUID] | None = None,
+    ) -> list[SagaRow]:
+        """Claim up to ``limit`` due rows (or expired leases) in one statement: rotate each
+        token, set the lease owner and expiry. Rows another transaction holds are skipped."""
+
+    @abstractmethod
+    async def saga_checkpoint(
+        self, checkpoints: Sequence[Checkpoint]
+    ) -> list[datetime | None | bool]:
+        """Apply fenced updates in one transaction. For each: ``False`` when its token no
+        longer matched (nothing written), else the row's deadline after the update (``None``
+        when it has none)."""
+
+    @abstractmethod
+    async def saga_renew_lease(self, saga_id: uuid.UUID, token: uuid.UUID) -> datetime | None:
+        """Extend the lease; the new expiry, or ``None`` when the token no longer matches."""
+
+    @abstractmethod
+    async def saga_release(
+        self, saga_id: uuid.UUID, token: uuid.UUID, note: dict[str, Any] | None
+    ) -> bool:
+        """Give the lease up: the saga is due now for any worker (graceful shutdown)."""
+
+    @abstractmethod
+    async def saga_update_locked(self, saga_id: uuid.UUID, fn: LockedFn) -> tuple[SagaRow, bool]:
+        """Lock the row, compute an update with ``fn(row, db_now)`` (pure, may raise), write
+        it, commit. Returns the row after it and whether anything was written. Raises
+        SagaNotFoundError."""
+
+    # --- sagas: reads ----------------------------------------------------------------------
+
+    @abstractmethod
+    async def saga_get(
+        self, saga_id: uuid.UUID, *, with_history: bool = True
+    ) -> SagaRow | None: ...
+
+    @abstractmethod
+    async def saga_find_by_prefix(self, prefix: str, *, limit: int = 2) -> list[uuid.UUID]: ...
+
+    @abstractmethod
+    async def saga_list(
+        self, flt: SagaFilter, *, limit: int = 100, offset: int = 0, oldest_first: bool = False
+    ) -> list[SagaRow]: ...
+
+    @abstractmethod
+    async def saga_count(self, flt: SagaFilter) -> int: ...
+
+    @abstractmethod
+    async def saga_stats(self) -> list[tuple[str, str, int]]:
+        """(saga_name, status, count) for every pair present."""
+
+    @abstractmethod
+    async def saga_due_summary(self) -> tuple[int, datetime | None]:
+        """(number of claimable sagas due now, the oldest due time among them)."""
+
+    @abstractmethod
+    async def saga_finished_since(self, since: datetime) -> list[tuple[str, str, int]]:
+        """(saga_name, status, count) of sagas finished since ``since``."""
+
+    @abstractmethod
+    async def db_now(self) -> datetime: ...
+
+    # --- worker registry ---------------------------------------------------------------
+
+    @abstractmethod
+    async def worker_heartbeat(self, worker: dict[str, Any]) -> None:
+        """Insert or refresh this worker's registry row (heartbeat_at = db now)."""
+
+    @abstractmethod
+    async def worker_stopped(self, worker_id: str) -> None: ...
+
+    @abstractmethod
+    async def worker_list(self) -> list[WorkerRow]: ...
+
+    # --- schema --------------------------------------------------------------------------
+
+    @abstractmethod
+    async def schema_upgrade(self) -> list[str]:
+        """Create or upgrade this store's tables idempotently; what was done."""
+
+    @abstractmethod
+    async def schema_status(self) -> dict[str, Any]:
+        """Whether the tables exist and match the installed version."""

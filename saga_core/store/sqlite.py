@@ -1,0 +1,71 @@
+"""SQLite (aiosqlite) dialect of the SQL store: the embedded default, for one process.
+
+SQLite has no row locks or SKIP LOCKED: write transactions of this process are serialised
+by an asyncio lock, other processes wait on SQLite's busy timeout, and WAL lets readers
+(``sagactl``) work while a worker writes. Run one ``sagad`` per SQLite file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import weakref
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import ColumnElement, event, func, literal
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from saga_core.state import UTCDateTime, utcnow
+from saga_core.store.sql import SqlSagaStore
+
+_LOCKS: weakref.WeakKeyDictionary[Any, asyncio.Lock] = weakref.WeakKeyDictionary()
+_PREPARED: weakref.WeakSet[Any] = weakref.WeakSet()
+BUSY_TIMEOUT_MS = 10_000
+
+
+def prepare_sqlite_engine(engine: AsyncEngine) -> None:
+    """Busy timeout and WAL on every new connection of ``engine`` (idempotent)."""
+    sync_engine = engine.sync_engine
+    if sync_engine in _PREPARED:
+        return
+    _PREPARED.add(sync_engine)
+
+    @event.listens_for(sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        if engine.url.database not in (None, "", ":memory:"):
+            cursor.execute("PRAGMA journal_mode = WAL")
+            cursor.execute("PRAGMA synchronous = NORMAL")
+        cursor.close()
+
+
+class SqliteSagaStore(SqlSagaStore):
+    def __init__(self, engine: AsyncEngine, *args: Any, **kwargs: Any) -> None:
+        super().__init__(engine, *args, **kwargs)
+        prepare_sqlite_engine(engine)
+
+    def _now(self) -> ColumnElement[datetime]:
+        return literal(utcnow(), UTCDateTime)
+
+    def _now_plus(self, delta: timedelta) -> ColumnElement[datetime]:
+        return literal(utcnow() + delta, UTCDateTime)
+
+    def _new_token_sql(self) -> ColumnElement[Any]:
+        return func.lower(func.hex(func.randomblob(16)))
+
+    def _history_append(self, entries: list[dict[str, Any]]) -> ColumnElement[Any]:
+        expr: ColumnElement[Any] = self.table.c.step_history
+        for entry in entries:
+            expr = func.json_insert(
+                expr, "$[#]", func.json(literal(json.dumps(entry, default=str)))
+            )
+        return expr
+
+    def _write_lock(self) -> asyncio.Lock:
+        key = self.engine.sync_engine
+        lock = _LOCKS.get(key)
+        if lock is None:
+            lock = _LOCKS[key] = asyncio.Lock()
+        return lock
