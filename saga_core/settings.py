@@ -1,0 +1,188 @@
+"""One settings model for ``sagad`` and ``sagactl``: command-line flags override ``SAGA_*``
+environment variables, which override the TOML file, which overrides the defaults.
+
+``load_settings`` validates everything once and raises :class:`SettingsError` whose
+``problems`` hold one line per bad field.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from saga_core.errors import SagaError
+
+__all__ = ["SagaSettings", "SettingsError", "load_settings", "mask_url"]
+
+DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///saga.db"
+
+
+class SettingsError(SagaError):
+    """Configuration is invalid; ``problems`` has one line per bad field."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("invalid configuration:\n" + "\n".join(problems))
+        self.problems = problems
+
+
+class SagaSettings(BaseSettings):
+    """Settings of ``sagad`` and ``sagactl`` (every field also reads ``SAGA_<FIELD>``)."""
+
+    model_config = SettingsConfigDict(env_prefix="SAGA_", extra="forbid", validate_default=True)
+
+    database_url: str = DEFAULT_DATABASE_URL
+    """SQLAlchemy async URL: postgresql+asyncpg://user@host/db or sqlite+aiosqlite:///file.db"""
+    database_password_file: Path | None = None
+    """Read the database password from this file (systemd credentials); overrides the URL's."""
+    app: list[str] = Field(default_factory=list)
+    """module:attribute of the application's SagaOrchestrator(s), or of a factory that takes
+    the database URL and returns one (or a list)."""
+    table: str = "saga_state"
+    concurrency: int = Field(default=64, ge=1, le=100_000)
+    batch_size: int = Field(default=32, ge=1, le=10_000)
+    poll_interval: float = Field(default=1.0, gt=0, le=3600)
+    drain_timeout: float = Field(default=30.0, ge=0, le=86_400)
+    heartbeat_interval: float = Field(default=5.0, gt=0, le=3600)
+    worker_stale_after: float = Field(default=30.0, gt=0)
+    startup_timeout: float = Field(default=30.0, ge=0, le=3600)
+    """How long sagad retries an unreachable database at start before exiting 75."""
+    log_level: Literal["TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    log_format: Literal["text", "json"] = "text"
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    metrics_host: str = "127.0.0.1"
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, v: Any) -> Any:
+        return v.upper() if isinstance(v, str) else v
+
+    @field_validator("app", mode="before")
+    @classmethod
+    def _split_app(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            return [part.strip() for part in v.split(",") if part.strip()]
+        return v
+
+    @field_validator("app")
+    @classmethod
+    def _check_app(cls, v: list[str]) -> list[str]:
+        for item in v:
+            module, _, attr = item.partition(":")
+            if not module or not attr:
+                raise ValueError(f"{item!r} is not module:attribute")
+        return v
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_url(cls, v: str) -> str:
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        try:
+            url = make_url(v)
+        except ArgumentError:
+            raise ValueError(f"{mask_url(v)!r} is not a database URL") from None
+        if url.drivername in ("postgresql", "postgres"):
+            return str(url.set(drivername="postgresql+asyncpg").render_as_string(hide_password=False))
+        if url.drivername == "sqlite":
+            return str(url.set(drivername="sqlite+aiosqlite").render_as_string(hide_password=False))
+        if url.drivername not in ("postgresql+asyncpg", "sqlite+aiosqlite"):
+            raise ValueError(
+                f"unsupported driver {url.drivername!r}: use postgresql+asyncpg:// or sqlite+aiosqlite://"
+            )
+        return v
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings)
+
+    def effective_database_url(self) -> str:
+        """The URL with the password from ``database_password_file`` applied."""
+        if self.database_password_file is None:
+            return self.database_url
+        from sqlalchemy.engine import make_url
+
+        password = self.database_password_file.read_text().strip()
+        return str(make_url(self.database_url).set(password=password).render_as_string(hide_password=False))
+
+    @property
+    def masked_database_url(self) -> str:
+        return mask_url(self.database_url)
+
+
+def mask_url(url: str) -> str:
+    """``url`` with any password replaced by ``***``."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        return str(make_url(url).render_as_string(hide_password=True))
+    except Exception:
+        return "<unparseable URL>"
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise SettingsError([f"config: file {path} not found"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError([f"config: {path} is not valid TOML: {exc}"]) from None
+    except OSError as exc:
+        raise SettingsError([f"config: cannot read {path}: {exc}"]) from None
+    # Accept the settings at top level or under [sagad] / [saga].
+    section: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in ("sagad", "saga", "sagactl") and isinstance(value, dict):
+            section.update(value)
+        else:
+            section[key] = value
+    return section
+
+
+def load_settings(config: Path | str | None = None, **overrides: Any) -> SagaSettings:
+    """Settings from flags (``overrides``; ``None`` values ignored) > ``SAGA_*`` environment
+    > the TOML file ``config`` (or ``$SAGA_CONFIG``) > defaults.
+
+    Raises:
+        SettingsError: one line per bad field.
+    """
+    path = config or os.environ.get("SAGA_CONFIG")
+    file_values = _read_toml(Path(path)) if path else {}
+    flags = {k: v for k, v in overrides.items() if v is not None}
+    env_names = {f"SAGA_{name.upper()}" for name in SagaSettings.model_fields}
+    env_present = {n[5:].lower() for n in env_names if n in os.environ}
+    # TOML is the lowest source: keep only what neither flags nor the environment set.
+    merged_file = {k: v for k, v in file_values.items() if k not in flags and k not in env_present}
+    try:
+        return SagaSettings(**merged_file, **flags)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            field = ".".join(str(p) for p in err["loc"]) or "settings"
+            source = (
+                "flag"
+                if field.split(".")[0] in flags
+                else "environment"
+                if field.split(".")[0] in env_present
+                else "config file"
+                if field.split(".")[0] in file_values
+                else "settings"
+            )
+            msg = err["msg"]
+            if err["type"] == "extra_forbidden":
+                msg = "unknown setting"
+            problems.append(f"{field}: {msg} (from {source})")
+        raise SettingsError(problems) from None
