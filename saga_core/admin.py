@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from saga_core import machine as m
 from saga_core.errors import SagaConflictError, SagaInputError, SagaNotFoundError, SagaStateError
-from saga_core.orchestrator import SagaEngine, _as_uuid
+from saga_core.orchestrator import SagaEngine
 from saga_core.payload import check_size, to_json_data
 from saga_core.rows import machine_state, now_iso, shape_of, update_for
 from saga_core.snapshot import SagaAdminSnapshot, SagaSnapshot

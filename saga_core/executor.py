@@ -62,7 +62,7 @@ def _error_text(exc: BaseException) -> str:
 class Executor:
     """Drives claimed sagas for one engine."""
 
-    def __init__(self, engine: SagaEngine) -> None:
+    def __init__(self, engine: SagaEngine[Any]) -> None:
         self.engine = engine
 
     # --- public ---------------------------------------------------------------------------

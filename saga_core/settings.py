@@ -88,7 +88,9 @@ class SagaSettings(BaseSettings):
         except ArgumentError:
             raise ValueError(f"{mask_url(v)!r} is not a database URL") from None
         if url.drivername in ("postgresql", "postgres"):
-            return str(url.set(drivername="postgresql+asyncpg").render_as_string(hide_password=False))
+            return str(
+                url.set(drivername="postgresql+asyncpg").render_as_string(hide_password=False)
+            )
         if url.drivername == "sqlite":
             return str(url.set(drivername="sqlite+aiosqlite").render_as_string(hide_password=False))
         if url.drivername not in ("postgresql+asyncpg", "sqlite+aiosqlite"):
@@ -115,7 +117,9 @@ class SagaSettings(BaseSettings):
         from sqlalchemy.engine import make_url
 
         password = self.database_password_file.read_text().strip()
-        return str(make_url(self.database_url).set(password=password).render_as_string(hide_password=False))
+        return str(
+            make_url(self.database_url).set(password=password).render_as_string(hide_password=False)
+        )
 
     @property
     def masked_database_url(self) -> str:

@@ -166,7 +166,7 @@ class SagaStore(ABC):
     @abstractmethod
     async def saga_checkpoint(
         self, checkpoints: Sequence[Checkpoint]
-    ) -> list[datetime | None | bool]:
+    ) -> list[datetime | bool | None]:
         """Apply fenced updates in one transaction. For each: ``False`` when its token no
         longer matched (nothing written), else the row's deadline after the update (``None``
         when it has none)."""

@@ -4,6 +4,7 @@ row locks for operator actions, NOTIFY wake-ups, JSONB history appends."""
 from __future__ import annotations
 
 import contextlib
+from contextlib import AbstractAsyncContextManager
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -23,7 +24,7 @@ class PostgresSagaStore(SqlSagaStore):
         return func.now(type_=UTCDateTime)
 
     def _now_plus(self, delta: timedelta) -> ColumnElement[datetime]:
-        return (func.now() + bindparam(None, delta, type_=Interval)).cast(UTCDateTime)  # type: ignore[no-any-return]
+        return (func.now() + bindparam(None, delta, type_=Interval)).cast(UTCDateTime)
 
     def _new_token_sql(self) -> ColumnElement[Any]:
         return func.gen_random_uuid()
@@ -40,5 +41,5 @@ class PostgresSagaStore(SqlSagaStore):
     def _lock_row(self, sel: Select[Any]) -> Select[Any]:
         return sel.with_for_update()
 
-    def _write_lock(self) -> Any:
+    def _write_lock(self) -> AbstractAsyncContextManager[Any]:
         return contextlib.nullcontext()

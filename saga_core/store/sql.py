@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -83,7 +84,7 @@ class SqlSagaStore(SagaStore):
     def _lock_row(self, sel: Select[Any]) -> Select[Any]:
         return sel
 
-    async def _write_lock(self) -> Any:
+    def _write_lock(self) -> AbstractAsyncContextManager[Any]:
         """A context manager serialising write transactions where the database needs it."""
         raise NotImplementedError
 
@@ -211,11 +212,11 @@ class SqlSagaStore(SagaStore):
 
     async def saga_checkpoint(
         self, checkpoints: Sequence[Checkpoint]
-    ) -> list[datetime | None | bool]:
+    ) -> list[datetime | bool | None]:
         if not checkpoints:
             return []
         t = self.table
-        results: list[datetime | None | bool] = []
+        results: list[datetime | bool | None] = []
         async with self._write_lock(), self.engine.begin() as conn:
             for cp in checkpoints:
                 stmt = (
@@ -371,7 +372,7 @@ class SqlSagaStore(SagaStore):
             now = (await conn.execute(select(self._now()))).scalar_one()
         if isinstance(now, str):
             now = datetime.fromisoformat(now)
-        return now  # type: ignore[no-any-return]
+        return now
 
     # --- worker registry --------------------------------------------------------------------
 
