@@ -41,9 +41,9 @@ def make_store(engine: AsyncEngine, table: Table, *, lease: timedelta) -> SagaSt
                 f"PostgreSQL is supported through asyncpg; use a postgresql+asyncpg:// URL "
                 f"(got driver {engine.dialect.driver!r})"
             )
-        from saga_core.store.postgres import PostgresSagaStore
+        from saga_core.store.postgres import FastPostgresSagaStore
 
-        return PostgresSagaStore(engine, table, lease=lease)
+        return FastPostgresSagaStore(engine, table, lease=lease)
     if name == "sqlite":
         from saga_core.store.sqlite import SqliteSagaStore
 

@@ -4,6 +4,9 @@ row locks for operator actions, NOTIFY wake-ups, JSONB history appends."""
 from __future__ import annotations
 
 import contextlib
+import json
+import uuid
+from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime, timedelta
 from typing import Any
@@ -13,6 +16,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from saga_core.state import UTCDateTime
+from saga_core.store.base import Checkpoint, LeaseChange, SagaRow
 from saga_core.store.sql import SqlSagaStore
 
 WAKEUP_CHANNEL = "saga_wakeup"
@@ -43,3 +47,153 @@ class PostgresSagaStore(SqlSagaStore):
 
     def _write_lock(self) -> AbstractAsyncContextManager[Any]:
         return contextlib.nullcontext()
+
+
+# --- the hot path on the raw asyncpg connection -----------------------------------------------
+#
+# Claims and checkpoints are most of the database work. They bypass SQLAlchemy's statement
+# construction (its per-call cost dominated a profile) and run as fixed SQL text on the asyncpg
+# connection underneath the pool, so asyncpg prepares each once per connection. A batch of
+# checkpoints is ONE statement: UPDATE ... FROM unnest(arrays), fenced per row by its token.
+
+_RETURN_COLS = (
+    "id, saga_name, aggregation_id, status, phase, current_step_index, steps_state, "
+    "step_execution_token, context, deadline_at, lease_owner, retry_counter, takeover_count, "
+    "last_error, definition_fingerprint, trace_id, created_at, updated_at, finished_at"
+)
+
+_DEADLINE_MODE = {"keep": 0, "clear": 1, "after": 2, "lease": 3}
+
+
+def _claim_sql(table: str, by_ids: bool) -> str:
+    extra = "AND id = ANY($5::uuid[])" if by_ids else ""
+    return f"""
+WITH due AS (
+    SELECT id FROM {table}
+    WHERE status IN ('RUNNING', 'SUSPENDED', 'COMPENSATING')
+      AND deadline_at IS NOT NULL AND deadline_at <= now()
+      AND saga_name = ANY($1::text[]) {extra}
+    ORDER BY deadline_at
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE {table} AS t SET
+    status = CASE WHEN t.status = 'SUSPENDED' THEN 'RUNNING' ELSE t.status END,
+    step_execution_token = gen_random_uuid(),
+    lease_owner = $3,
+    deadline_at = now() + $4::float8 * interval '1 second',
+    takeover_count = t.takeover_count + (t.lease_owner IS NOT NULL)::int,
+    updated_at = now()
+FROM due
+WHERE t.id = due.id
+RETURNING {", ".join("t." + c.strip() for c in _RETURN_COLS.split(","))}
+"""
+
+
+def _checkpoint_sql(table: str) -> str:
+    return f"""
+UPDATE {table} AS t SET
+    status = COALESCE(v.status, t.status),
+    phase = COALESCE(v.phase, t.phase),
+    current_step_index = COALESCE(v.idx, t.current_step_index),
+    steps_state = COALESCE(v.steps, t.steps_state),
+    context = COALESCE(v.ctx, t.context),
+    retry_counter = COALESCE(v.rc, t.retry_counter),
+    last_error = CASE WHEN v.set_err THEN v.err ELSE t.last_error END,
+    step_history = CASE WHEN v.hist IS NULL THEN t.step_history ELSE t.step_history || v.hist END,
+    deadline_at = CASE v.dmode
+        WHEN 0 THEN t.deadline_at
+        WHEN 1 THEN NULL
+        WHEN 2 THEN now() + v.delay_s * interval '1 second'
+        ELSE now() + $15::float8 * interval '1 second' END,
+    lease_owner = CASE WHEN v.release THEN NULL ELSE t.lease_owner END,
+    finished_at = CASE WHEN v.finished THEN now() ELSE t.finished_at END,
+    step_execution_token = COALESCE(v.new_token, t.step_execution_token),
+    updated_at = now()
+FROM unnest(
+    $1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::int[], $6::jsonb[], $7::jsonb[],
+    $8::int[], $9::bool[], $10::text[], $11::jsonb[], $12::int[], $13::float8[], $14::bool[],
+    $16::bool[], $17::uuid[]
+) AS v(id, token, status, phase, idx, steps, ctx, rc, set_err, err, hist, dmode, delay_s,
+       release, finished, new_token)
+WHERE t.id = v.id AND t.step_execution_token = v.token
+RETURNING t.id, t.deadline_at
+"""
+
+
+def _dumps(value: Any) -> str | None:
+    return None if value is None else json.dumps(value, separators=(",", ":"), default=str)
+
+
+class FastPostgresSagaStore(PostgresSagaStore):
+    """The PostgreSQL store with claims and checkpoints on raw asyncpg."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        q = self.engine.dialect.identifier_preparer.format_table(self.table)
+        self._sql_claim = _claim_sql(q, by_ids=False)
+        self._sql_claim_ids = _claim_sql(q, by_ids=True)
+        self._sql_checkpoint = _checkpoint_sql(q)
+
+    async def saga_claim(
+        self,
+        *,
+        owner: str,
+        lease: timedelta,
+        limit: int,
+        saga_names: Sequence[str] | None = None,
+        saga_ids: Sequence[uuid.UUID] | None = None,
+    ) -> list[SagaRow]:
+        if limit <= 0:
+            return []
+        if saga_names is None:
+            return await super().saga_claim(
+                owner=owner, lease=lease, limit=limit, saga_names=None, saga_ids=saga_ids
+            )
+        args: list[Any] = [list(saga_names), limit, owner, lease.total_seconds()]
+        sql = self._sql_claim
+        if saga_ids is not None:
+            sql = self._sql_claim_ids
+            args.append(list(saga_ids))
+        async with self.engine.connect() as conn:
+            raw = (await conn.get_raw_connection()).driver_connection
+            assert raw is not None
+            rows = await raw.fetch(sql, *args)
+        return [SagaRow.from_mapping(r) for r in rows]
+
+    async def saga_checkpoint(
+        self, checkpoints: Sequence[Checkpoint]
+    ) -> list[datetime | bool | None]:
+        if not checkpoints:
+            return []
+        cols: list[list[Any]] = [[] for _ in range(16)]
+        for cp in checkpoints:
+            u = cp.update
+            values = (
+                cp.saga_id,
+                cp.token,
+                u.status,
+                u.phase,
+                u.current_step_index,
+                _dumps(u.steps_state),
+                _dumps(u.context),
+                u.retry_counter,
+                u.set_last_error or u.last_error is not None,
+                u.last_error,
+                _dumps(u.history) if u.history else None,
+                _DEADLINE_MODE[u.deadline.value],
+                u.delay.total_seconds(),
+                u.lease is LeaseChange.RELEASE,
+                u.finished,
+                u.new_token,
+            )
+            for col, value in zip(cols, values, strict=True):
+                col.append(value)
+        args = [*cols[:14], self.lease.total_seconds(), *cols[14:]]
+        async with self.engine.connect() as conn:
+            raw = (await conn.get_raw_connection()).driver_connection
+            assert raw is not None
+            async with raw.transaction():
+                rows = await raw.fetch(self._sql_checkpoint, *args)
+        applied = {r[0]: r[1] for r in rows}
+        return [applied.get(cp.saga_id, False) for cp in checkpoints]
