@@ -22,7 +22,7 @@ from saga_core.definition import SagaDefinition
 from saga_core.errors import SagaDefinitionError, SagaError, SagaInputError, SagaNotFoundError
 from saga_core.executor import Executor
 from saga_core.payload import DEFAULT_MAX_PAYLOAD_BYTES, json_object
-from saga_core.rows import initial_steps_state, machine_state, now_iso, update_for
+from saga_core.rows import machine_state, new_saga_values, now_iso, update_for
 from saga_core.snapshot import SagaSnapshot
 from saga_core.state import SagaState, SagaStateMixin
 from saga_core.store import SagaRow, SagaStore, make_store
@@ -233,32 +233,8 @@ class SagaOrchestrator(Generic[M]):
             raise SagaInputError(
                 f"trace_id must be a non-empty string of at most 128 characters, got {trace_id!r}"
             )
-        saga_id = uuid.uuid4()
-        values: dict[str, Any] = {
-            "id": saga_id,
-            "saga_name": saga_name,
-            "aggregation_id": aggregation_id,
-            "status": m.SagaStatus.RUNNING.value,
-            "phase": m.Phase.EXECUTE.value,
-            "current_step_index": 0,
-            "steps_state": initial_steps_state(definition),
-            "step_execution_token": uuid.uuid4(),
-            "context": {
-                "initial_data": data,
-                "step_outputs": {},
-                "step_inputs": {},
-                "events": [],
-                "latest_event": None,
-                "options": {"compensate_on_failure": definition.compensate_on_failure},
-            },
-            "step_history": [],
-            "lease_owner": None,
-            "retry_counter": 0,
-            "takeover_count": 0,
-            "last_error": None,
-            "definition_fingerprint": definition.fingerprint,
-            "trace_id": trace_id,
-        }
+        values = new_saga_values(definition, saga_name, aggregation_id, data, trace_id)
+        saga_id: uuid.UUID = values["id"]
         await eng.store.saga_insert(values, session=session)
         eng.emit("started", saga_name=saga_name)
         if inline:

@@ -3,6 +3,7 @@ the admin and notify paths."""
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,6 +22,41 @@ def initial_steps_state(definition: SagaDefinition) -> list[dict[str, Any]]:
         {**m.StepState().to_json(s.step_id), "compensates": s.has_compensation}
         for s in definition.steps
     ]
+
+
+def new_saga_values(
+    definition: SagaDefinition,
+    saga_name: str,
+    aggregation_id: str,
+    initial_data: dict[str, Any],
+    trace_id: str | None,
+) -> dict[str, Any]:
+    """The row of a new saga, due now (the store sets the due time by the database clock)."""
+    return {
+        "id": uuid.uuid4(),
+        "saga_name": saga_name,
+        "aggregation_id": aggregation_id,
+        "status": m.SagaStatus.RUNNING.value,
+        "phase": m.Phase.EXECUTE.value,
+        "current_step_index": 0,
+        "steps_state": initial_steps_state(definition),
+        "step_execution_token": uuid.uuid4(),
+        "context": {
+            "initial_data": initial_data,
+            "step_outputs": {},
+            "step_inputs": {},
+            "events": [],
+            "latest_event": None,
+            "options": {"compensate_on_failure": definition.compensate_on_failure},
+        },
+        "step_history": [],
+        "lease_owner": None,
+        "retry_counter": 0,
+        "takeover_count": 0,
+        "last_error": None,
+        "definition_fingerprint": definition.fingerprint,
+        "trace_id": trace_id,
+    }
 
 
 def machine_state(row: SagaRow) -> m.MachineState:
