@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import gc
 import typing
 from collections.abc import Mapping
 from datetime import timedelta
@@ -84,11 +83,11 @@ class PayWithRefundChild(PayWithRefund):
 class AnnotatedOnly(BaseStep):  # type: ignore[type-arg]
     """Models come from ``execute``'s annotations, not generic arguments."""
 
-    async def execute(self, inp: PayIn) -> PayOut:  # type: ignore[override]
+    async def execute(self, inp: PayIn) -> PayOut:
         return PayOut()
 
 
-class AnnotatedOutOnly(BaseStep[PayIn, Any]):  # type: ignore[type-var]
+class AnnotatedOutOnly(BaseStep[PayIn, Any]):
     async def execute(self, inp: PayIn) -> OrderOut:
         return OrderOut()
 
@@ -112,7 +111,7 @@ class NoModels(BaseStep):  # type: ignore[type-arg]
 
 
 class NotModels(BaseStep):  # type: ignore[type-arg]
-    async def execute(self, inp: int) -> str:  # type: ignore[override]
+    async def execute(self, inp: int) -> str:
         return ""
 
 
@@ -208,7 +207,7 @@ async def test_default_compensate_does_nothing_and_execute_must_be_overridden() 
 
     with pytest.raises(NotImplementedError):
         await Bare().execute(PayIn())
-    assert await Bare().compensate(PayIn(), PayOut()) is None
+    await Bare().compensate(PayIn(), PayOut())  # nothing to undo: returns without error
     assert Bare.has_compensation() is False
 
 
@@ -364,15 +363,16 @@ def test_depends_on_from_another_builder() -> None:
 
 
 def test_depends_on_from_a_discarded_builder() -> None:
-    # A builder's identity must not be confused with a garbage-collected one's (id() reuse).
-    for _ in range(50):
+    # A new builder often reuses the memory (and so the id()) of a discarded one: its
+    # identity must not be confused with the discarded builder's.
+    for _ in range(100):
         foreign = SagaBuilder().add_step(step=Reserve(), input_map=ctx_map)
-        gc.collect()
         builder = SagaBuilder()
         builder.add_step(step=Pay(), input_map=ctx_map)
         builder.add_step(step=Pay(), input_map=untyped_map, depends_on=foreign, step_id="p2")
         with pytest.raises(SagaDefinitionError, match="another SagaBuilder"):
             builder.build()
+        del builder, foreign
 
 
 @pytest.mark.parametrize("depends_on", ["Reserve", 0, object()])
@@ -390,13 +390,14 @@ def test_depends_on_several_refs_is_not_supported() -> None:
     with pytest.raises(SagaDefinitionError, match="one StepRef"):
         builder.add_step(step=Notify(), input_map=ctx_map, depends_on=[])
     with pytest.raises(SagaDefinitionError, match="one StepRef"):
-        builder.add_step(step=Notify(), input_map=ctx_map, depends_on=["Reserve"])
+        builder.add_step(step=Notify(), input_map=ctx_map, depends_on=["Reserve"])  # type: ignore[list-item]
 
 
 @pytest.mark.parametrize("field", ["retry_policy", "compensation_retry_policy"])
 def test_retry_policies_must_be_policies(field: str) -> None:
     with pytest.raises(SagaDefinitionError, match=field):
-        SagaBuilder().add_step(step=Pay(), input_map=ctx_map, **{field: 3})
+        kwargs: dict[str, Any] = {field: 3}
+        SagaBuilder().add_step(step=Pay(), input_map=ctx_map, **kwargs)
 
 
 # --- input_map arity -----------------------------------------------------------------------
@@ -932,3 +933,25 @@ def test_fingerprint_changes_when_a_model_field_changes() -> None:
 
     assert make(int) == make(int)
     assert make(int) != make(str)
+
+
+def test_fingerprint_changes_when_a_step_gains_a_compensation() -> None:
+    # The same class (module and qualified name) in two versions of the code.
+    def version(with_compensation: bool) -> str:
+        class Step(BaseStep[PayIn, PayOut]):
+            async def execute(self, inp: PayIn) -> PayOut:
+                return PayOut()
+
+        if with_compensation:
+
+            async def compensate(self: Any, inp: PayIn, out: PayOut) -> None:
+                return None
+
+            Step.compensate = compensate  # type: ignore[method-assign]
+
+        builder = SagaBuilder()
+        builder.add_step(step=Step(), input_map=ctx_map)
+        return builder.build().fingerprint
+
+    assert version(False) == version(False)
+    assert version(True) != version(False)
