@@ -37,7 +37,17 @@ def is_transient(exc: BaseException) -> bool:
             "database is locked",
         )
         return any(m in text for m in markers)
+    # Raw asyncpg errors (the PostgreSQL hot path bypasses SQLAlchemy's wrapping): connection
+    # exceptions (SQLSTATE class 08), server shutdown/restart (57P01-57P03), too many
+    # connections, and a pooled connection found closed.
+    sqlstate = getattr(exc, "sqlstate", None)
+    if isinstance(sqlstate, str) and (
+        sqlstate.startswith("08") or sqlstate in {"57P01", "57P02", "57P03", "53300"}
+    ):
+        return True
     name = type(exc).__name__
+    if name == "InterfaceError" and "closed" in str(exc).lower():
+        return True
     return name in {
         "ConnectionDoesNotExistError",
         "CannotConnectNowError",

@@ -435,6 +435,10 @@ class Executor:
             return True
         stored_ids = [str(s["step_id"]) for s in row.steps_state]
         if stored_ids == list(definition.step_ids):
+            # The fingerprint column keeps the definition the saga started under; the context
+            # remembers the one already noted, so each change is recorded once, not per claim.
+            if run.context.get("noted_fingerprint") == definition.fingerprint:
+                return True
             note = {
                 "at": now_iso(),
                 "phase": "admin",
@@ -444,7 +448,8 @@ class Executor:
                 "reason": f"definition fingerprint {row.definition_fingerprint} -> "
                 f"{definition.fingerprint}; same steps, continuing",
             }
-            upd = RowUpdate(history=[note])
+            run.context = {**run.context, "noted_fingerprint": definition.fingerprint}
+            upd = RowUpdate(history=[note], context=run.context)
             res = await self.engine.writer.write(Checkpoint(row.id, run.token, upd))
             if res is False:
                 raise LeaseLost()

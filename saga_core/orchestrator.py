@@ -250,11 +250,20 @@ class SagaOrchestrator(Generic[M]):
             await asyncio.gather(*(self.engine.drive(r) for r in rows))
         return len(rows)
 
-    async def notify(self, *, saga_id: uuid.UUID, token: uuid.UUID, event: Any = None) -> bool:
+    async def notify(
+        self,
+        *,
+        saga_id: uuid.UUID,
+        token: uuid.UUID,
+        event: Any = None,
+        actor: str | None = None,
+        reason: str | None = None,
+    ) -> bool:
         """Deliver an event to a SUSPENDED saga whose current token is ``token``: it becomes
         RUNNING, due now, with a new token, and its current step runs again seeing the event.
         A stale or wrong token (or a saga not suspended) returns ``False`` and changes
-        nothing.
+        nothing. ``actor`` and ``reason``, when given, are recorded with the event (an
+        operator delivering it by hand, as ``sagactl notify`` does).
 
         Raises:
             SagaNotFoundError: no saga with that id.
@@ -282,6 +291,10 @@ class SagaOrchestrator(Generic[M]):
                 "attempt": 0,
                 "event": ev,
             }
+            if actor is not None:
+                entry["actor"] = actor
+            if reason is not None:
+                entry["reason"] = reason
             upd = update_for(t, row.steps_state, history=[entry], context=ctx)
             upd.new_token = uuid.uuid4()
             return upd

@@ -10,10 +10,15 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from saga_core.errors import SagaError
 
@@ -39,7 +44,8 @@ class SagaSettings(BaseSettings):
     """SQLAlchemy async URL: postgresql+asyncpg://user@host/db or sqlite+aiosqlite:///file.db"""
     database_password_file: Path | None = None
     """Read the database password from this file (systemd credentials); overrides the URL's."""
-    app: list[str] = Field(default_factory=list)
+    # NoDecode: SAGA_APP is "mod:attr,mod2:attr" (or a JSON list), not only JSON.
+    app: Annotated[list[str], NoDecode] = Field(default_factory=list)
     """module:attribute of the application's SagaOrchestrator(s), or of a factory that takes
     the database URL and returns one (or a list)."""
     table: str = "saga_state"
@@ -65,6 +71,13 @@ class SagaSettings(BaseSettings):
     @classmethod
     def _split_app(cls, v: Any) -> Any:
         if isinstance(v, str):
+            if v.lstrip().startswith("["):
+                import json
+
+                try:
+                    return json.loads(v)
+                except ValueError:
+                    raise ValueError(f"{v!r} is not a JSON list") from None
             return [part.strip() for part in v.split(",") if part.strip()]
         return v
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime, timedelta
 from typing import Any
@@ -117,7 +117,7 @@ FROM unnest(
 ) AS v(id, token, status, phase, idx, steps, ctx, rc, set_err, err, hist, dmode, delay_s,
        release, finished, new_token)
 WHERE t.id = v.id AND t.step_execution_token = v.token
-RETURNING t.id, t.deadline_at
+RETURNING t.id, v.token, t.deadline_at
 """
 
 
@@ -134,6 +134,21 @@ class FastPostgresSagaStore(PostgresSagaStore):
         self._sql_claim = _claim_sql(q, by_ids=False)
         self._sql_claim_ids = _claim_sql(q, by_ids=True)
         self._sql_checkpoint = _checkpoint_sql(q)
+
+    @contextlib.asynccontextmanager
+    async def _raw(self) -> AsyncIterator[Any]:
+        """A pooled connection as raw asyncpg. Errors raised on it bypass SQLAlchemy, so a
+        connection found closed (database restarted, network cut) is invalidated here;
+        otherwise the pool would hand the dead connection out again and again."""
+        async with self.engine.connect() as conn:
+            raw = (await conn.get_raw_connection()).driver_connection
+            assert raw is not None
+            try:
+                yield raw
+            except Exception:
+                if raw.is_closed():
+                    await conn.invalidate()
+                raise
 
     async def saga_claim(
         self,
@@ -155,9 +170,7 @@ class FastPostgresSagaStore(PostgresSagaStore):
         if saga_ids is not None:
             sql = self._sql_claim_ids
             args.append(list(saga_ids))
-        async with self.engine.connect() as conn:
-            raw = (await conn.get_raw_connection()).driver_connection
-            assert raw is not None
+        async with self._raw() as raw:
             rows = await raw.fetch(sql, *args)
         return [SagaRow.from_mapping(r) for r in rows]
 
@@ -190,10 +203,9 @@ class FastPostgresSagaStore(PostgresSagaStore):
             for col, value in zip(cols, values, strict=True):
                 col.append(value)
         args = [*cols[:14], self.lease.total_seconds(), *cols[14:]]
-        async with self.engine.connect() as conn:
-            raw = (await conn.get_raw_connection()).driver_connection
-            assert raw is not None
-            async with raw.transaction():
-                rows = await raw.fetch(self._sql_checkpoint, *args)
-        applied = {r[0]: r[1] for r in rows}
-        return [applied.get(cp.saga_id, False) for cp in checkpoints]
+        async with self._raw() as raw, raw.transaction():
+            rows = await raw.fetch(self._sql_checkpoint, *args)
+        # Keyed by (id, token): a stale checkpoint batched with the current one for the same
+        # saga (a run that lost its lease in this very process) must still be told False.
+        applied = {(r[0], r[1]): r[2] for r in rows}
+        return [applied.get((cp.saga_id, cp.token), False) for cp in checkpoints]

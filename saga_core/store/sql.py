@@ -88,6 +88,13 @@ class SqlSagaStore(SagaStore):
         """A context manager serialising write transactions where the database needs it."""
         raise NotImplementedError
 
+    async def _insert_in_session(self, session: AsyncSession, stmt: Any) -> None:
+        """Insert a new saga in the caller's transaction."""
+        # A savepoint keeps the caller's transaction usable when the insert is refused.
+        async with session.begin_nested():
+            await session.execute(stmt)
+            await self._wake(session)
+
     # --- helpers --------------------------------------------------------------------------
 
     def _values(self, upd: RowUpdate) -> dict[str, Any]:
@@ -156,10 +163,7 @@ class SqlSagaStore(SagaStore):
         stmt = insert(self.table).values(**values)
         try:
             if session is not None:
-                # A savepoint keeps the caller's transaction usable when the insert is refused.
-                async with session.begin_nested():
-                    await session.execute(stmt)
-                    await self._wake(session)
+                await self._insert_in_session(session, stmt)
                 return
             async with self._write_lock(), self.engine.begin() as conn:
                 await conn.execute(stmt)
@@ -233,7 +237,14 @@ class SqlSagaStore(SagaStore):
         t = self.table
         stmt = (
             update(t)
-            .where(t.c.id == saga_id, t.c.step_execution_token == token)
+            # Only a lease still held: the keeper's renewal may race the run's own last
+            # checkpoint (which keeps the token but releases the lease), and must not put a
+            # lease back on a finished, suspended or released saga.
+            .where(
+                t.c.id == saga_id,
+                t.c.step_execution_token == token,
+                t.c.lease_owner.is_not(None),
+            )
             .values(deadline_at=self._now_plus(self.lease), updated_at=self._now())
             .returning(t.c.deadline_at)
         )

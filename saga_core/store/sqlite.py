@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import ColumnElement, event, func, literal
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from saga_core.state import UTCDateTime, utcnow
 from saga_core.store.sql import SqlSagaStore
@@ -62,6 +62,13 @@ class SqliteSagaStore(SqlSagaStore):
                 expr, "$[#]", func.json(literal(json.dumps(entry, default=str)))
             )
         return expr
+
+    async def _insert_in_session(self, session: AsyncSession, stmt: Any) -> None:
+        # No savepoint here: pysqlite begins its transaction lazily, before the first INSERT,
+        # so a SAVEPOINT as the session's first statement would open the transaction itself
+        # and its RELEASE would commit the saga whatever the caller did next. A refused INSERT
+        # undoes only itself in SQLite, so the caller's transaction stays usable without one.
+        await session.execute(stmt)
 
     def _write_lock(self) -> asyncio.Lock:
         key = self.engine.sync_engine

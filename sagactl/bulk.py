@@ -1,0 +1,193 @@
+"""Bulk actions: the same filters as ``list``, a dry run, progress and a per-saga result."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from rich import box
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from rich.text import Text
+
+from saga_core.snapshot import SagaSnapshot
+from sagactl.actions import ACTIONS, allowed_text, apply_action
+from sagactl.confirm import confirm
+from sagactl.errors import classify
+from sagactl.exitcodes import ExitCode
+from sagactl.filters import SagaFilters
+from sagactl.fmt import short_id, status_text
+from sagactl.render_json import saga_json
+from sagactl.render_text import saga_table
+from sagactl.runtime import Runtime, Session
+
+__all__ = ["DEFAULT_BULK_LIMIT", "run_bulk"]
+
+DEFAULT_BULK_LIMIT = 1000
+SAMPLE = 10
+
+
+@dataclass(frozen=True)
+class Outcome:
+    saga: SagaSnapshot
+    ok: bool
+    status: str | None = None
+    code: ExitCode = ExitCode.OK
+    message: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": str(self.saga.id),
+            "saga_name": self.saga.saga_name,
+            "ok": self.ok,
+            "from_status": self.saga.status.value,
+            "status": self.status,
+            "error": None
+            if self.ok
+            else {"code": int(self.code), "kind": self.code.name.lower(), "message": self.message},
+        }
+
+
+@contextmanager
+def _progress(rt: Runtime, label: str, total: int) -> Iterator[Any]:
+    """A progress bar on a terminal; a no-op advance function elsewhere."""
+    if not rt.interactive:
+        yield lambda: None
+        return
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=rt.err,
+        transient=True,
+    ) as progress:
+        task = progress.add_task(label, total=total)
+        yield lambda: progress.advance(task)
+
+
+def _dry_run(
+    rt: Runtime, action: str, flt: SagaFilters, total: int, targets: list[SagaSnapshot], now: Any
+) -> int:
+    spec = ACTIONS[action]
+    refused = Counter(t.status.value for t in targets if t.status not in spec.allowed)
+    if not rt.text:
+        rt.emit(
+            {
+                "action": action,
+                "dry_run": True,
+                "filters": flt.describe(),
+                "matched": total,
+                "selected": len(targets),
+                "would_refuse": sum(refused.values()),
+                "sample": [saga_json(t) for t in targets[:SAMPLE]],
+            }
+        )
+        return 0
+    rt.out.print(
+        f"dry run: {spec.verb} would act on [bold]{len(targets)}[/] saga(s) matching "
+        f"{flt.describe()} ({total} match); nothing changed"
+    )
+    if refused:
+        detail = ", ".join(f"{n} {s}" for s, n in sorted(refused.items()))
+        rt.out.print(
+            f"[yellow]{sum(refused.values())} would be refused[/] ({detail}): "
+            f"{spec.verb} is allowed from {allowed_text(spec.allowed)}"
+        )
+    if targets:
+        title = f"sample (first {min(SAMPLE, len(targets))} of {len(targets)}, oldest first)"
+        rt.out.print(saga_table(targets[:SAMPLE], now, width=rt.out.width, title=title))
+    return 0
+
+
+def _report(rt: Runtime, action: str, total: int, outcomes: list[Outcome]) -> None:
+    spec = ACTIONS[action]
+    failed = [o for o in outcomes if not o.ok]
+    if rt.output.value == "jsonl":
+        rt.emit_lines(o.to_json() for o in outcomes)
+    elif not rt.text:
+        rt.emit(
+            {
+                "action": action,
+                "dry_run": False,
+                "matched": total,
+                "selected": len(outcomes),
+                "succeeded": len(outcomes) - len(failed),
+                "failed": len(failed),
+                "results": [o.to_json() for o in outcomes],
+            }
+        )
+    else:
+        table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+        for col in ("ID", "NAME", "BEFORE", "AFTER", "RESULT"):
+            table.add_column(col, no_wrap=col != "RESULT", overflow="fold")
+        for o in outcomes:
+            table.add_row(
+                short_id(o.saga.id),
+                o.saga.saga_name,
+                status_text(o.saga.status.value),
+                status_text(o.status) if o.status else Text("-", style="dim"),
+                Text(spec.done, style="green") if o.ok else Text(o.message or "", style="red"),
+            )
+        rt.out.print(table)
+    summary = f"{spec.done} {len(outcomes) - len(failed)} of {len(outcomes)} saga(s)"
+    if failed:
+        rt.warn(f"{summary}; {len(failed)} failed (exit {int(ExitCode.PARTIAL)})")
+    else:
+        rt.info(summary)
+
+
+async def run_bulk(
+    rt: Runtime,
+    s: Session,
+    action: str,
+    flt: SagaFilters,
+    *,
+    reason: str | None,
+    yes: bool,
+    dry_run: bool,
+    limit: int | None,
+    mock_output: Any = None,
+) -> int:
+    now = await s.now()
+    query = flt.query(now)
+    total = await s.admin.count_sagas(**query)
+    targets = await s.admin.list_sagas(
+        **query, limit=limit or DEFAULT_BULK_LIMIT, oldest_first=True
+    )
+    if dry_run:
+        return _dry_run(rt, action, flt, total, targets, now)
+    spec = ACTIONS[action]
+    if not targets:
+        rt.info(f"no saga matches {flt.describe()}; nothing to do")
+        _report(rt, action, total, [])
+        return 0
+    if total > len(targets):
+        rt.warn(
+            f"{total} sagas match; acting on the oldest {len(targets)} (raise --limit for more)"
+        )
+    confirm(
+        rt, f"{spec.verb.capitalize()} {len(targets)} saga(s) matching {flt.describe()}?", yes=yes
+    )
+    outcomes: list[Outcome] = []
+    stop: ExitCode | None = None
+    with _progress(rt, spec.verb, len(targets)) as advance:
+        for target in targets:
+            try:
+                after = await apply_action(s, action, target.id, reason, mock_output)
+                outcomes.append(Outcome(target, True, after.status.value))
+            except Exception as exc:
+                code, message = classify(exc)
+                outcomes.append(Outcome(target, False, None, code, message))
+                if code is ExitCode.UNREACHABLE:
+                    stop = code
+                    break
+            advance()
+    _report(rt, action, total, outcomes)
+    if stop is not None:
+        rt.error(f"stopped after {len(outcomes)} saga(s): the database became unreachable", stop)
+        return int(stop)
+    return int(ExitCode.PARTIAL) if any(not o.ok for o in outcomes) else 0

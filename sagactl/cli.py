@@ -1,0 +1,128 @@
+"""The ``sagactl`` command: global options and command wiring. The commands live in
+``cmd_read``, ``cmd_repair``, ``watch`` and ``cmd_db``."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from sagactl.argv import hoist_global_options
+from sagactl.cmd_db import db_app
+from sagactl.cmd_read import list_cmd, show_cmd, stats_cmd, workers_cmd
+from sagactl.cmd_repair import abort_cmd, compensate_cmd, notify_cmd, retry_cmd, skip_cmd
+from sagactl.exitcodes import EXIT_CODES_HELP
+from sagactl.runtime import ColorMode, GlobalOptions, OutputFormat, Runtime
+from sagactl.watch import watch_cmd
+
+__all__ = ["app", "main"]
+
+HELP = (
+    "Inspect and repair sagas: list, show, retry, skip, compensate, abort, notify, watch.\n\n"
+    "Settings come from flags, then SAGA_* environment variables, then the TOML file "
+    "(--config or $SAGA_CONFIG), like sagad. Global options may be given before or after "
+    "the command. Text output is for people; -o json / -o jsonl print a stable shape for "
+    "scripts on stdout (times in ISO-8601 UTC); messages go to stderr. NO_COLOR is honoured."
+)
+
+app = typer.Typer(
+    name="sagactl",
+    help=HELP,
+    epilog=EXIT_CODES_HELP,
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+GLOBAL = "Global options (before or after the command)"
+
+
+@app.callback()
+def global_options(
+    ctx: typer.Context,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config", help="TOML settings file (default: $SAGA_CONFIG).", rich_help_panel=GLOBAL
+        ),
+    ] = None,
+    database_url: Annotated[
+        str | None,
+        typer.Option(
+            "--database-url",
+            help="postgresql+asyncpg://… or sqlite+aiosqlite:///… (default: $SAGA_DATABASE_URL).",
+            rich_help_panel=GLOBAL,
+        ),
+    ] = None,
+    app_target: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--app",
+            help="module:attribute of the application's SagaOrchestrator (or a factory taking "
+            "the database URL); needed only to validate `skip --output`.",
+            rich_help_panel=GLOBAL,
+        ),
+    ] = None,
+    table: Annotated[
+        str | None,
+        typer.Option(
+            "--table", help="Saga table to work on (default saga_state).", rich_help_panel=GLOBAL
+        ),
+    ] = None,
+    output: Annotated[
+        OutputFormat,
+        typer.Option("--output", "-o", help="Output format.", rich_help_panel=GLOBAL),
+    ] = OutputFormat.TEXT,
+    color: Annotated[
+        ColorMode,
+        typer.Option(
+            "--color", help="Colour: auto honours NO_COLOR and terminals.", rich_help_panel=GLOBAL
+        ),
+    ] = ColorMode.AUTO,
+) -> None:
+    ctx.obj = Runtime(
+        GlobalOptions(
+            config=config,
+            database_url=database_url,
+            app=list(app_target or []),
+            table=table,
+            output=output,
+            color=color,
+        )
+    )
+
+
+READ = "Inspect"
+REPAIR = "Repair (each needs --reason; asks to confirm unless --yes)"
+OPERATE = "Operate"
+
+app.command("list", rich_help_panel=READ)(list_cmd)
+app.command("show", rich_help_panel=READ)(show_cmd)
+app.command("stats", rich_help_panel=READ)(stats_cmd)
+app.command("workers", rich_help_panel=READ)(workers_cmd)
+app.command("watch", rich_help_panel=READ)(watch_cmd)
+app.command("retry", rich_help_panel=REPAIR)(retry_cmd)
+app.command("skip", rich_help_panel=REPAIR)(skip_cmd)
+app.command("compensate", rich_help_panel=REPAIR)(compensate_cmd)
+app.command("abort", rich_help_panel=REPAIR)(abort_cmd)
+app.command("notify", rich_help_panel=REPAIR)(notify_cmd)
+app.add_typer(db_app, rich_help_panel=OPERATE)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``sagactl`` console script."""
+    args = hoist_global_options(sys.argv[1:] if argv is None else argv)
+    command = typer.main.get_command(app)
+    try:
+        command.main(args=args, prog_name="sagactl", standalone_mode=True)
+    except SystemExit as exc:
+        code = exc.code
+        return code if isinstance(code, int) else (0 if code is None else 1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,75 @@
+"""``sagactl db upgrade`` and ``sagactl db status``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import typer
+
+from saga_core.settings import mask_url
+from sagactl.exitcodes import ExitCode
+from sagactl.render_dash import db_report
+from sagactl.runtime import Runtime, Session
+
+__all__ = ["db_app"]
+
+db_app = typer.Typer(
+    name="db", help="Create or upgrade the schema, or check it.", no_args_is_help=True
+)
+
+
+def _orchestrators(s: Session) -> list[Any]:
+    """The tables to manage: every ``--app`` orchestrator's, or the ``--table`` one."""
+    return list(s.orchestrators) or [s.orchestrator]
+
+
+async def _status(s: Session) -> dict[str, Any]:
+    merged: dict[str, Any] = {"expected_version": None, "tables": {}, "up_to_date": True}
+    for o in _orchestrators(s):
+        report = await o.engine.store.schema_status()
+        merged["expected_version"] = report["expected_version"]
+        merged["tables"].update(report["tables"])
+        merged["up_to_date"] = merged["up_to_date"] and report["up_to_date"]
+    return merged
+
+
+def _emit(rt: Runtime, s: Session, report: dict[str, Any], changes: list[str] | None) -> None:
+    if rt.text:
+        rt.info(f"database {mask_url(s.settings.database_url)}")
+        rt.out.print(db_report(report, changes=changes))
+        return
+    data: dict[str, Any] = {"database_url": mask_url(s.settings.database_url), **report}
+    if changes is not None:
+        data = {"changes": changes, **data}
+    rt.emit(data)
+
+
+@db_app.command("upgrade")
+def upgrade_cmd(ctx: typer.Context) -> None:
+    """Create or upgrade the saga table(s) and the worker registry (idempotent; run it on every deploy). With --app: every table of the application's orchestrators."""
+    rt: Runtime = ctx.obj
+
+    async def work() -> int:
+        async with rt.connect() as s:
+            changes: list[str] = []
+            for o in _orchestrators(s):
+                changes.extend(c for c in await o.create_tables() if c not in changes)
+            report = await _status(s)
+            _emit(rt, s, report, changes)
+        return 0 if report["up_to_date"] else int(ExitCode.ERROR)
+
+    rt.run(work)
+
+
+@db_app.command("status")
+def status_cmd(ctx: typer.Context) -> None:
+    """Report whether the database matches the installed schema version (exit 1 when it needs `sagactl db upgrade`)."""
+    rt: Runtime = ctx.obj
+
+    async def work() -> int:
+        async with rt.connect() as s:
+            report = await _status(s)
+            _emit(rt, s, report, None)
+        return 0 if report["up_to_date"] else int(ExitCode.ERROR)
+
+    rt.run(work)

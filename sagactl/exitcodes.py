@@ -1,0 +1,29 @@
+"""Exit codes of ``sagactl``: fixed, documented in ``--help``, relied on by scripts."""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+__all__ = ["EXIT_CODES_HELP", "ExitCode"]
+
+
+class ExitCode(IntEnum):
+    OK = 0
+    ERROR = 1
+    """Any other error (including ``db status`` finding the schema out of date)."""
+    USAGE = 2
+    """Bad arguments or configuration, invalid input, or an action refused (no confirmation)."""
+    NOT_FOUND = 3
+    """No saga with that id (or an ambiguous id prefix)."""
+    ILLEGAL = 4
+    """The saga's status does not allow the action (or a stale notify token)."""
+    PARTIAL = 5
+    """A bulk action failed for at least one saga."""
+    UNREACHABLE = 6
+    """The database cannot be reached."""
+
+
+EXIT_CODES_HELP = (
+    "Exit codes: 0 ok, 1 error, 2 usage error or refused, 3 not found, "
+    "4 illegal transition, 5 partial bulk failure, 6 database unreachable."
+)

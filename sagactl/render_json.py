@@ -1,0 +1,80 @@
+"""The JSON shapes of ``-o json`` / ``-o jsonl`` (documented in docs/sagactl.md; keep them
+stable: add fields, never rename or remove). Times are ISO-8601 UTC strings ending in ``Z``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from saga_core.snapshot import SagaSnapshot
+from sagactl.runtime import iso
+from sagactl.stats import Dashboard, Stats, WorkerView
+
+__all__ = ["dashboard_json", "saga_json", "stats_json", "worker_json"]
+
+
+def saga_json(s: SagaSnapshot) -> dict[str, Any]:
+    """Every field of the snapshot (``SagaAdminSnapshot`` adds context, steps_state and
+    step_history)."""
+    data = s.model_dump(mode="json")
+    for key in ("deadline_at", "created_at", "updated_at", "finished_at"):
+        data[key] = iso(getattr(s, key))
+    return data
+
+
+def _triples(rows: list[tuple[str, str, int]]) -> list[dict[str, Any]]:
+    return [{"saga_name": n, "status": s, "count": c} for n, s, c in rows]
+
+
+def stats_json(st: Stats) -> dict[str, Any]:
+    totals: dict[str, int] = {}
+    for _, s, c in st.counts:
+        totals[s] = totals.get(s, 0) + c
+    finished: dict[str, int] = {}
+    for _, s, c in st.finished:
+        finished[s] = finished.get(s, 0) + c
+    return {
+        "at": iso(st.at),
+        "counts": _triples(st.counts),
+        "totals": totals,
+        "total": sum(totals.values()),
+        "due_now": st.due_now,
+        "oldest_due_at": iso(st.oldest_due),
+        "oldest_due_wait_s": (
+            round((st.at - st.oldest_due).total_seconds(), 3) if st.oldest_due else None
+        ),
+        "throughput": {
+            "window_s": st.window.total_seconds(),
+            "finished": _triples(st.finished),
+            "finished_by_status": finished,
+            "finished_total": st.finished_total,
+            "per_minute": round(st.per_minute, 3),
+        },
+    }
+
+
+def worker_json(v: WorkerView) -> dict[str, Any]:
+    w = v.row
+    return {
+        "id": w.id,
+        "host": w.host,
+        "pid": w.pid,
+        "version": w.version,
+        "state": v.state,
+        "started_at": iso(w.started_at),
+        "heartbeat_at": iso(w.heartbeat_at),
+        "heartbeat_age_s": round(v.heartbeat_age.total_seconds(), 3),
+        "stopped_at": iso(w.stopped_at),
+        "in_flight": w.in_flight,
+        "concurrency": w.concurrency,
+        "saga_names": list(w.saga_names),
+        "info": w.info,
+    }
+
+
+def dashboard_json(d: Dashboard) -> dict[str, Any]:
+    return {
+        "stats": stats_json(d.stats),
+        "workers": [worker_json(w) for w in d.workers],
+        "failures": [saga_json(s) for s in d.failures],
+        "notes": d.notes,
+    }

@@ -1,0 +1,250 @@
+"""Text output for people: the saga list, the ``show`` page and action results (rich)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from rich import box
+from rich.console import Group, RenderableType
+from rich.json import JSON
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from saga_core.machine import SagaStatus
+from saga_core.snapshot import SagaAdminSnapshot, SagaSnapshot
+from sagactl.fmt import (
+    age,
+    clock,
+    duration,
+    outcome_text,
+    relative,
+    short_id,
+    shorten,
+    status_text,
+)
+
+__all__ = [
+    "attempt_cell",
+    "saga_table",
+    "show_page",
+    "step_cell",
+    "worker_cell",
+]
+
+ACTIVE_LEASE = (SagaStatus.RUNNING, SagaStatus.COMPENSATING)
+
+
+def step_cell(s: SagaSnapshot) -> str:
+    """``i/n step_id``; ``↩`` marks a step being compensated."""
+    n = s.total_steps
+    if s.current_step_id is None:
+        return f"{n}/{n}" if s.status is SagaStatus.COMPLETED else "-"
+    arrow = "↩ " if s.phase == "compensate" else ""
+    return f"{arrow}{s.current_step_index + 1}/{n} {s.current_step_id}"
+
+
+def attempt_cell(s: SagaSnapshot) -> str:
+    """The current (or next) attempt of the current step; for FAILED, the attempts made."""
+    if s.status.is_terminal:
+        return "-"
+    if s.status is SagaStatus.FAILED:
+        return str(max(s.retry_counter, 1))
+    return str(s.retry_counter + 1)
+
+
+def lease_live(s: SagaSnapshot, now: datetime) -> bool:
+    return (
+        s.lease_owner is not None
+        and s.status in ACTIVE_LEASE
+        and s.deadline_at is not None
+        and s.deadline_at > now
+    )
+
+
+def worker_cell(s: SagaSnapshot, now: datetime) -> Text:
+    if s.lease_owner is None:
+        return Text("-", style="dim")
+    if lease_live(s, now):
+        return Text(s.lease_owner)
+    return Text(f"{s.lease_owner} (expired)", style="yellow")
+
+
+OPTIONAL_COLUMNS = ("AGE", "WORKER", "ATT", "UPDATED")
+"""Dropped in this order when the terminal is too narrow for them and a useful error."""
+
+
+def saga_table(
+    sagas: Sequence[SagaSnapshot], now: datetime, *, width: int = 160, title: str | None = None
+) -> Table:
+    """The saga list; the last error gets whatever width the other columns leave."""
+    cells: dict[str, list[str | Text]] = {
+        "ID": [short_id(s.id) for s in sagas],
+        "NAME": [s.saga_name for s in sagas],
+        "STATUS": [status_text(s.status) for s in sagas],
+        "STEP": [step_cell(s) for s in sagas],
+        "ATT": [attempt_cell(s) for s in sagas],
+        "AGE": [age(s.created_at, now) for s in sagas],
+        "UPDATED": [f"{age(s.updated_at, now)} ago" for s in sagas],
+        "WORKER": [worker_cell(s, now) for s in sagas],
+    }
+
+    def used() -> int:  # each column costs its text plus 3 (padding and separator)
+        return sum(max([len(h), *(len(str(c)) for c in col)]) + 3 for h, col in cells.items())
+
+    for optional in OPTIONAL_COLUMNS:
+        if width - used() >= 28:
+            break
+        del cells[optional]
+    budget = max(12, width - used() - 4)
+    table = Table(box=box.SIMPLE_HEAD, title=title, title_justify="left", pad_edge=False)
+    for h in cells:
+        justify = "right" if h in ("ATT", "AGE", "UPDATED") else "left"
+        table.add_column(h, no_wrap=True, justify=justify, style="bold" if h == "ID" else None)  # type: ignore[arg-type]
+    table.add_column("LAST ERROR", style="red", no_wrap=True, overflow="ellipsis")
+    for i, s in enumerate(sagas):
+        table.add_row(*(col[i] for col in cells.values()), shorten(s.last_error, budget))
+    return table
+
+
+# --- show --------------------------------------------------------------------------------
+
+
+def _due(s: SagaSnapshot, now: datetime) -> Text:
+    if s.status.is_terminal:
+        return Text("- (finished)", style="dim")
+    if s.status is SagaStatus.FAILED:
+        return Text("- (waits for an operator: retry, skip, compensate or abort)", style="red")
+    if s.deadline_at is None:
+        return Text("- (waiting for an event: notify with the token below)", style="yellow")
+    if lease_live(s, now):
+        return Text("- (held by a worker)")
+    if s.deadline_at <= now:
+        return Text(f"{clock(s.deadline_at)} (due now, for {duration(now - s.deadline_at)})")
+    return Text(f"{clock(s.deadline_at)} ({relative(s.deadline_at, now)})")
+
+
+def _lease(s: SagaSnapshot, now: datetime) -> Text:
+    if s.lease_owner is None:
+        return Text("none", style="dim")
+    expiry = f"expires {clock(s.deadline_at)} ({relative(s.deadline_at, now)})"
+    if lease_live(s, now):
+        return Text(f"{s.lease_owner}, {expiry}")
+    return Text(f"{s.lease_owner}, {expiry} (expired)", style="yellow")
+
+
+def header(s: SagaAdminSnapshot, now: datetime) -> Panel:
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold", no_wrap=True)
+    grid.add_column(overflow="fold")
+    rows: list[tuple[str, RenderableType]] = [
+        ("status", status_text(s.status)),
+        ("name", s.saga_name),
+        ("aggregation id", s.aggregation_id),
+        ("trace id", s.trace_id or "-"),
+        ("step", f"{step_cell(s)}  (phase {s.phase}, attempt {attempt_cell(s)})"),
+        ("retry counter", f"{s.retry_counter}   takeovers {s.takeover_count}"),
+        ("created", f"{clock(s.created_at)} ({age(s.created_at, now)} ago)"),
+        ("updated", f"{clock(s.updated_at)} ({age(s.updated_at, now)} ago)"),
+        ("finished", clock(s.finished_at) if s.finished_at else "-"),
+        ("lease", _lease(s, now)),
+        ("due", _due(s, now)),
+        ("token", str(s.step_execution_token)),
+        ("definition", s.definition_fingerprint),
+    ]
+    if s.last_error:
+        rows.append(("last error", Text(s.last_error, style="red")))
+    for key, value in rows:
+        grid.add_row(key, value)
+    title = Text.assemble(("saga ", "bold"), (str(s.id), "bold cyan"))
+    return Panel(grid, title=title, title_align="left", box=box.ROUNDED)
+
+
+def steps_table(s: SagaAdminSnapshot) -> Table:
+    table = Table(box=box.SIMPLE_HEAD, title="steps", title_justify="left", pad_edge=False)
+    for col, justify in (("#", "right"), ("STEP", "left"), ("STATE", "left")):
+        table.add_column(col, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+    table.add_column("ATTEMPTS", justify="right")
+    table.add_column("COMPENSATIONS", justify="right")
+    for i, st in enumerate(s.steps_state):
+        marker = "▶ " if i == s.current_step_index and not s.status.is_terminal else ""
+        table.add_row(
+            f"{marker}{i + 1}",
+            str(st.get("step_id")),
+            str(st.get("status", "")),
+            str(st.get("attempts", 0)),
+            str(st.get("compensation_attempts", 0)),
+        )
+    return table
+
+
+def _compact(value: Any, width: int) -> str:
+    return shorten(json.dumps(value, separators=(",", ":"), default=str), width)
+
+
+def entry_detail(e: dict[str, Any]) -> Text:
+    """What one history entry says beyond its outcome: error, actor and reason, event."""
+    text = Text()
+    phase = e.get("phase")
+    if e.get("error"):
+        text.append(shorten(str(e["error"]), 160), style="red")
+    if e.get("from_status"):
+        text.append(f"{' ' if text else ''}{e['from_status']}→{e.get('to_status')} ")
+    if e.get("actor"):
+        text.append(f"by {e['actor']}", style="bold")
+        if e.get("reason"):
+            text.append(f": {e['reason']}")
+    elif e.get("reason"):
+        text.append(f"{' ' if text else ''}{e['reason']}", style="dim")
+    if "mock_output" in e and e["mock_output"] is not None:
+        text.append(f" output {_compact(e['mock_output'], 60)}", style="dim")
+    if phase == "event":
+        text.append(f"{' ' if text else ''}event {_compact(e.get('event'), 80)}")
+    if e.get("retry_in_s") is not None:
+        text.append(f" · retry in {duration(float(e['retry_in_s']))}", style="yellow")
+    if not text and e.get("worker"):
+        text.append(f"worker {e['worker']}", style="dim")
+    return text
+
+
+def timeline_table(history: Sequence[dict[str, Any]]) -> Table:
+    table = Table(box=box.SIMPLE_HEAD, title="timeline", title_justify="left", pad_edge=False)
+    table.add_column("#", justify="right", no_wrap=True)
+    table.add_column("AT (UTC)", no_wrap=True)
+    table.add_column("PHASE", no_wrap=True)
+    table.add_column("STEP", no_wrap=True)
+    table.add_column("ATT", justify="right")
+    table.add_column("OUTCOME", no_wrap=True)
+    table.add_column("TOOK", justify="right", no_wrap=True)
+    table.add_column("DETAIL", overflow="fold", ratio=1)
+    for i, e in enumerate(history, 1):
+        took = e.get("duration_ms")
+        table.add_row(
+            str(i),
+            clock(e.get("at")),
+            str(e.get("phase", "")),
+            str(e.get("step_id") or "-"),
+            str(e.get("attempt") or "-"),
+            outcome_text(str(e.get("status", ""))),
+            duration(float(took) / 1000) if took is not None else "",
+            entry_detail(e),
+        )
+    if not history:
+        table.add_row("", "", "", "(nothing has run yet)", "", "", "", "")
+    return table
+
+
+def show_page(
+    s: SagaAdminSnapshot, now: datetime, *, context: bool = False, history: bool = False
+) -> Group:
+    parts: list[RenderableType] = [header(s, now), steps_table(s), timeline_table(s.step_history)]
+    if context:
+        parts.append(Text("context", style="bold"))
+        parts.append(JSON.from_data(s.context, default=str))
+    if history:
+        parts.append(Text("history", style="bold"))
+        parts.append(JSON.from_data(s.step_history, default=str))
+    return Group(*parts)

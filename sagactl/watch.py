@@ -1,0 +1,64 @@
+"""``sagactl watch``: a live dashboard (rich Live) refreshing until Ctrl-C."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated
+
+import typer
+from rich.live import Live
+
+from saga_core.settings import mask_url
+from sagactl.errors import CliError
+from sagactl.exitcodes import ExitCode
+from sagactl.render_dash import dashboard
+from sagactl.render_json import dashboard_json
+from sagactl.runtime import Runtime
+from sagactl.stats import gather_dashboard
+from sagactl.timeparse import parse_duration
+
+__all__ = ["watch_cmd"]
+
+
+def watch_cmd(
+    ctx: typer.Context,
+    interval: Annotated[
+        str, typer.Option("--interval", "-i", help="Time between refreshes (e.g. 2s).")
+    ] = "2s",
+    window: Annotated[
+        str, typer.Option("--window", "-w", help="Throughput over this last period.")
+    ] = "5m",
+    count: Annotated[
+        int | None, typer.Option("--count", "-c", min=1, help="Stop after this many refreshes.")
+    ] = None,
+) -> None:
+    """A live dashboard of stats, workers and the latest failures, until Ctrl-C. With ``-o json``/``jsonl``, one JSON document per refresh."""
+    rt: Runtime = ctx.obj
+
+    async def work() -> int:
+        every = parse_duration(interval).total_seconds()
+        span = parse_duration(window)
+        if every <= 0:
+            raise CliError("--interval must be positive", ExitCode.USAGE)
+        async with rt.connect() as s:
+            source = f"{mask_url(s.settings.database_url)} · {s.orchestrator.engine.table_name}"
+            done = 0
+            if not rt.text:
+                while True:
+                    rt.emit_lines([dashboard_json(await gather_dashboard(s, span))])
+                    done += 1
+                    if count is not None and done >= count:
+                        return 0
+                    await asyncio.sleep(every)
+            with Live(console=rt.out, auto_refresh=False, redirect_stderr=False) as live:
+                while True:
+                    frame = dashboard(
+                        await gather_dashboard(s, span), source=source, interval=every
+                    )
+                    live.update(frame, refresh=True)
+                    done += 1
+                    if count is not None and done >= count:
+                        return 0
+                    await asyncio.sleep(every)
+
+    rt.run(work, on_interrupt=0)
