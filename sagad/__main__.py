@@ -1,0 +1,9 @@
+"""``python -m sagad``."""
+
+from __future__ import annotations
+
+import sys
+
+from sagad.cli import main
+
+sys.exit(main())

@@ -1,0 +1,370 @@
+"""The life of one ``sagad`` process: start-up checks, the worker, signals, systemd, drain.
+
+Start: load the app, reach the database (bounded retries: exit 75), verify the schema
+(exit 78), register, listen for wake-ups, ``READY=1``. Run: claim and drive; heartbeat;
+``WATCHDOG=1`` while the claim loop makes progress. SIGTERM/SIGINT: ``STOPPING=1``, stop
+claiming, drain for ``drain_timeout`` (a second signal cuts it short), cancel and release the
+rest, flush checkpoints, mark the worker stopped, exit 0. SIGHUP: reload log level and
+concurrency.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from loguru import logger
+
+from saga_core import SagaEngine
+from saga_core.settings import SagaSettings, SettingsError, load_settings, mask_url
+from sagad import __version__
+from sagad.apps import load_orchestrators
+from sagad.errors import EXIT_CRASH, EXIT_OK, ConfigError
+from sagad.logs import set_level
+from sagad.metrics import Metrics
+from sagad.registry import Registry, check_single_sqlite_worker, new_worker_id
+from sagad.startup import describe_url, distinct_databases, verify_schema, wait_for_database
+from sagad.systemd import Notifier
+from sagad.wakeup import PgListener
+from sagad.worker import Worker
+
+__all__ = ["LoadedApp", "RunOptions", "load_app", "serve"]
+
+LISTENER_READY_WAIT_S = 5.0
+STATUS_EVERY_S = 2.0
+
+
+@dataclass
+class RunOptions:
+    """What the command line gave, kept to reload settings on SIGHUP."""
+
+    config: Path | None
+    overrides: dict[str, Any] = field(default_factory=dict)
+    create_schema: bool = False
+
+
+@dataclass
+class LoadedApp:
+    engines: list[SagaEngine[Any]]
+    databases: list[SagaEngine[Any]]
+    """One engine per distinct database."""
+
+
+async def load_app(settings: SagaSettings, *, create_schema: bool = False) -> LoadedApp:
+    """Import the app, reach its databases and verify the schema (shared with ``check``).
+
+    Raises:
+        ConfigError, DatabaseUnavailableError, SchemaError.
+    """
+    try:
+        url = settings.effective_database_url()
+    except OSError as exc:
+        raise ConfigError(
+            f"database_password_file: cannot read {settings.database_password_file}: {exc.strerror}"
+        ) from None
+    orchestrators = await load_orchestrators(
+        settings.app, url, url_explicit="database_url" in settings.model_fields_set
+    )
+    engines = [o.engine for o in orchestrators]
+    databases = distinct_databases(engines)
+    await wait_for_database([e.sql_engine for e in databases], settings.startup_timeout)
+    created = await verify_schema(engines, create=create_schema)
+    for line in created:
+        logger.info("schema: {}", line)
+    return LoadedApp(engines=engines, databases=databases)
+
+
+def _status(worker: Worker, state: str) -> str:
+    c = worker.counters
+    return (
+        f"{state}: {worker.in_flight}/{worker.concurrency} in flight, "
+        f"{c.claimed} claimed, {c.finished} finished"
+    )
+
+
+class _Signals:
+    """First SIGTERM/SIGINT: stop; second: skip the drain wait. SIGHUP: ``on_hup``."""
+
+    def __init__(self, on_hup: Callable[[], None]) -> None:
+        self.stop = asyncio.Event()
+        self.force = asyncio.Event()
+        self.on_hup = on_hup
+
+    def install(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop, sig)
+        loop.add_signal_handler(signal.SIGHUP, self.on_hup)
+
+    def _stop(self, sig: signal.Signals) -> None:
+        if self.stop.is_set():
+            if not self.force.is_set():
+                logger.warning("{} again: not waiting for in-flight steps", sig.name)
+            self.force.set()
+        else:
+            logger.info("{} received: stopping (send it again to skip the drain)", sig.name)
+            self.stop.set()
+
+    def uninstall(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
+
+
+async def _watch(
+    notifier: Notifier, worker: Worker, stopping: asyncio.Event, status: Callable[[], str]
+) -> None:
+    """WATCHDOG=1 while the claim loop makes progress; STATUS= when the counts change."""
+    interval = notifier.watchdog_interval
+    tick = min(interval, STATUS_EVERY_S) if interval else STATUS_EVERY_S
+    last = ""
+    while True:
+        if interval is not None:
+            if worker.making_progress(within=interval * 2) or stopping.is_set():
+                notifier.watchdog()
+            else:
+                logger.warning("claim loop stuck: withholding the watchdog ping")
+        now = status()
+        if now != last:
+            notifier.status(now)
+            last = now
+        await asyncio.sleep(tick)
+
+
+async def serve(settings: SagaSettings, opts: RunOptions) -> int:
+    """Run the daemon until a signal; the exit code (startup errors raise SagadError)."""
+    daemon = _Daemon(settings, opts)
+    signals = _Signals(daemon.reload)
+    signals.install()
+    try:
+        # A signal during start-up (a slow database, say) stops at once and cleanly.
+        starting = asyncio.ensure_future(daemon.start())
+        stop_wait = asyncio.ensure_future(signals.stop.wait())
+        await asyncio.wait({starting, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+        stop_wait.cancel()
+        if not starting.done():
+            starting.cancel()
+            await asyncio.gather(starting, return_exceptions=True)
+            logger.info("stopped during start-up")
+            return EXIT_OK
+        starting.result()
+        return await daemon.run(signals)
+    finally:
+        signals.uninstall()
+        await daemon.close()
+
+
+class _Daemon:
+    """The parts of a running sagad, started in order and closed in reverse."""
+
+    def __init__(self, settings: SagaSettings, opts: RunOptions) -> None:
+        self.settings = settings
+        self.opts = opts
+        self.notifier = Notifier()
+        self.worker_id = new_worker_id()
+        self.app: LoadedApp | None = None
+        self.worker: Worker | None = None
+        self.metrics: Metrics | None = None
+        self.registry: Registry | None = None
+        self.background: list[asyncio.Task[Any]] = []
+        self.heartbeat: asyncio.Task[None] | None = None
+        self.state = "starting"
+        logger.configure(extra={"worker": self.worker_id})
+
+    async def start(self) -> None:
+        settings = self.settings
+        logger.debug(
+            "sagad {} starting: worker {}, app {}, database {}",
+            __version__,
+            self.worker_id,
+            ",".join(settings.app),
+            mask_url(settings.database_url)
+            if "database_url" in settings.model_fields_set
+            else "(the app's)",
+        )
+        app = self.app = await load_app(settings, create_schema=self.opts.create_schema)
+        for eng in app.engines:
+            eng.worker_id = self.worker_id
+        for db in app.databases:
+            if db.store.dialect == "sqlite":
+                await check_single_sqlite_worker(
+                    db.store,
+                    worker_id=self.worker_id,
+                    stale_after=settings.worker_stale_after,
+                    where=str(db.sql_engine.url.database),
+                )
+        if settings.metrics_port is not None:
+            self.metrics = Metrics()
+            for eng in app.engines:
+                self.metrics.attach(eng)
+        worker = self.worker = Worker(
+            app.engines,
+            concurrency=settings.concurrency,
+            batch_size=settings.batch_size,
+            poll_interval=settings.poll_interval,
+            on_claim=self.metrics.on_claim if self.metrics else None,
+        )
+        self.registry = Registry(
+            [db.store for db in app.databases],
+            worker_id=self.worker_id,
+            saga_names=self.saga_names,
+            info={"app": settings.app, "tables": self.tables},
+            state=lambda: (worker.in_flight, worker.concurrency),
+        )
+        listeners = [
+            PgListener(db.sql_engine.url, set(self.tables), worker.wake)
+            for db in app.databases
+            if db.store.dialect == "postgresql"
+        ]
+        for listener in listeners:
+            self._spawn(listener.run(), "sagad-listener")
+        if listeners:  # READY=1 then means new sagas wake this worker at once
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(LISTENER_READY_WAIT_S):
+                    await asyncio.gather(*(lst.listening.wait() for lst in listeners))
+        await self.registry.beat()
+        self.heartbeat = asyncio.create_task(
+            self.registry.run(settings.heartbeat_interval), name="sagad-heartbeat"
+        )
+        self.background.append(self.heartbeat)
+        if self.metrics is not None and settings.metrics_port is not None:
+            self.metrics.start(settings.metrics_host, settings.metrics_port)
+            self.metrics.concurrency.set(settings.concurrency)
+            self._spawn(self.metrics.probe_loop_lag(), "sagad-lag")
+            self._spawn(_gauge(self.metrics, worker), "sagad-gauge")
+            logger.info(
+                "metrics on http://{}:{}/metrics", settings.metrics_host, settings.metrics_port
+            )
+
+    @property
+    def saga_names(self) -> list[str]:
+        assert self.app is not None
+        return sorted({n for e in self.app.engines for n in e.definitions})
+
+    @property
+    def tables(self) -> list[str]:
+        assert self.app is not None
+        return sorted({e.table_name for e in self.app.engines})
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        self.background.append(asyncio.create_task(coro, name=name))
+
+    async def run(self, signals: _Signals) -> int:
+        """Claim until a signal, then drain; the exit code."""
+        assert self.app is not None and self.worker is not None and self.registry is not None
+        worker, settings = self.worker, self.settings
+        self.state = "running"
+        claim_loop = asyncio.create_task(worker.run(), name="sagad-claim-loop")
+        self.notifier.ready(_status(worker, "running"))
+        self._spawn(
+            _watch(self.notifier, worker, signals.stop, lambda: _status(worker, self.state)),
+            "sagad-watch",
+        )
+        logger.info(
+            "sagad {} ready: worker {}, sagas {} in {} on {} (concurrency {}, batch {}, poll {:g}s)",
+            __version__,
+            self.worker_id,
+            ", ".join(self.saga_names),
+            ", ".join(self.tables),
+            ", ".join(describe_url(d.sql_engine) for d in self.app.databases),
+            settings.concurrency,
+            settings.batch_size,
+            settings.poll_interval,
+        )
+
+        stop_wait = asyncio.ensure_future(signals.stop.wait())
+        await asyncio.wait({claim_loop, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+        stop_wait.cancel()
+        crashed = claim_loop.done()
+        if crashed:
+            exc = claim_loop.exception() if not claim_loop.cancelled() else None
+            logger.opt(exception=exc).critical("claim loop ended unexpectedly: {}", exc)
+        self.state = "stopping"
+        self.notifier.stopping(_status(worker, "stopping"))
+        worker.stop()
+        with contextlib.suppress(Exception):
+            await claim_loop
+        drain = 0.0 if crashed else self.settings.drain_timeout
+        cancelled = await worker.drain(drain, signals.force)
+        await _flush(self.app.engines, signals.force)
+        if self.heartbeat is not None:  # a late heartbeat must not undo "stopped"
+            self.heartbeat.cancel()
+            await asyncio.gather(self.heartbeat, return_exceptions=True)
+        await self.registry.stopped()
+        logger.info(
+            "sagad stopped: {} saga(s) finished, {} released mid-step",
+            worker.counters.finished,
+            cancelled,
+        )
+        return EXIT_CRASH if crashed else EXIT_OK
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the settings; apply log level and concurrency."""
+        try:
+            new = load_settings(self.opts.config, **self.opts.overrides)
+        except SettingsError as exc:
+            for line in exc.problems:
+                logger.error("SIGHUP: not reloaded: {}", line)
+            return
+        set_level(new.log_level)
+        if self.worker is not None:
+            self.worker.set_concurrency(new.concurrency)
+        if self.metrics is not None:
+            self.metrics.concurrency.set(new.concurrency)
+        old = self.settings
+        ignored = [
+            name
+            for name in SagaSettings.model_fields
+            if name not in ("log_level", "concurrency") and getattr(new, name) != getattr(old, name)
+        ]
+        if ignored:
+            logger.warning("SIGHUP: changes to {} take effect on restart", ", ".join(ignored))
+        # Later reloads compare with what is in effect: only the two live settings move.
+        self.settings = old.model_copy(
+            update={"log_level": new.log_level, "concurrency": new.concurrency}
+        )
+        logger.info(
+            "SIGHUP: reloaded (log_level {}, concurrency {})", new.log_level, new.concurrency
+        )
+
+    async def close(self) -> None:
+        for task in self.background:
+            task.cancel()
+        await asyncio.gather(*self.background, return_exceptions=True)
+        if self.metrics is not None:
+            self.metrics.stop()
+        if self.app is not None:
+            for db in self.app.databases:
+                with contextlib.suppress(Exception):
+                    await db.sql_engine.dispose()
+        self.notifier.close()
+
+
+async def _gauge(metrics: Metrics, worker: Worker) -> None:
+    while True:
+        metrics.in_flight.set(worker.in_flight)
+        await asyncio.sleep(1.0)
+
+
+async def _flush(engines: list[SagaEngine[Any]], force: asyncio.Event) -> None:
+    """Write every checkpoint still queued (the writer retries a database outage until it
+    is back); a second signal gives up on them (those steps then run again elsewhere)."""
+    pending = sum(e.writer.pending for e in engines)
+    if pending:
+        logger.info("writing {} queued checkpoint(s) before exit", pending)
+    flush: asyncio.Future[Any] = asyncio.ensure_future(
+        asyncio.gather(*(e.writer.flush() for e in engines))
+    )
+    forced: asyncio.Future[Any] = asyncio.ensure_future(force.wait())
+    try:
+        await asyncio.wait({flush, forced}, return_when=asyncio.FIRST_COMPLETED)
+        if not flush.done():
+            logger.warning("exiting with unwritten checkpoints: those steps will run again")
+            flush.cancel()
+    finally:
+        forced.cancel()

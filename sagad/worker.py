@@ -1,0 +1,259 @@
+"""The claim loop: one concurrency limit shared by every orchestrator of the process.
+
+Each turn claims ``min(batch_size, free slots)`` due sagas per engine in one statement and
+runs each as a task (``engine.drive``, which holds no transaction while user code runs). A
+full batch means more may be waiting: claim again at once. Otherwise sleep until a wake-up
+(PostgreSQL NOTIFY), a freed slot after a full claim, or ``poll_interval``.
+
+Draining stops claiming, lets in-flight steps finish, then cancels the rest; ``drive``
+releases a cancelled saga's lease so another worker takes it at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from loguru import logger
+
+from saga_core import SagaEngine
+from saga_core.checkpoint import is_transient
+from saga_core.store import SagaRow
+
+__all__ = ["Counters", "Worker"]
+
+MAX_CLAIM_BACKOFF_S = 10.0
+CLAIM_TIMEOUT_S = 20.0
+"""A claim is one indexed statement; one hanging this long is on a dead connection (a network
+partition never reports itself): give up and back off like any database error. Should its
+commit have gone through, the rows' leases expire and another claim takes them."""
+
+
+@dataclass
+class Counters:
+    claims: int = 0
+    claimed: int = 0
+    finished: int = 0
+    claim_errors: int = 0
+
+
+class Worker:
+    """Claims and drives sagas for ``engines`` until ``stop()``."""
+
+    def __init__(
+        self,
+        engines: list[SagaEngine[Any]],
+        *,
+        concurrency: int,
+        batch_size: int,
+        poll_interval: float,
+        on_claim: Any = None,
+    ) -> None:
+        self.engines = engines
+        self.concurrency = concurrency
+        self.batch_size = batch_size
+        self.poll_interval = poll_interval
+        self.on_claim = on_claim
+        """Optional callable(engine, rows) told about every claim (metrics)."""
+        self.tasks: dict[asyncio.Task[None], SagaRow] = {}
+        self.counters = Counters()
+        self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._draining = False
+        self._saturated = False
+        self._tick = time.monotonic()
+        self._waiting = False
+        self._turn = 0
+        for eng in engines:
+            eng.listeners.append(self._on_event)
+
+    # --- control ---------------------------------------------------------------------------
+
+    def wake(self) -> None:
+        """Claim now (a NOTIFY arrived, or a slot freed after a full claim)."""
+        self._wake.set()
+
+    def stop(self) -> None:
+        """Stop claiming at once; in-flight sagas keep running until ``drain``."""
+        self._stopping.set()
+        self._wake.set()
+
+    def set_concurrency(self, concurrency: int) -> None:
+        if concurrency != self.concurrency:
+            logger.info("concurrency {} -> {}", self.concurrency, concurrency)
+            self.concurrency = concurrency
+            self._saturated = True
+            self.wake()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self.tasks)
+
+    def making_progress(self, within: float) -> bool:
+        """The loop is waiting on purpose, or finished a turn less than ``within`` s ago
+        (for the systemd watchdog: a claim hung on a dead connection stops the pings)."""
+        return self._waiting or time.monotonic() - self._tick < within
+
+    # --- the loop ----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Claim and dispatch until ``stop()``."""
+        backoff = 0.0
+        while not self._stopping.is_set():
+            self._tick = time.monotonic()
+            free = self.concurrency - len(self.tasks)
+            if free <= 0:
+                self._saturated = True
+                await self._idle(None)
+                continue
+            self._wake.clear()
+            try:
+                full = await self._claim_round(free)
+            except Exception as exc:
+                self.counters.claim_errors += 1
+                backoff = min(max(backoff * 2, 0.2), MAX_CLAIM_BACKOFF_S)
+                if is_transient(exc):
+                    logger.warning(
+                        "claim failed, database unavailable; retrying in {:.1f}s: {}",
+                        backoff,
+                        exc,
+                    )
+                else:
+                    logger.opt(exception=exc).error(
+                        "claim failed; retrying in {:.1f}s: {}", backoff, exc
+                    )
+                await self._idle(backoff)
+                continue
+            backoff = 0.0
+            self._saturated = full
+            if full:
+                await asyncio.sleep(0)  # let the new tasks start; then claim again
+                continue
+            await self._idle(self.poll_interval)
+
+    async def _claim_round(self, free: int) -> bool:
+        """One claim per engine (rotating who goes first); whether any batch came back full."""
+        full = False
+        n_engines = len(self.engines)
+        start = self._turn % n_engines
+        self._turn += 1
+        for i in range(n_engines):
+            eng = self.engines[(start + i) % n_engines]
+            want = min(self.batch_size, free)
+            if want <= 0:
+                full = True
+                break
+            async with asyncio.timeout(CLAIM_TIMEOUT_S):
+                rows = await eng.claim(want)
+            self.counters.claims += 1
+            self.counters.claimed += len(rows)
+            if self.on_claim is not None:
+                self.on_claim(eng, rows)
+            if self._stopping.is_set():
+                await self._release_unstarted(eng, rows)
+                return False
+            for row in rows:
+                self._spawn(eng, row)
+            free -= len(rows)
+            full = full or len(rows) == want
+        return full
+
+    async def _idle(self, timeout: float | None) -> None:
+        """Wait for a wake-up, ``stop()`` or ``timeout`` (a backoff too ends early on a
+        wake-up: a NOTIFY or a listener reconnection means the database is back)."""
+        self._waiting = True
+        try:
+            waits = [
+                asyncio.ensure_future(self._stopping.wait()),
+                asyncio.ensure_future(self._wake.wait()),
+            ]
+            try:
+                await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for w in waits:
+                    w.cancel()
+        finally:
+            self._waiting = False
+            self._tick = time.monotonic()
+
+    def _spawn(self, eng: SagaEngine[Any], row: SagaRow) -> None:
+        task = asyncio.create_task(eng.drive(row), name=f"saga-{row.id}")
+        self.tasks[task] = row
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        row = self.tasks.pop(task, None)
+        if not task.cancelled():
+            exc = task.exception()
+            if exc is not None and row is not None:
+                logger.bind(saga_id=str(row.id), saga_name=row.saga_name).opt(exception=exc).error(
+                    "saga task ended with an unexpected error: {}", exc
+                )
+        if self._saturated:
+            self.wake()
+
+    async def _release_unstarted(self, eng: SagaEngine[Any], rows: list[SagaRow]) -> None:
+        """Rows claimed while the stop signal arrived: give them straight back."""
+        for row in rows:
+            try:
+                await eng.store.saga_release(row.id, row.step_execution_token, None)
+            except Exception as exc:  # the lease expires; another worker takes over then
+                logger.bind(saga_id=str(row.id)).warning("could not release lease: {}", exc)
+
+    # --- draining ------------------------------------------------------------------------------
+
+    def _on_event(self, event: str, fields: dict[str, Any]) -> None:
+        """While draining, stop a saga right after its step's checkpoint has committed:
+        ``drive`` emits ``step`` in the saga's own task before it starts the next step, so
+        cancelling here interrupts no user code and releases the lease (the next step is
+        recorded INTERRUPTED, not failed) for another worker."""
+        if event == "finished":
+            self.counters.finished += 1
+        elif event == "step" and self._draining:
+            task = asyncio.current_task()
+            if task is not None and task in self.tasks:
+                task.cancel()
+
+    async def drain(self, timeout: float, force: asyncio.Event) -> int:
+        """Let in-flight steps finish for up to ``timeout`` s (or until ``force`` is set),
+        then cancel what is left; returns how many sagas were cancelled mid-step."""
+        self.stop()
+        self._draining = True
+        pending = set(self.tasks)
+        if pending:
+            logger.info(
+                "draining: waiting up to {:g}s for {} in-flight saga(s)", timeout, len(pending)
+            )
+            forced = asyncio.ensure_future(force.wait())
+            try:
+                deadline = time.monotonic() + timeout
+                while pending and not force.is_set():
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    done, _ = await asyncio.wait(
+                        [*pending, forced], timeout=left, return_when=asyncio.FIRST_COMPLETED
+                    )
+                    pending -= done
+            finally:
+                forced.cancel()
+        left_over = [t for t in self.tasks if not t.done()]
+        if left_over:
+            logger.warning(
+                "cancelling {} saga(s) still running; their leases are released", len(left_over)
+            )
+            await asyncio.sleep(0)  # a task never started cannot release its lease
+            for task in left_over:
+                if not task.cancelling():  # one already releasing its lease: let it finish
+                    task.cancel()
+            # drive() releases each lease in one short write; do not wait forever on a dead
+            # database (the leases then expire on their own).
+            _, stuck = await asyncio.wait(left_over, timeout=2.0 if force.is_set() else 15.0)
+            if stuck:
+                logger.warning(
+                    "{} lease(s) could not be released in time; they expire on their own",
+                    len(stuck),
+                )
+        return len(left_over)

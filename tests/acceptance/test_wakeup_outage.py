@@ -1,0 +1,180 @@
+"""Wake-ups through PostgreSQL NOTIFY (also after the listening connection is lost), and a
+database outage while sagas run."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import Counter
+from typing import Any
+
+from conftest import SagaDb, SagadFactory, wait_until
+from sqlalchemy.engine import make_url
+
+POLL_INTERVAL = "30"
+PROMPT_S = 5.0
+"""'Well before the poll interval': the first step must start within this, not 30 s."""
+
+
+async def _first_step_started(saga_db: SagaDb, saga_id: Any) -> bool:
+    rows = await saga_db.fetch("SELECT count(*) FROM {t}_runs WHERE saga_id = :s", s=saga_id)
+    return bool(rows[0][0])
+
+
+async def _listener_pids(saga_db: SagaDb) -> set[int]:
+    rows = await saga_db.fetch(
+        "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+        "AND application_name = 'sagad-listener'"
+    )
+    return {r[0] for r in rows}
+
+
+async def test_idle_workers_wake_at_once_on_start_and_after_listener_loss(
+    sagad: SagadFactory, saga_db: SagaDb
+) -> None:
+    env = {**saga_db.sagad_env(lease=5), "SAGA_POLL_INTERVAL": POLL_INTERVAL}
+    workers = [sagad.start(*saga_db.sagad_args(), env=env) for _ in range(2)]
+    await asyncio.gather(*(w.wait_ready() for w in workers))
+
+    (saga_id,) = await saga_db.start("steps", 1)
+    await wait_until(
+        lambda: _first_step_started(saga_db, saga_id),
+        timeout=PROMPT_S,
+        what="the first step of a new saga (NOTIFY wake-up)",
+    )
+
+    # Drop the listening connections: the workers reconnect and keep waking up at once.
+    before = await _listener_pids(saga_db)
+    assert len(before) == 2
+    await saga_db.fetch(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        "WHERE datname = current_database() AND application_name = 'sagad-listener'"
+    )
+
+    async def reconnected() -> bool:
+        pids = await _listener_pids(saga_db)
+        return len(pids) == 2 and not pids & before
+
+    await wait_until(reconnected, timeout=15, what="both listeners to reconnect")
+    (saga_id,) = await saga_db.start("steps", 1)
+    await wait_until(
+        lambda: _first_step_started(saga_db, saga_id),
+        timeout=PROMPT_S,
+        what="the first step after the listener reconnected",
+    )
+    assert all(w.running() for w in workers)
+
+
+class TcpProxy:
+    """Forwards a local port to PostgreSQL; ``cut()`` makes the database unreachable
+    (refuses new connections, drops open ones), ``restore()`` brings it back."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.target = (host, port)
+        self.port = 0
+        self.server: asyncio.Server | None = None
+        self.writers: set[asyncio.StreamWriter] = set()
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    async def restore(self) -> None:
+        self.server = await asyncio.start_server(
+            self._handle, "127.0.0.1", self.port, reuse_address=True
+        )
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    async def cut(self) -> None:
+        assert self.server is not None
+        self.server.close()
+        await self.server.wait_closed()
+        for w in list(self.writers):
+            w.transport.abort()
+        self.writers.clear()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self.target)
+        except OSError:
+            writer.transport.abort()
+            return
+        self.writers |= {writer, up_writer}
+        for src, dst in ((reader, up_writer), (up_reader, writer)):
+            task = asyncio.create_task(self._pipe(src, dst))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+    async def _pipe(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        try:
+            while data := await src.read(65536):
+                dst.write(data)
+                await dst.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            dst.transport.abort()
+            self.writers.discard(dst)
+
+    async def close(self) -> None:
+        with contextlib.suppress(AssertionError):
+            await self.cut()
+        for t in list(self.tasks):
+            t.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+
+async def test_database_outage_while_running_loses_nothing(
+    sagad: SagadFactory, saga_db: SagaDb
+) -> None:
+    real = make_url(saga_db.url)
+    proxy = TcpProxy(real.host or "127.0.0.1", real.port or 5432)
+    await proxy.restore()
+    try:
+        via_proxy = real.set(host="127.0.0.1", port=proxy.port).render_as_string(
+            hide_password=False
+        )
+        # Sagas live behind the proxy; the steps record their runs directly, so they keep
+        # completing during the outage while their checkpoints wait in memory.
+        env = {**saga_db.sagad_env(lease=60), "ACCEPT_RECORD_URL": saga_db.url}
+        worker = sagad.start(
+            "--app", "app_sagas:make", "--database-url", via_proxy, "--concurrency", "20", env=env
+        )
+        await worker.wait_ready()
+        n = 60
+        ids = await saga_db.start("steps", n, {"sleep": 0.4})
+
+        async def ok_runs() -> int:
+            rows = await saga_db.fetch("SELECT count(*) FROM {t}_runs WHERE outcome = 'ok'")
+            return int(rows[0][0])
+
+        await wait_until(lambda: _at_least(ok_runs, 10), timeout=30, what="some steps done")
+        await proxy.cut()
+        cut_at = await ok_runs()
+
+        async def all_steps_done_offline() -> bool:
+            # Every step in flight at the cut has finished (recorded directly), so its
+            # checkpoint can only be in sagad's memory; and the writer has retried a while.
+            rows = await saga_db.fetch("SELECT count(*) FROM {t}_runs WHERE ended_at IS NULL")
+            return (
+                rows[0][0] == 0
+                and await ok_runs() > cut_at
+                and "retrying in 0.80s" in worker.log
+                and "wake-up listener" in worker.log
+            )
+
+        await wait_until(all_steps_done_offline, timeout=30, what="sagad blocked on the outage")
+        assert worker.running()
+        await proxy.restore()
+
+        await saga_db.wait_all({"COMPLETED"}, n, timeout=90)
+        runs = await saga_db.runs()
+        per_step = Counter((r.saga_id, r.step_id) for r in runs if r.outcome == "ok")
+        assert len(per_step) == 3 * n and set(per_step.values()) == {1}
+        assert {r.saga_id for r in runs} == set(ids)
+        assert "listening for wake-ups again" in worker.log
+        assert worker.running()
+        assert await worker.stop() == 0
+    finally:
+        await proxy.close()
+
+
+async def _at_least(probe: Any, n: int) -> bool:
+    return bool(await probe() >= n)
