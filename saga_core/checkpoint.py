@@ -81,8 +81,16 @@ class CheckpointWriter:
 
     async def _flush(self) -> None:
         while self._queue:
-            batch = self._queue[: self.max_batch]
-            del self._queue[: self.max_batch]
+            # One statement updates a row at most once: a saga's second queued write (its
+            # release after a checkpoint, say) waits for the next batch, keeping the order.
+            batch: list[tuple[Checkpoint, asyncio.Future[CheckpointResult]]] = []
+            seen: set[object] = set()
+            for item in self._queue:
+                if item[0].saga_id in seen or len(batch) >= self.max_batch:
+                    break
+                seen.add(item[0].saga_id)
+                batch.append(item)
+            del self._queue[: len(batch)]
             results = await self._write_batch([cp for cp, _ in batch])
             for (_, fut), res in zip(batch, results, strict=True):
                 if fut.done():

@@ -153,6 +153,14 @@ class Executor:
                 eng.emit("finished", saga_name=run.row.saga_name, status=state.status.value)
                 run.log.bind(status=state.status.value).info("saga {}", state.status.value.lower())
             kind = t.schedule.kind
+            if kind in (m.ScheduleKind.HOLD, m.ScheduleKind.RETRY_IN_PLACE) and eng.draining:
+                # Shutting down: the step's checkpoint is in; hand the rest to another worker
+                # now instead of starting the next step.
+                run.state = state
+                await self._release(
+                    run.row.id, run.token, self._interrupted_note(run, drained=True)
+                )
+                return
             if kind is m.ScheduleKind.HOLD:
                 continue
             if kind is m.ScheduleKind.RETRY_IN_PLACE:
@@ -394,7 +402,7 @@ class Executor:
                 return
             run.lease_renewed_at = attempt_at
 
-    def _interrupted_note(self, run: _Run) -> dict[str, Any]:
+    def _interrupted_note(self, run: _Run, *, drained: bool = False) -> dict[str, Any]:
         state = run.state or machine_state(run.row)
         idx = state.cursor
         step_id = run.steps_state[idx]["step_id"] if 0 <= idx < len(run.steps_state) else None
@@ -405,7 +413,11 @@ class Executor:
             "status": "INTERRUPTED",
             "attempt": 0,
             "worker": self.engine.worker_id,
-            "reason": "worker shutting down; lease released (not a failed attempt)",
+            "reason": (
+                "worker draining: released between steps"
+                if drained
+                else "worker shutting down; lease released (not a failed attempt)"
+            ),
         }
 
     async def _release(
@@ -423,7 +435,8 @@ class Executor:
             history=[note] if note else [],
         )
         try:
-            await self.engine.store.saga_checkpoint([Checkpoint(saga_id, token, upd)])
+            # Through the writer: a checkpoint of this saga still queued there lands first.
+            await self.engine.writer.write(Checkpoint(saga_id, token, upd))
         except Exception as exc:  # the lease will expire; another worker takes over then
             logger.bind(saga_id=str(saga_id)).warning("could not release lease: {}", exc)
 

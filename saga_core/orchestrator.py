@@ -93,6 +93,9 @@ class SagaEngine(Generic[M]):
         self.writer = CheckpointWriter(self.store)
         self.executor = Executor(self)
         self.listeners: list[Listener] = []
+        self.draining = False
+        """Set by a worker shutting down: sagas stop after their current step's checkpoint
+        and are released for another worker."""
 
     @property
     def table_name(self) -> str:

@@ -205,22 +205,18 @@ class Worker:
     # --- draining ------------------------------------------------------------------------------
 
     def _on_event(self, event: str, fields: dict[str, Any]) -> None:
-        """While draining, stop a saga right after its step's checkpoint has committed:
-        ``drive`` emits ``step`` in the saga's own task before it starts the next step, so
-        cancelling here interrupts no user code and releases the lease (the next step is
-        recorded INTERRUPTED, not failed) for another worker."""
+        """Counts finished sagas for the status line. (While draining, the executor itself
+        stops each saga after its current step's checkpoint: ``engine.draining``.)"""
         if event == "finished":
             self.counters.finished += 1
-        elif event == "step" and self._draining:
-            task = asyncio.current_task()
-            if task is not None and task in self.tasks:
-                task.cancel()
 
     async def drain(self, timeout: float, force: asyncio.Event) -> int:
         """Let in-flight steps finish for up to ``timeout`` s (or until ``force`` is set),
         then cancel what is left; returns how many sagas were cancelled mid-step."""
         self.stop()
         self._draining = True
+        for eng in self.engines:
+            eng.draining = True
         pending = set(self.tasks)
         if pending:
             logger.info(
