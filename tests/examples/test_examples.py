@@ -198,12 +198,12 @@ def test_demo_command_fails_when_sagas_do_not_settle(tmp_path: Path) -> None:
 
 
 def quickstart_program() -> tuple[str, str]:
-    """The runnable program of docs/quickstart.md and the output it documents."""
-    text = (ROOT / "docs" / "quickstart.md").read_text()
+    """The runnable program of README.md and the output it documents."""
+    text = (ROOT / "README.md").read_text()
     match = re.search(
         r"```python\n(.*?asyncio\.run\(main\(\)\)\n)```(.*?)```text\n(.*?)```", text, re.S
     )
-    assert match, "docs/quickstart.md lost its runnable program or its output block"
+    assert match, "README.md lost its runnable program or its output block"
     return match.group(1), match.group(3)
 
 
