@@ -210,21 +210,26 @@ def entry_detail(e: dict[str, Any]) -> Text:
     return text
 
 
+def _short_clock(value: Any) -> str:
+    text = clock(value)
+    return text[5:] if len(text) > 10 else text
+
+
 def timeline_table(history: Sequence[dict[str, Any]]) -> Table:
     table = Table(box=box.SIMPLE_HEAD, title="timeline", title_justify="left", pad_edge=False)
     table.add_column("#", justify="right", no_wrap=True)
-    table.add_column("AT (UTC)", no_wrap=True)
+    table.add_column("AT (UTC)", no_wrap=True)  # month-day time: the header has the year
     table.add_column("PHASE", no_wrap=True)
     table.add_column("STEP", no_wrap=True)
     table.add_column("ATT", justify="right")
     table.add_column("OUTCOME", no_wrap=True)
     table.add_column("TOOK", justify="right", no_wrap=True)
-    table.add_column("DETAIL", overflow="fold", ratio=1)
+    table.add_column("DETAIL", overflow="fold", ratio=1, min_width=20)
     for i, e in enumerate(history, 1):
         took = e.get("duration_ms")
         table.add_row(
             str(i),
-            clock(e.get("at")),
+            _short_clock(e.get("at")),
             str(e.get("phase", "")),
             str(e.get("step_id") or "-"),
             str(e.get("attempt") or "-"),
