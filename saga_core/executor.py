@@ -55,7 +55,9 @@ class _Run:
 
 
 def _error_text(exc: BaseException) -> str:
-    text = f"{type(exc).__name__}: {exc}"
+    # NUL cannot be stored in PostgreSQL text or JSONB: a failure whose record the database
+    # refused would never be recorded, and the step would run again and again.
+    text = f"{type(exc).__name__}: {exc}".replace("\x00", "\\x00")
     return text[:MAX_ERROR_CHARS]
 
 
@@ -91,6 +93,8 @@ class Executor:
         )
         keeper = asyncio.create_task(self._keep_lease(run))
         try:
+            if await self._quarantine(run):
+                return
             if not await self._check_definition(run):
                 return
             await self._loop(run)
@@ -177,7 +181,10 @@ class Executor:
         inp: BaseModel | None = None
         try:
             inp = await self._build_input(run, spec)
-            entry["input"] = inp.model_dump(mode="json")
+            inp_json = inp.model_dump(mode="json")
+            # Recorded in history and context: it must be storable, like an output.
+            check_size(inp_json, f"input of step {spec.step_id!r}", self.engine.max_payload_bytes)
+            entry["input"] = inp_json
             ctx = self._step_context(run, spec, "execute", attempt)
             step_input = inp
             out = await self._call(run, lambda: spec.step.execute(step_input), spec.timeout, ctx)
@@ -439,6 +446,45 @@ class Executor:
             await self.engine.writer.write(Checkpoint(saga_id, token, upd))
         except Exception as exc:  # the lease will expire; another worker takes over then
             logger.bind(saga_id=str(saga_id)).warning("could not release lease: {}", exc)
+
+    async def _quarantine(self, run: _Run) -> bool:
+        """A poison saga: its current step's worker was lost more than ``max_recoveries``
+        times in a row (every run crashed or was killed). Fail it for an operator instead of
+        running the step again; True when it was."""
+        row, limit = run.row, self.engine.max_recoveries
+        if limit is None or row.recovery_count <= limit:
+            return False
+        state = machine_state(row)
+        idx = state.cursor
+        step_id = row.steps_state[idx]["step_id"] if 0 <= idx < len(row.steps_state) else None
+        what = "compensation of step" if state.phase is m.Phase.COMPENSATE else "step"
+        reason = (
+            f"quarantined: the worker running {what} {step_id} was lost "
+            f"{row.recovery_count} times in a row (crash or kill); see history"
+        )
+        upd = RowUpdate(
+            status=m.SagaStatus.FAILED.value,
+            last_error=reason,
+            history=[
+                {
+                    "at": now_iso(),
+                    "phase": "admin",
+                    "step_id": step_id,
+                    "status": "QUARANTINED",
+                    "attempt": 0,
+                    "worker": self.engine.worker_id,
+                    "reason": reason,
+                }
+            ],
+            deadline=DeadlineChange.CLEAR,
+            lease=LeaseChange.RELEASE,
+        )
+        res = await self.engine.writer.write(Checkpoint(row.id, run.token, upd))
+        if res is False:
+            raise LeaseLost()
+        run.log.error(reason)
+        self.engine.emit("finished", saga_name=row.saga_name, status=m.SagaStatus.FAILED.value)
+        return True
 
     async def _check_definition(self, run: _Run) -> bool:
         """A saga whose definition changed while it was in flight: go on when its steps are

@@ -67,6 +67,7 @@ class SagaEngine(Generic[M]):
         in_place_retry_max: timedelta,
         max_payload_bytes: int,
         worker_id: str | None,
+        max_recoveries: int | None = 5,
     ) -> None:
         bind = session_maker.kw.get("bind")
         if not isinstance(bind, AsyncEngine):
@@ -81,12 +82,21 @@ class SagaEngine(Generic[M]):
             raise SagaError(f"execution_lease must be at least 1 second, got {execution_lease}")
         if max_payload_bytes < 1:
             raise SagaError("max_payload_bytes must be positive")
+        if max_recoveries is not None and (
+            isinstance(max_recoveries, bool)
+            or not isinstance(max_recoveries, int)
+            or max_recoveries < 0
+        ):
+            raise SagaError(f"max_recoveries must be None or an int >= 0, got {max_recoveries!r}")
         self.model_class = model_class
         self.session_maker = session_maker
         self.sql_engine: AsyncEngine = bind
         self.execution_lease = execution_lease
         self.in_place_retry_max = in_place_retry_max
         self.max_payload_bytes = max_payload_bytes
+        self.max_recoveries = max_recoveries
+        """Takeovers of one step in a row (its worker lost each time) before the saga is
+        quarantined (FAILED); ``None``: unlimited."""
         self.worker_id = worker_id or default_worker_id()
         self.store: SagaStore = make_store(bind, table, lease=execution_lease)
         self.definitions: dict[str, SagaDefinition] = {}
@@ -143,6 +153,9 @@ class SagaOrchestrator(Generic[M]):
         max_payload_bytes: the largest JSON accepted for initial data, events, step outputs
             and mock outputs.
         worker_id: identifies this process in leases and history (default host:pid:random).
+        max_recoveries: a step whose worker was lost (crash, kill, host loss) this many times
+            in a row is not run again: the next claim quarantines the saga as FAILED with the
+            reason (a poison saga). ``None``: retry such a step forever.
     """
 
     def __init__(
@@ -154,6 +167,7 @@ class SagaOrchestrator(Generic[M]):
         in_place_retry_max: timedelta | float = timedelta(seconds=1),
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
         worker_id: str | None = None,
+        max_recoveries: int | None = 5,
     ) -> None:
         self.engine: SagaEngine[M] = SagaEngine(
             model_class=model_class,
@@ -162,6 +176,7 @@ class SagaOrchestrator(Generic[M]):
             in_place_retry_max=_as_timedelta(in_place_retry_max, "in_place_retry_max"),
             max_payload_bytes=max_payload_bytes,
             worker_id=worker_id,
+            max_recoveries=max_recoveries,
         )
 
     # --- definitions ----------------------------------------------------------------------
@@ -225,14 +240,24 @@ class SagaOrchestrator(Generic[M]):
         if definition is None:
             known = ", ".join(self.saga_names) or "none"
             raise SagaInputError(f"unknown saga name {saga_name!r}; registered: {known}")
-        if not isinstance(aggregation_id, str) or not aggregation_id or len(aggregation_id) > 200:
+        if (
+            not isinstance(aggregation_id, str)
+            or not aggregation_id
+            or len(aggregation_id) > 200
+            or "\x00" in aggregation_id  # PostgreSQL text cannot hold NUL
+        ):
             raise SagaInputError(
                 f"aggregation_id must be a non-empty string of at most 200 characters, got {aggregation_id!r}"
             )
         data = json_object(initial_data, "initial_data", eng.max_payload_bytes)
         if trace_id is None:
             trace_id = uuid.uuid4().hex
-        elif not isinstance(trace_id, str) or not trace_id or len(trace_id) > 128:
+        elif (
+            not isinstance(trace_id, str)
+            or not trace_id
+            or len(trace_id) > 128
+            or "\x00" in trace_id
+        ):
             raise SagaInputError(
                 f"trace_id must be a non-empty string of at most 128 characters, got {trace_id!r}"
             )

@@ -29,9 +29,27 @@ def to_json_data(value: Any, what: str) -> Any:
     return json.loads(text)
 
 
+def _find_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_find_nul(k) or _find_nul(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return any(_find_nul(v) for v in value)
+    return False
+
+
 def check_size(value: Any, what: str, limit: int) -> int:
-    """Size of ``value`` as UTF-8 JSON; raises SagaInputError above ``limit`` bytes."""
-    size = len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode())
+    """Size of ``value`` as UTF-8 JSON; raises SagaInputError above ``limit`` bytes, and for
+    what no store can keep: NaN or infinite numbers, NUL characters (PostgreSQL JSONB refuses
+    them, SQLite's JSON functions refuse NaN)."""
+    try:
+        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise SagaInputError(f"{what} is not valid JSON: {exc}") from None
+    if _find_nul(value):
+        raise SagaInputError(f"{what} contains a NUL character (\\u0000), which cannot be stored")
+    size = len(text.encode())
     if size > limit:
         raise SagaInputError(
             f"{what} is {size} bytes of JSON, over the limit of {limit} bytes "

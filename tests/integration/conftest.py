@@ -1,0 +1,44 @@
+"""Fixtures of the integration suite: every store-level and orchestrator-level test runs on
+both backends, PostgreSQL (the session's fresh database, ``pg_url``) and SQLite (a file in the
+test's own temporary directory).
+
+Isolation: each test gets its own saga table (a fresh model class from ``SagaStateMixin``
+with a unique ``__tablename__``), created by ``create_tables()`` and dropped afterwards; rows
+are committed for real, since workers race on them from separate connections.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from itkit import Harness
+
+BACKENDS = [
+    pytest.param("postgresql", id="pg", marks=pytest.mark.postgres),
+    pytest.param("sqlite", id="sqlite"),
+]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def db_url(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if backend == "postgresql":
+        return str(request.getfixturevalue("pg_url"))
+    return f"sqlite+aiosqlite:///{tmp_path / 'saga.db'}"
+
+
+@pytest.fixture
+async def h(backend: str, db_url: str) -> AsyncIterator[Harness]:
+    """The test's harness: a fresh saga table on the backend, a probe, no workers yet."""
+    harness = Harness(backend, db_url)
+    await harness.setup()
+    try:
+        yield harness
+    finally:
+        await harness.close()

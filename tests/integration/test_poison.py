@@ -1,0 +1,103 @@
+"""Poison sagas: a step whose worker is lost every time it runs it (the step crashes or kills
+its process) is quarantined after ``max_recoveries`` takeovers in a row, not retried forever.
+
+Each "crash" is one worker claiming the saga and vanishing (``Worker.crash``) while the step
+runs; the next worker's claim finds the expired lease and counts a recovery. A recorded
+outcome resets the count, so only consecutive losses of the same step count.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from itkit import Harness, Worker, chain, entries, eventually
+
+from saga_core import SagaError
+
+
+async def crash_in_step(w: Worker, h: Harness, step: str) -> None:
+    """``w`` claims the due saga, enters ``step``, and dies there."""
+    h.probe.block(step, only_worker=w.id)
+
+    async def claimed() -> int:
+        return 1 if h.probe.started_event(step).is_set() else 0
+
+    runner = w.spawn(w.orch.run_due())
+    await eventually(claimed, what=f"{w.id} to start {step}")
+    w.crash()
+    runner.cancel()
+    await asyncio.gather(runner, return_exceptions=True)
+    h.probe.started_event(step).clear()
+
+
+async def test_poison_step_is_quarantined_after_max_recoveries(h: Harness) -> None:
+    h.define("flow", chain(h.probe))
+    starter = await h.worker("starter")
+    sid = await starter.orch.start(saga_name="flow", initial_data={}, aggregation_id="p-1")
+    max_recoveries = 2
+    # Run 1 is the first claim (no recovery); runs 2..3 are recoveries 1..2.
+    for i in range(max_recoveries + 1):
+        w = await h.worker(f"doomed-{i}", lease=1.0, max_recoveries=max_recoveries)
+        if i == 0:
+            # step a succeeds and resets nothing to worry about; b is the poison step
+            pass
+        await crash_in_step(w, h, "b")
+        await h.wait_lease_expired(sid)
+        row = await h.row(sid)
+        assert row.status == "RUNNING" and row.recovery_count == i
+
+    last = await h.worker("last", lease=1.0, max_recoveries=max_recoveries)
+    assert await last.orch.run_due() == 1
+    row = await h.row(sid)
+    assert row.status == "FAILED"
+    assert row.recovery_count == max_recoveries + 1
+    assert row.takeover_count == max_recoveries + 1
+    assert row.last_error == (
+        f"quarantined: the worker running step b was lost {max_recoveries + 1} times in a row "
+        "(crash or kill); see history"
+    )
+    assert row.lease_owner is None and row.deadline_at is None
+    (q,) = [e for e in row.step_history or [] if e.get("status") == "QUARANTINED"]
+    assert (q["phase"], q["step_id"], q["worker"]) == ("admin", "b", "last")
+    assert h.probe.effects["b"] == max_recoveries + 1, "the step did not run again"
+    assert not entries(row.step_history or [], phase="execute", step_id="b")
+
+    # An operator retry resets the count: the step gets a fresh set of recoveries.
+    await last.admin.retry_step(sid)
+    assert (await h.row(sid)).recovery_count == 0
+    assert await last.drain() >= 1
+    done = await h.row(sid)
+    assert done.status == "COMPLETED" and done.recovery_count == 0
+
+
+async def test_recorded_outcome_resets_the_count(h: Harness) -> None:
+    """Losses of different steps do not add up: a recorded outcome resets the count."""
+    h.define("flow", chain(h.probe))
+    starter = await h.worker("starter")
+    sid = await starter.orch.start(saga_name="flow", initial_data={}, aggregation_id="p-2")
+    w1 = await h.worker("w1", lease=1.0, max_recoveries=1)
+    await crash_in_step(w1, h, "a")
+    await h.wait_lease_expired(sid)
+    w2 = await h.worker("w2", lease=1.0, max_recoveries=1)
+    await crash_in_step(w2, h, "b")  # a recorded (reset), then b crashes
+    await h.wait_lease_expired(sid)
+    row = await h.row(sid)
+    assert (row.recovery_count, row.takeover_count) == (0, 1)
+    w3 = await h.worker("w3", lease=1.0, max_recoveries=1)
+    await crash_in_step(w3, h, "c")
+    await h.wait_lease_expired(sid)
+    survivor = await h.worker("survivor", lease=1.0, max_recoveries=1)
+    assert await survivor.drain() >= 1
+    row = await h.row(sid)
+    assert row.status == "COMPLETED", row.last_error
+    assert (row.recovery_count, row.takeover_count) == (0, 3)
+
+
+async def test_unlimited_and_invalid_settings(h: Harness) -> None:
+    h.define("flow", chain(h.probe))
+    w = await h.worker("w", max_recoveries=None)
+    assert w.orch.engine.max_recoveries is None
+    for bad in (-1, True, 1.5, "3"):
+        with pytest.raises(SagaError, match="max_recoveries"):
+            await h.worker("bad", max_recoveries=bad)

@@ -1,0 +1,395 @@
+"""The store conformance suite: the persistence seam (``SagaStore``) behaves the same on
+PostgreSQL and SQLite. Rows are written through the store itself, never through the ORM."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from itkit import Harness
+
+from saga_core import ActiveSagaAlreadyExistsError, SagaNotFoundError
+from saga_core.store import (
+    Checkpoint,
+    DeadlineChange,
+    LeaseChange,
+    RowUpdate,
+    SagaFilter,
+    SagaRow,
+)
+
+LEASE = timedelta(seconds=30)
+
+
+def values(**overrides: Any) -> dict[str, Any]:
+    """A complete new saga row, due now unless ``deadline_at`` is given."""
+    row: dict[str, Any] = {
+        "id": uuid.uuid4(),
+        "saga_name": "flow",
+        "aggregation_id": f"agg-{uuid.uuid4().hex[:8]}",
+        "status": "RUNNING",
+        "phase": "execute",
+        "current_step_index": 0,
+        "steps_state": [
+            {"step_id": "a", "status": "PENDING", "attempts": 0, "compensation_attempts": 0}
+        ],
+        "step_execution_token": uuid.uuid4(),
+        "context": {"initial_data": {"x": 1}},
+        "step_history": [],
+        "lease_owner": None,
+        "retry_counter": 0,
+        "takeover_count": 0,
+        "last_error": None,
+        "definition_fingerprint": "fp",
+        "trace_id": "trace",
+    }
+    row.update(overrides)
+    return row
+
+
+NAMES = pytest.mark.parametrize(
+    "names", [("flow",), None], ids=["by-name", "any-name"]
+)  # the engine always claims by name (PostgreSQL's fast path); the store also takes None
+
+
+async def claim(
+    h: Harness,
+    *,
+    owner: str,
+    lease: timedelta = LEASE,
+    limit: int,
+    saga_ids: list[uuid.UUID] | None = None,
+    names: tuple[str, ...] | None = ("flow",),
+) -> list[SagaRow]:
+    return await h.store.saga_claim(
+        owner=owner,
+        lease=lease,
+        limit=limit,
+        saga_names=None if names is None else list(names),
+        saga_ids=saga_ids,
+    )
+
+
+async def insert(h: Harness, **overrides: Any) -> uuid.UUID:
+    v = values(**overrides)
+    await h.store.saga_insert(v)
+    return uuid.UUID(str(v["id"]))
+
+
+async def test_insert_and_read_back(h: Harness) -> None:
+    sid = await insert(h, context={"initial_data": {"text": "żółw", "nested": [1, 2.5, None]}})
+    row = await h.row(sid)
+    now = await h.db_now()
+    assert row.status == "RUNNING"
+    assert row.context == {"initial_data": {"text": "żółw", "nested": [1, 2.5, None]}}
+    assert row.step_history == []
+    assert row.created_at.tzinfo is not None and row.deadline_at is not None
+    assert row.deadline_at <= now, "a new saga is due at once"
+    assert now.utcoffset() == timedelta(0)
+    assert await h.store.saga_get(uuid.uuid4()) is None
+
+
+async def test_one_active_saga_per_aggregation_id(h: Harness) -> None:
+    await insert(h, aggregation_id="order-1")
+    with pytest.raises(ActiveSagaAlreadyExistsError):
+        await insert(h, aggregation_id="order-1")
+    with pytest.raises(ActiveSagaAlreadyExistsError):
+        await insert(h, aggregation_id="order-1", status="FAILED", deadline_at=None)
+    # Finished sagas do not count.
+    await insert(h, aggregation_id="order-2", status="COMPLETED", deadline_at=None)
+    await insert(h, aggregation_id="order-2", status="ABORTED", deadline_at=None)
+    await insert(h, aggregation_id="order-2")
+    assert await h.count() == 4
+
+
+async def test_claim_takes_only_due_claimable_rows(h: Harness) -> None:
+    future = datetime.now(UTC) + timedelta(hours=1)
+    due = await insert(h)
+    suspended_due = await insert(h, status="SUSPENDED")
+    compensating_due = await insert(h, status="COMPENSATING", phase="compensate")
+    await insert(h, deadline_at=future)  # not due yet
+    await insert(h, status="SUSPENDED", deadline_at=None)  # waits for an event
+    await insert(h, status="FAILED", deadline_at=None)
+    await insert(h, status="COMPLETED", deadline_at=None)
+    await insert(h, saga_name="other")
+
+    rows = await claim(h, owner="w1", lease=LEASE, limit=10)
+    assert {r.id for r in rows} == {due, suspended_due, compensating_due}
+    by_id = {r.id: r for r in rows}
+    assert by_id[suspended_due].status == "RUNNING", "a claim ends the retry wait"
+    assert by_id[compensating_due].status == "COMPENSATING"
+    assert not await claim(h, owner="w2", lease=LEASE, limit=10)
+
+
+@NAMES
+async def test_claim_rotates_token_and_takes_a_lease(
+    h: Harness, names: tuple[str, ...] | None
+) -> None:
+    sid = await insert(h)
+    before = await h.row(sid)
+    (claimed,) = await claim(h, owner="w1", lease=LEASE, limit=1, names=names)
+    after = await h.row(sid)
+    now = await h.db_now()
+    assert claimed.id == sid
+    assert claimed.step_execution_token != before.step_execution_token
+    assert after.step_execution_token == claimed.step_execution_token
+    assert after.lease_owner == "w1"
+    assert after.deadline_at is not None
+    assert now + LEASE - timedelta(seconds=5) < after.deadline_at <= now + LEASE
+    assert after.takeover_count == 0
+    assert after.step_history == before.step_history
+
+
+@NAMES
+async def test_claim_limit_and_ids(h: Harness, names: tuple[str, ...] | None) -> None:
+    ids = [await insert(h) for _ in range(5)]
+    picked = await claim(h, owner="w1", lease=LEASE, limit=5, saga_ids=[ids[4]], names=names)
+    assert [r.id for r in picked] == [ids[4]]
+    first = await claim(h, owner="w1", lease=LEASE, limit=2, names=names)
+    assert len(first) == 2
+    rest = await claim(h, owner="w1", lease=LEASE, limit=10, names=names)
+    assert len(rest) == 2
+    assert {r.id for r in [*picked, *first, *rest]} == set(ids)
+    assert await claim(h, owner="w1", lease=LEASE, limit=0, names=names) == []
+
+
+@NAMES
+async def test_expired_lease_is_taken_over_and_counted(
+    h: Harness, names: tuple[str, ...] | None
+) -> None:
+    sid = await insert(h)
+    (first,) = await claim(h, owner="w1", lease=timedelta(seconds=1), limit=1, names=names)
+    await h.wait_lease_expired(sid)
+    (second,) = await claim(h, owner="w2", lease=LEASE, limit=1, names=names)
+    row = await h.row(sid)
+    assert second.step_execution_token != first.step_execution_token
+    assert row.lease_owner == "w2"
+    assert row.takeover_count == 1
+
+
+async def test_checkpoint_is_fenced_by_the_token(h: Harness) -> None:
+    sid = await insert(h)
+    (old,) = await claim(h, owner="w1", lease=timedelta(seconds=1), limit=1)
+    await h.wait_lease_expired(sid)
+    (new,) = await claim(h, owner="w2", lease=LEASE, limit=1)
+    before = await h.row(sid)
+
+    stale = RowUpdate(
+        status="COMPLETED",
+        current_step_index=1,
+        context={"stale": True},
+        history=[{"phase": "execute", "step_id": "a", "status": "SUCCESS", "attempt": 1}],
+        deadline=DeadlineChange.CLEAR,
+        lease=LeaseChange.RELEASE,
+        finished=True,
+    )
+    assert await h.store.saga_checkpoint([Checkpoint(sid, old.step_execution_token, stale)]) == [
+        False
+    ]
+    assert await h.row(sid) == before, "a stale checkpoint changes nothing"
+
+    fresh = RowUpdate(
+        context={"fresh": True},
+        history=[{"phase": "execute", "step_id": "a", "status": "SUCCESS", "attempt": 1}],
+    )
+    (res,) = await h.store.saga_checkpoint([Checkpoint(sid, new.step_execution_token, fresh)])
+    assert res == before.deadline_at, "an applied checkpoint reports the row's deadline"
+    row = await h.row(sid)
+    assert row.context == {"fresh": True}
+    assert row.step_history == fresh.history
+    assert row.lease_owner == "w2"
+
+
+async def test_checkpoint_batch_reports_per_row(h: Harness) -> None:
+    a, b = await insert(h), await insert(h)
+    rows = {r.id: r for r in await claim(h, owner="w1", lease=LEASE, limit=2)}
+    done = RowUpdate(
+        status="COMPLETED", deadline=DeadlineChange.CLEAR, lease=LeaseChange.RELEASE, finished=True
+    )
+    later = RowUpdate(
+        status="SUSPENDED",
+        retry_counter=1,
+        deadline=DeadlineChange.AFTER,
+        delay=timedelta(seconds=60),
+        lease=LeaseChange.RELEASE,
+    )
+    results = await h.store.saga_checkpoint(
+        [
+            Checkpoint(a, rows[a].step_execution_token, done),
+            Checkpoint(b, uuid.uuid4(), done),
+            Checkpoint(b, rows[b].step_execution_token, later),
+        ]
+    )
+    now = await h.db_now()
+    assert results[0] is None
+    assert results[1] is False
+    assert isinstance(results[2], datetime) and results[2] > now + timedelta(seconds=50)
+    ra, rb = await h.row(a), await h.row(b)
+    assert (ra.status, ra.deadline_at, ra.lease_owner) == ("COMPLETED", None, None)
+    assert ra.finished_at is not None
+    assert (rb.status, rb.retry_counter, rb.lease_owner) == ("SUSPENDED", 1, None)
+
+
+async def test_history_appends_in_order(h: Harness) -> None:
+    sid = await insert(h)
+    (row,) = await claim(h, owner="w1", lease=LEASE, limit=1)
+    batches: list[list[dict[str, Any]]] = [
+        [{"phase": "execute", "step_id": "a", "status": "ERROR", "attempt": 1, "x": 1.5}],
+        [
+            {
+                "phase": "execute",
+                "step_id": "a",
+                "status": "SUCCESS",
+                "attempt": 2,
+                "o": {"k": [1]},
+            },
+            {"phase": "event", "step_id": None, "status": "RECEIVED", "attempt": 0, "u": "ü"},
+        ],
+    ]
+    for batch in batches:
+        upd = RowUpdate(history=batch)
+        assert await h.store.saga_checkpoint([Checkpoint(sid, row.step_execution_token, upd)]) != [
+            False
+        ]
+    assert (await h.row(sid)).step_history == [*batches[0], *batches[1]]
+
+
+async def test_renew_lease_is_fenced(h: Harness) -> None:
+    sid = await insert(h)
+    (row,) = await claim(h, owner="w1", lease=LEASE, limit=1)
+    before = await h.row(sid)
+    assert await h.store.saga_renew_lease(sid, uuid.uuid4()) is None
+    assert await h.row(sid) == before
+    expiry = await h.store.saga_renew_lease(sid, row.step_execution_token)
+    assert expiry is not None and before.deadline_at is not None
+    assert expiry >= before.deadline_at
+    assert (await h.row(sid)).deadline_at == expiry
+
+
+@pytest.mark.parametrize("outcome", ["released", "suspended", "completed"])
+async def test_renew_after_the_lease_was_given_up_changes_nothing(h: Harness, outcome: str) -> None:
+    """A renewal racing the worker's own last checkpoint (the lease keeper runs in its own
+    task) must not put a lease back on a row the worker has let go: that would make a
+    finished saga look leased, or bring a retry forward."""
+    sid = await insert(h)
+    (row,) = await claim(h, owner="w1", lease=LEASE, limit=1)
+    token = row.step_execution_token
+    if outcome == "released":
+        assert await h.store.saga_release(sid, token, None)
+    else:
+        upd = (
+            RowUpdate(
+                status="SUSPENDED",
+                deadline=DeadlineChange.AFTER,
+                delay=timedelta(hours=1),
+                lease=LeaseChange.RELEASE,
+            )
+            if outcome == "suspended"
+            else RowUpdate(
+                status="COMPLETED",
+                deadline=DeadlineChange.CLEAR,
+                lease=LeaseChange.RELEASE,
+                finished=True,
+            )
+        )
+        assert await h.store.saga_checkpoint([Checkpoint(sid, token, upd)]) != [False]
+    before = await h.row(sid)
+    assert await h.store.saga_renew_lease(sid, token) is None
+    assert await h.row(sid) == before
+
+
+async def test_release_makes_the_saga_due_for_anyone(h: Harness) -> None:
+    sid = await insert(h)
+    (row,) = await claim(h, owner="w1", lease=LEASE, limit=1)
+    assert not await h.store.saga_release(sid, uuid.uuid4(), None)
+    note = {"phase": "execute", "step_id": "a", "status": "INTERRUPTED", "attempt": 0}
+    assert await h.store.saga_release(sid, row.step_execution_token, note)
+    after = await h.row(sid)
+    assert after.lease_owner is None
+    assert after.deadline_at is not None and after.deadline_at <= await h.db_now()
+    assert after.step_history == [note]
+    (again,) = await claim(h, owner="w2", lease=LEASE, limit=1)
+    assert again.id == sid
+    assert (await h.row(sid)).takeover_count == 0, "a released saga is not a takeover"
+
+
+async def test_update_locked(h: Harness) -> None:
+    sid = await insert(h)
+    before = await h.row(sid)
+
+    seen: list[tuple[str, datetime]] = []
+
+    def nothing(row: Any, now: datetime) -> None:
+        seen.append((row.status, now))
+        return None
+
+    row, applied = await h.store.saga_update_locked(sid, nothing)
+    assert not applied and row == await h.store.saga_get(sid) and row.id == sid
+    assert seen[0][0] == "RUNNING" and seen[0][1].tzinfo is not None
+
+    def refuse(row: Any, now: datetime) -> RowUpdate:
+        raise ValueError("refused")
+
+    with pytest.raises(ValueError, match="refused"):
+        await h.store.saga_update_locked(sid, refuse)
+    assert await h.row(sid) == before
+
+    token = uuid.uuid4()
+
+    def change(row: Any, now: datetime) -> RowUpdate:
+        return RowUpdate(
+            status="ABORTED",
+            new_token=token,
+            history=[{"phase": "admin", "step_id": "a", "status": "ABORT", "attempt": 0}],
+            deadline=DeadlineChange.CLEAR,
+            lease=LeaseChange.RELEASE,
+            finished=True,
+        )
+
+    row, applied = await h.store.saga_update_locked(sid, change)
+    assert applied
+    assert (row.status, row.step_execution_token, row.deadline_at) == ("ABORTED", token, None)
+    assert (await h.row(sid)).step_history == [
+        {"phase": "admin", "step_id": "a", "status": "ABORT", "attempt": 0}
+    ]
+    with pytest.raises(SagaNotFoundError):
+        await h.store.saga_update_locked(uuid.uuid4(), change)
+
+
+async def test_update_locked_serialises_concurrent_writers(h: Harness) -> None:
+    """Read-modify-write under the row lock: concurrent increments are never lost."""
+    sid = await insert(h)
+
+    def bump(row: Any, now: datetime) -> RowUpdate:
+        return RowUpdate(retry_counter=row.retry_counter + 1)
+
+    await asyncio.gather(*(h.store.saga_update_locked(sid, bump) for _ in range(10)))
+    assert (await h.row(sid)).retry_counter == 10
+
+
+async def test_list_count_and_due_summary(h: Harness) -> None:
+    ids = []
+    for i in range(5):
+        ids.append(await insert(h, saga_name="flow" if i % 2 == 0 else "other"))
+    await insert(h, status="FAILED", deadline_at=None, aggregation_id="agg-failed")
+
+    listed = await h.store.saga_list(SagaFilter(), limit=100)
+    assert [r.created_at for r in listed] == sorted((r.created_at for r in listed), reverse=True)
+    assert len(listed) == 6
+    assert all(r.step_history is None for r in listed), "lists leave the history out"
+    assert len(await h.store.saga_list(SagaFilter(), limit=2)) == 2
+    assert len(await h.store.saga_list(SagaFilter(), limit=100, offset=4)) == 2
+    assert await h.store.saga_count(SagaFilter(saga_names=["flow"])) == 4
+    assert await h.store.saga_count(SagaFilter(statuses=["FAILED"])) == 1
+    assert await h.store.saga_count(SagaFilter(aggregation_id="agg-failed")) == 1
+    assert await h.store.saga_count(SagaFilter(ids=ids[:2])) == 2
+    stats = dict(((n, s), c) for n, s, c in await h.store.saga_stats())
+    assert stats == {("flow", "RUNNING"): 3, ("other", "RUNNING"): 2, ("flow", "FAILED"): 1}
+    due, oldest = await h.store.saga_due_summary()
+    assert due == 5
+    assert oldest is not None and oldest.tzinfo is not None and oldest <= await h.db_now()
+    assert ids[0] in await h.store.saga_find_by_prefix(str(ids[0])[:8])
+    assert await h.store.saga_find_by_prefix(str(ids[0])) == [ids[0]]
