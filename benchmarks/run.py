@@ -463,7 +463,7 @@ def render(results: list[dict[str, Any]]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = Console(width=max(Console().width, 160))
     by_kind: dict[str, list[dict[str, Any]]] = {}
     for r in results:
         by_kind.setdefault(r["scenario"], []).append(r)
