@@ -10,7 +10,7 @@ from __future__ import annotations
 from loguru import logger
 
 from saga_core.admin import SagaAdmin
-from saga_core.context import StepContext, current_step
+from saga_core.context import StepContext, WaitForEvent, current_step
 from saga_core.definition import BaseStep, InputContext, SagaBuilder, SagaDefinition, StepRef
 from saga_core.errors import (
     ActiveSagaAlreadyExistsError,
@@ -63,6 +63,7 @@ __all__ = [
     "StepContext",
     "StepRef",
     "TypeValidationError",
+    "WaitForEvent",
     "__version__",
     "current_step",
     "schema_status",

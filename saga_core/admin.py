@@ -7,16 +7,18 @@ fencing token (so a worker still running the old step cannot overwrite the resul
 
 from __future__ import annotations
 
+import asyncio
 import getpass
 import uuid
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Generic, TypeVar
 
 from pydantic import ValidationError
 
 from saga_core import machine as m
 from saga_core.errors import SagaConflictError, SagaInputError, SagaNotFoundError, SagaStateError
+from saga_core.executor import WAITING_KEY
 from saga_core.orchestrator import SagaEngine
 from saga_core.payload import check_size, to_json_data
 from saga_core.rows import machine_state, now_iso, shape_of, update_for
@@ -27,6 +29,9 @@ from saga_core.store import RowUpdate, SagaFilter, SagaRow, WorkerRow
 __all__ = ["SagaAdmin"]
 
 M = TypeVar("M", bound=SagaStateMixin)
+
+DEFAULT_PURGE_BATCH = 500
+"""Rows deleted per statement (and transaction) by ``SagaAdmin.purge``."""
 
 
 def _default_actor() -> str:
@@ -163,6 +168,54 @@ class SagaAdmin(Generic[M]):
     async def db_now(self) -> datetime:
         return await self.store.db_now()
 
+    # --- retention -------------------------------------------------------------------------
+
+    async def purge(
+        self,
+        older_than: timedelta | float,
+        *,
+        statuses: m.SagaStatus | str | Sequence[m.SagaStatus | str] | None = None,
+        dry_run: bool = False,
+        batch_size: int = DEFAULT_PURGE_BATCH,
+        pause: float = 0.0,
+    ) -> int:
+        """Delete finished sagas (COMPLETED, COMPENSATED, ABORTED; or only ``statuses``,
+        which must be among them) that finished more than ``older_than`` (a ``timedelta``
+        or seconds) ago by the database clock; how many were deleted (with ``dry_run``:
+        how many would be, nothing deleted).
+
+        Deletes in batches of ``batch_size`` rows, each its own short transaction (never a
+        long one), sleeping ``pause`` seconds between batches. Active and FAILED sagas are
+        never deleted. A deleted saga's ``idempotency_key`` can start a new saga again.
+
+        Raises:
+            SagaInputError: a status that is not final, a negative age, a batch below 1.
+        """
+        if isinstance(older_than, bool) or not isinstance(older_than, timedelta | int | float):
+            raise SagaInputError(f"older_than must be a timedelta or seconds, got {older_than!r}")
+        age = older_than if isinstance(older_than, timedelta) else timedelta(seconds=older_than)
+        if age < timedelta(0):
+            raise SagaInputError(f"older_than must not be negative, got {age}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise SagaInputError(f"batch_size must be an int >= 1, got {batch_size!r}")
+        chosen = _statuses(statuses) or sorted(s.value for s in m.TERMINAL_STATUSES)
+        not_final = [s for s in chosen if not m.SagaStatus(s).is_terminal]
+        if not_final:
+            final = ", ".join(sorted(s.value for s in m.TERMINAL_STATUSES))
+            raise SagaInputError(
+                f"only finished sagas can be purged ({final}); not {', '.join(not_final)}"
+            )
+        before = await self.store.db_now() - age
+        if dry_run:
+            return await self.store.saga_count(SagaFilter(statuses=chosen, finished_before=before))
+        total = 0
+        while True:
+            n = await self.store.saga_purge(chosen, before, batch_size)
+            total += n
+            if n < batch_size:
+                return total
+            await asyncio.sleep(pause)
+
     # --- actions ---------------------------------------------------------------------------
 
     async def _act(
@@ -179,6 +232,9 @@ class SagaAdmin(Generic[M]):
 
         def apply(row: SagaRow, now: datetime) -> RowUpdate:
             t, context = compute(row, now)
+            base = row.context if context is None else context
+            if WAITING_KEY in base:  # an operator ends an event wait: it never times out
+                context = {k: v for k, v in base.items() if k != WAITING_KEY}
             idx = row.current_step_index
             entry: dict[str, Any] = {
                 "at": now_iso(),

@@ -48,6 +48,10 @@ def is_transient(exc: BaseException) -> bool:
     name = type(exc).__name__
     if name == "InterfaceError" and "closed" in str(exc).lower():
         return True
+    if name == "InternalClientError" and "in progress" in str(exc).lower():
+        # The server ended the backend while asyncpg was mid-operation (an administrator's
+        # pg_terminate_backend, a restart): nothing was committed by this call.
+        return True
     return name in {
         "ConnectionDoesNotExistError",
         "CannotConnectNowError",

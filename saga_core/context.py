@@ -5,11 +5,34 @@ from __future__ import annotations
 import uuid
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Literal
+from datetime import timedelta
+from typing import Literal, NoReturn
 
 from saga_core.errors import SagaError
 
-__all__ = ["StepContext", "current_step"]
+__all__ = ["StepContext", "WaitForEvent", "current_step"]
+
+
+class WaitForEvent(Exception):
+    """Raised from a step's ``execute`` (or by ``current_step().wait_for_event()``) to wait
+    for an external event: the saga becomes SUSPENDED until ``notify`` with its token (the
+    step then runs again and sees the event) or until ``timeout`` passes, which counts as a
+    failed attempt (``TIMEOUT``) under the step's retry policy. ``timeout=None`` waits
+    forever. Waiting is not an attempt; in ``compensate`` it is an ordinary error."""
+
+    def __init__(self, timeout: timedelta | float | None = None) -> None:
+        if timeout is not None:
+            if isinstance(timeout, bool) or not isinstance(timeout, timedelta | int | float):
+                raise SagaError(f"timeout must be a timedelta or seconds, got {timeout!r}")
+            if not isinstance(timeout, timedelta):
+                timeout = timedelta(seconds=timeout)
+            if timeout <= timedelta(0):
+                raise SagaError(f"timeout must be positive, got {timeout}")
+        self.timeout: timedelta | None = timeout
+        super().__init__(
+            "waiting for an event"
+            + ("" if timeout is None else f" for at most {timeout.total_seconds():g}s")
+        )
 
 
 @dataclass(frozen=True)
@@ -30,6 +53,12 @@ class StepContext:
     """Stable across retries of this step (or of its compensation) of this saga: pass it to
     downstream services to deduplicate."""
     worker: str
+
+    def wait_for_event(self, timeout: timedelta | float | None = None) -> NoReturn:
+        """Stop this execution and wait for an event: raises :class:`WaitForEvent` (let it
+        propagate out of ``execute``). ``notify(saga_id=..., token=ctx.token, event=...)``
+        resumes the saga; after ``timeout`` (seconds or a timedelta) it is a failed attempt."""
+        raise WaitForEvent(timeout)
 
 
 _CURRENT: ContextVar[StepContext | None] = ContextVar("saga_current_step", default=None)

@@ -19,7 +19,7 @@ from pydantic import BaseModel
 
 from saga_core import machine as m
 from saga_core.checkpoint import is_transient
-from saga_core.context import _CURRENT, StepContext
+from saga_core.context import _CURRENT, StepContext, WaitForEvent
 from saga_core.definition import InputContext, SagaDefinition, StepSpec
 from saga_core.payload import check_size
 from saga_core.rows import machine_state, now_iso, shape_of, update_for
@@ -28,9 +28,14 @@ from saga_core.store.base import Checkpoint, DeadlineChange, LeaseChange, RowUpd
 if TYPE_CHECKING:
     from saga_core.orchestrator import SagaEngine
 
-__all__ = ["Executor", "LeaseLost"]
+__all__ = ["WAITING_KEY", "Executor", "LeaseLost"]
 
 MAX_ERROR_CHARS = 4000
+
+WAITING_KEY = "waiting"
+"""Context key set while the current step waits for an event (``WaitForEvent``): step id,
+since, timeout. ``notify`` and operator actions remove it, so a claim that finds it is the
+wait's timeout, recorded as a failed attempt of the step."""
 
 
 class LeaseLost(Exception):
@@ -106,7 +111,10 @@ class Executor:
             raise
         except Exception as exc:
             log.opt(exception=exc).error("saga run stopped by an unexpected error: {}", exc)
-            await self._release(row.id, run.token, None, delay=timedelta(seconds=5))
+            # Noted in history: the step in flight (its outcome unrecorded) may run again.
+            note = self._interrupted_note(run)
+            note["reason"] = f"run stopped by an unexpected error ({_error_text(exc)}); released"
+            await self._release(row.id, run.token, note, delay=timedelta(seconds=5))
         finally:
             keeper.cancel()
             await asyncio.gather(keeper, return_exceptions=True)
@@ -123,7 +131,10 @@ class Executor:
                 raise LeaseLost()
             if state.status is m.SagaStatus.RUNNING:
                 spec = run.definition.steps[state.cursor]
-                t, entry, error = await self._execute(run, spec, state, shape)
+                if WAITING_KEY in run.context:
+                    t, entry, error = self._wait_timed_out(run, spec, state, shape)
+                else:
+                    t, entry, error = await self._execute(run, spec, state, shape)
             elif state.status is m.SagaStatus.COMPENSATING:
                 spec = run.definition.steps[state.cursor]
                 t, entry, error = await self._compensate(run, spec, state, shape)
@@ -193,6 +204,27 @@ class Executor:
             check_size(out_json, f"output of step {spec.step_id!r}", self.engine.max_payload_bytes)
         except (LeaseLost, asyncio.CancelledError):
             raise
+        except WaitForEvent as wait:
+            # Not an attempt: the step runs again on notify (seeing the event), or the wait
+            # times out at its due time (a failed attempt, recorded by the claim then).
+            timeout = wait.timeout
+            entry.update(
+                status="WAITING",
+                duration_ms=round((time.monotonic() - started) * 1000, 3),
+                wait_timeout_s=None if timeout is None else timeout.total_seconds(),
+            )
+            marker = {
+                "step_id": spec.step_id,
+                "since": entry["at"],
+                "timeout_s": None if timeout is None else timeout.total_seconds(),
+            }
+            run.context = {**run.context, WAITING_KEY: marker}
+            run.log.bind(step=spec.step_id, attempt=attempt).info(
+                "step {} waits for an event{}",
+                spec.step_id,
+                "" if timeout is None else f" (at most {timeout.total_seconds():g}s)",
+            )
+            return m.suspended_for_event(state, timeout), entry, None
         except Exception as exc:
             status = "TIMEOUT" if isinstance(exc, _StepTimeout) else "ERROR"
             error = _error_text(exc) if status == "ERROR" else f"TimeoutError: {exc}"
@@ -268,6 +300,37 @@ class Executor:
             return t, entry, f"compensation of {spec.step_id}: {error}"
         entry.update(status="SUCCESS", duration_ms=round((time.monotonic() - started) * 1000, 3))
         return m.compensation_succeeded(state, shape), entry, None
+
+    def _wait_timed_out(
+        self, run: _Run, spec: StepSpec, state: m.MachineState, shape: m.Shape
+    ) -> tuple[m.Transition, dict[str, Any], str | None]:
+        """Claimed while its step waited for an event: no notify came before the timeout. A
+        failed attempt (TIMEOUT) under the step's retry policy."""
+        marker = run.context.get(WAITING_KEY) or {}
+        run.context = {k: v for k, v in run.context.items() if k != WAITING_KEY}
+        attempt = state.steps[state.cursor].attempts + 1
+        entry = self._entry(run, spec, "execute", attempt)
+        timeout_s = marker.get("timeout_s")
+        error = (
+            f"TimeoutError: no event within {timeout_s:g}s"
+            if isinstance(timeout_s, int | float)
+            else "TimeoutError: no event in time"
+        )
+        entry.update(
+            status="TIMEOUT",
+            error_type="TimeoutError",
+            error=error,
+            duration_ms=0.0,
+            waiting_since=marker.get("since"),
+        )
+        delay = spec.retry_policy.next_delay(state.retry_counter + 1)
+        if delay is not None:
+            entry["retry_in_s"] = round(delay.total_seconds(), 3)
+        t = m.step_failed(state, shape, delay, in_place_threshold=self.engine.in_place_retry_max)
+        run.log.bind(step=spec.step_id, attempt=attempt).warning(
+            "step {} timed out waiting for an event (attempt {})", spec.step_id, attempt
+        )
+        return t, entry, error
 
     # --- pieces ----------------------------------------------------------------------------
 

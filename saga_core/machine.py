@@ -330,10 +330,12 @@ def claimed(state: MachineState) -> MachineState:
     return state
 
 
-def suspended_for_event(state: MachineState) -> Transition:
-    """The current step asked to wait for an external event."""
+def suspended_for_event(state: MachineState, timeout: timedelta | None = None) -> Transition:
+    """The current step asked to wait for an external event; with ``timeout`` the saga is
+    due again then (and the executor records the wait as timed out)."""
     _require(state, [SagaStatus.RUNNING], "suspend")
-    return Transition(replace(state, status=SagaStatus.SUSPENDED), Schedule.none())
+    schedule = Schedule.none() if timeout is None else Schedule.due(timeout)
+    return Transition(replace(state, status=SagaStatus.SUSPENDED), schedule)
 
 
 def notified(state: MachineState) -> Transition:

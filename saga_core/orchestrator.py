@@ -9,7 +9,7 @@ import socket
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, TypeVar
 
 from loguru import logger
@@ -20,7 +20,7 @@ from saga_core import machine as m
 from saga_core.checkpoint import CheckpointWriter
 from saga_core.definition import SagaDefinition
 from saga_core.errors import SagaDefinitionError, SagaError, SagaInputError, SagaNotFoundError
-from saga_core.executor import Executor
+from saga_core.executor import WAITING_KEY, Executor
 from saga_core.payload import DEFAULT_MAX_PAYLOAD_BYTES, json_object
 from saga_core.rows import machine_state, new_saga_values, now_iso, update_for
 from saga_core.snapshot import SagaSnapshot
@@ -214,6 +214,8 @@ class SagaOrchestrator(Generic[M]):
         trace_id: str | None = None,
         session: AsyncSession | None = None,
         inline: bool = False,
+        idempotency_key: str | None = None,
+        run_at: datetime | timedelta | None = None,
     ) -> uuid.UUID:
         """Start a saga; returns its id.
 
@@ -224,11 +226,21 @@ class SagaOrchestrator(Generic[M]):
             trace_id: carried through history and ``current_step()``; generated if omitted.
             session: add the row to this session: it commits with the caller's transaction.
             inline: drive the saga in this task until it completes, suspends or ends.
+            idempotency_key: a start repeated with the same key (1 to 200 characters)
+                returns the id of the saga the first one created, whatever its status,
+                instead of starting another, even under concurrent starts; nothing is
+                written and the repeated call's data and ``run_at`` are ignored.
+            run_at: when the saga becomes due: an aware ``datetime``, or a ``timedelta``
+                from now by the database clock. Until then it is ``RUNNING`` with no
+                worker and a due time in the future.
 
         Raises:
-            SagaInputError: unknown saga name, data that is not a JSON object, oversize.
-            ActiveSagaAlreadyExistsError: another saga for ``aggregation_id`` is active.
-            SagaError: ``inline=True`` with ``session=``.
+            SagaInputError: unknown saga name, data that is not a JSON object, oversize;
+                an ``idempotency_key`` already used by a saga with another ``saga_name``
+                or ``aggregation_id``; a naive ``run_at`` or a negative delay.
+            ActiveSagaAlreadyExistsError: another saga for ``aggregation_id`` is active
+                (not raised for a repeated ``idempotency_key``: its saga is returned).
+            SagaError: ``inline=True`` with ``session=``, or with a ``run_at`` in the future.
         """
         eng = self.engine
         if inline and session is not None:
@@ -261,9 +273,56 @@ class SagaOrchestrator(Generic[M]):
             raise SagaInputError(
                 f"trace_id must be a non-empty string of at most 128 characters, got {trace_id!r}"
             )
+        if idempotency_key is not None and (
+            not isinstance(idempotency_key, str)
+            or not idempotency_key
+            or len(idempotency_key) > 200
+            or "\x00" in idempotency_key
+        ):
+            raise SagaInputError(
+                f"idempotency_key must be a non-empty string of at most 200 characters, got {idempotency_key!r}"
+            )
+        due_in: timedelta | None = None
+        due_at: datetime | None = None
+        if run_at is not None:
+            if isinstance(run_at, datetime):
+                if run_at.tzinfo is None or run_at.utcoffset() is None:
+                    raise SagaInputError(
+                        f"run_at must be a timezone-aware datetime (datetime.now(UTC) + ...), got {run_at!r}"
+                    )
+                due_at = run_at.astimezone(UTC)
+                future = due_at > datetime.now(UTC)
+            elif isinstance(run_at, timedelta):
+                if run_at < timedelta(0):
+                    raise SagaInputError(f"run_at must not be a negative delay, got {run_at}")
+                due_in = run_at
+                future = run_at > timedelta(0)
+            else:
+                raise SagaInputError(
+                    f"run_at must be a datetime or a timedelta, got {type(run_at).__name__}"
+                )
+            if inline and future:
+                raise SagaError(
+                    "start(inline=True) cannot be combined with a run_at in the future: the saga "
+                    "is not due yet; start it without inline and let a worker run it when due"
+                )
         values = new_saga_values(definition, saga_name, aggregation_id, data, trace_id)
+        if idempotency_key is not None:
+            values["idempotency_key"] = idempotency_key
+        if due_at is not None:
+            values["deadline_at"] = due_at
         saga_id: uuid.UUID = values["id"]
-        await eng.store.saga_insert(values, session=session)
+        existing = await eng.store.saga_insert(values, session=session, due_in=due_in)
+        if existing is not None:
+            if existing.saga_name != saga_name or existing.aggregation_id != aggregation_id:
+                raise SagaInputError(
+                    f"idempotency_key {idempotency_key!r} was already used to start saga "
+                    f"{existing.id} ({existing.saga_name!r}, aggregation_id "
+                    f"{existing.aggregation_id!r}); a key may not be reused for another saga "
+                    f"name or aggregation id (got {saga_name!r}, {aggregation_id!r})"
+                )
+            # The saga the first start created: returned as it is (never driven here).
+            return existing.id
         eng.emit("started", saga_name=saga_name)
         if inline:
             rows = await eng.claim(1, saga_ids=[saga_id])
@@ -307,6 +366,7 @@ class SagaOrchestrator(Generic[M]):
                 return None
             t = m.notified(machine_state(row))
             ctx = dict(row.context)
+            ctx.pop(WAITING_KEY, None)  # the wait is over: no timeout to record
             if ev is not None:
                 ctx["events"] = [*(ctx.get("events") or []), ev]
                 ctx["latest_event"] = ev

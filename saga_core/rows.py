@@ -53,6 +53,7 @@ def new_saga_values(
         "lease_owner": None,
         "retry_counter": 0,
         "takeover_count": 0,
+        "recovery_count": 0,
         "last_error": None,
         "definition_fingerprint": definition.fingerprint,
         "trace_id": trace_id,

@@ -16,8 +16,9 @@ from sqlalchemy.schema import CreateIndex
 
 from saga_core.errors import SagaStoreError
 
-SCHEMA_VERSION = 1
-"""Bumped whenever the saga tables change."""
+SCHEMA_VERSION = 3
+"""Bumped whenever the saga tables change (2: ``recovery_count``, for poison sagas;
+3: ``idempotency_key`` and its unique index, the ``finished_at`` index for retention)."""
 
 # Checkpoints rewrite rows in place: leave room in each page so updates stay on the same page
 # (HOT updates, no index churn), and vacuum the hot table early.

@@ -61,6 +61,12 @@ class SagaSettings(BaseSettings):
     log_format: Literal["text", "json"] = "text"
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
     metrics_host: str = "127.0.0.1"
+    retention_days: float | None = Field(default=None, gt=0)
+    """Delete finished sagas (COMPLETED, COMPENSATED, ABORTED) this many days after they
+    finished; ``None``: keep them forever."""
+    retention_interval: float = Field(default=3600.0, gt=0, le=7 * 86_400)
+    """Seconds between retention runs (each deletes in batches of ``retention_batch_size``)."""
+    retention_batch_size: int = Field(default=500, ge=1, le=100_000)
 
     @field_validator("log_level", mode="before")
     @classmethod

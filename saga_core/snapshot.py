@@ -31,6 +31,8 @@ class SagaSnapshot(BaseModel):
     total_steps: int
     retry_counter: int
     takeover_count: int
+    recovery_count: int = 0
+    """Consecutive takeovers of the current step (worker lost while running it)."""
     deadline_at: datetime | None
     """When the saga is next due or its lease expires; ``None`` while it waits for an event
     or is finished (or FAILED)."""
@@ -42,6 +44,8 @@ class SagaSnapshot(BaseModel):
     created_at: datetime
     updated_at: datetime
     finished_at: datetime | None
+    idempotency_key: str | None = None
+    """The key given to ``start(idempotency_key=...)``, if any."""
 
     @property
     def is_terminal(self) -> bool:
@@ -66,6 +70,7 @@ class SagaSnapshot(BaseModel):
             "total_steps": len(steps),
             "retry_counter": row.retry_counter,
             "takeover_count": row.takeover_count,
+            "recovery_count": row.recovery_count,
             "deadline_at": row.deadline_at,
             "lease_owner": row.lease_owner,
             "trace_id": row.trace_id,
@@ -75,6 +80,7 @@ class SagaSnapshot(BaseModel):
             "created_at": row.created_at,
             "updated_at": row.updated_at,
             "finished_at": row.finished_at,
+            "idempotency_key": row.idempotency_key,
         }
 
     @classmethod

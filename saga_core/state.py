@@ -97,9 +97,15 @@ class SagaStateMixin:
     retry_counter: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     takeover_count: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     """Claims that found an expired lease of another worker (crash recovery)."""
+    recovery_count: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    """Consecutive takeovers of the current step: reset by every recorded step or compensation
+    outcome and by operator actions. Above ``max_recoveries`` the saga is quarantined."""
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
     definition_fingerprint: Mapped[str] = mapped_column(String(64), nullable=False)
     trace_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    """Given to ``start(idempotency_key=...)``: a repeated start with the same key returns
+    this saga instead of creating another (unique per table)."""
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
@@ -123,6 +129,21 @@ class SagaStateMixin:
                 sqlite_where=text(f"status IN ({_ACTIVE_SQL})"),
             ),
             Index(f"ix_{table}_created", "created_at"),
+            Index(
+                f"ux_{table}_idempotency_key",
+                "idempotency_key",
+                unique=True,
+                postgresql_where=text("idempotency_key IS NOT NULL"),
+                sqlite_where=text("idempotency_key IS NOT NULL"),
+            ),
+            # Retention deletes finished sagas oldest first; only finished rows are in it, and
+            # only the final checkpoint (which changes the status anyway) sets finished_at.
+            Index(
+                f"ix_{table}_finished",
+                "finished_at",
+                postgresql_where=text("finished_at IS NOT NULL"),
+                sqlite_where=text("finished_at IS NOT NULL"),
+            ),
             Index(f"ix_{table}_name_status", "saga_name", "status"),
             CheckConstraint(f"status IN ({_ALL_SQL})", name=f"ck_{table}_status"),
         )

@@ -11,6 +11,7 @@ import typer
 
 from sagactl.argv import hoist_global_options
 from sagactl.cmd_db import db_app
+from sagactl.cmd_purge import purge_cmd
 from sagactl.cmd_read import list_cmd, show_cmd, stats_cmd, workers_cmd
 from sagactl.cmd_repair import abort_cmd, compensate_cmd, notify_cmd, retry_cmd, skip_cmd
 from sagactl.exitcodes import EXIT_CODES_HELP
@@ -20,7 +21,7 @@ from sagactl.watch import watch_cmd
 __all__ = ["app", "main"]
 
 HELP = (
-    "Inspect and repair sagas: list, show, retry, skip, compensate, abort, notify, watch.\n\n"
+    "Inspect and repair sagas: list, show, retry, skip, compensate, abort, notify, watch, purge.\n\n"
     "Settings come from flags, then SAGA_* environment variables, then the TOML file "
     "(--config or $SAGA_CONFIG), like sagad. Global options may be given before or after "
     "the command. Text output is for people; -o json / -o jsonl print a stable shape for "
@@ -109,6 +110,7 @@ app.command("skip", rich_help_panel=REPAIR)(skip_cmd)
 app.command("compensate", rich_help_panel=REPAIR)(compensate_cmd)
 app.command("abort", rich_help_panel=REPAIR)(abort_cmd)
 app.command("notify", rich_help_panel=REPAIR)(notify_cmd)
+app.command("purge", rich_help_panel=OPERATE)(purge_cmd)
 app.add_typer(db_app, rich_help_panel=OPERATE)
 
 

@@ -36,6 +36,7 @@ OUTCOME_STYLE: dict[str, str] = {
     "TIMEOUT": "red",
     "INTERRUPTED": "yellow",
     "RECEIVED": "cyan",
+    "WAITING": "cyan",
     "RETRY": "bold cyan",
     "SKIP": "bold yellow",
     "COMPENSATE": "bold magenta",
@@ -44,6 +45,7 @@ OUTCOME_STYLE: dict[str, str] = {
     "NOT_COMPENSATED": "yellow",
     "DEFINITION_CHANGED": "yellow",
     "DEFINITION_MISMATCH": "bold red",
+    "QUARANTINED": "bold red",
 }
 
 

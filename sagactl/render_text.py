@@ -14,6 +14,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from saga_core.executor import WAITING_KEY
 from saga_core.machine import SagaStatus
 from saga_core.snapshot import SagaAdminSnapshot, SagaSnapshot
 from sagactl.fmt import (
@@ -65,8 +66,21 @@ def lease_live(s: SagaSnapshot, now: datetime) -> bool:
     )
 
 
+def scheduled(s: SagaSnapshot, now: datetime) -> bool:
+    """A RUNNING saga no worker holds whose due time is still ahead: a delayed start
+    (``start(run_at=...)``), waiting to become due."""
+    return (
+        s.status is SagaStatus.RUNNING
+        and s.lease_owner is None
+        and s.deadline_at is not None
+        and s.deadline_at > now
+    )
+
+
 def worker_cell(s: SagaSnapshot, now: datetime) -> Text:
     if s.lease_owner is None:
+        if scheduled(s, now) and s.deadline_at is not None:
+            return Text(f"starts {relative(s.deadline_at, now)}", style="dim")
         return Text("-", style="dim")
     if lease_live(s, now):
         return Text(s.lease_owner)
@@ -113,7 +127,13 @@ def saga_table(
 # --- show --------------------------------------------------------------------------------
 
 
-def _due(s: SagaSnapshot, now: datetime) -> Text:
+def _due(s: SagaSnapshot, now: datetime, *, waiting: bool = False) -> Text:
+    if waiting and s.status is SagaStatus.SUSPENDED and s.deadline_at is not None:
+        return Text(
+            f"{clock(s.deadline_at)} ({relative(s.deadline_at, now)}: waiting for an event, "
+            "notify with the token below; the wait times out then)",
+            style="yellow",
+        )
     if s.status.is_terminal:
         return Text("- (finished)", style="dim")
     if s.status is SagaStatus.FAILED:
@@ -122,6 +142,12 @@ def _due(s: SagaSnapshot, now: datetime) -> Text:
         return Text("- (waiting for an event: notify with the token below)", style="yellow")
     if lease_live(s, now):
         return Text("- (held by a worker)")
+    if scheduled(s, now):
+        return Text(
+            f"{clock(s.deadline_at)} ({relative(s.deadline_at, now)}: delayed start, "
+            "no worker takes it before then)",
+            style="cyan",
+        )
     if s.deadline_at <= now:
         return Text(f"{clock(s.deadline_at)} (due now, for {duration(now - s.deadline_at)})")
     return Text(f"{clock(s.deadline_at)} ({relative(s.deadline_at, now)})")
@@ -151,10 +177,12 @@ def header(s: SagaAdminSnapshot, now: datetime) -> Panel:
         ("updated", f"{clock(s.updated_at)} ({age(s.updated_at, now)} ago)"),
         ("finished", clock(s.finished_at) if s.finished_at else "-"),
         ("lease", _lease(s, now)),
-        ("due", _due(s, now)),
+        ("due", _due(s, now, waiting=WAITING_KEY in s.context)),
         ("token", str(s.step_execution_token)),
         ("definition", s.definition_fingerprint),
     ]
+    if s.idempotency_key is not None:
+        rows.insert(4, ("idempotency key", s.idempotency_key))
     if s.last_error:
         rows.append(("last error", Text(s.last_error, style="red")))
     for key, value in rows:

@@ -80,6 +80,7 @@ def _rebind(orch: Orchestrator, url: str) -> Orchestrator:
         execution_lease=eng.execution_lease,
         in_place_retry_max=eng.in_place_retry_max,
         max_payload_bytes=eng.max_payload_bytes,
+        max_recoveries=eng.max_recoveries,
     )
     new.engine.definitions.update(eng.definitions)
     return new

@@ -16,11 +16,13 @@ import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from time import monotonic as loop_time
 from typing import Any
 
 from loguru import logger
 
 from saga_core import SagaEngine
+from saga_core.checkpoint import is_transient
 from saga_core.settings import SagaSettings, SettingsError, load_settings, mask_url
 from sagad import __version__
 from sagad.apps import load_orchestrators
@@ -28,6 +30,7 @@ from sagad.errors import EXIT_CRASH, EXIT_OK, ConfigError
 from sagad.logs import set_level
 from sagad.metrics import Metrics
 from sagad.registry import Registry, check_single_sqlite_worker, new_worker_id
+from sagad.retention import run_retention
 from sagad.startup import describe_url, distinct_databases, verify_schema, wait_for_database
 from sagad.systemd import Notifier
 from sagad.wakeup import PgListener
@@ -73,7 +76,16 @@ async def load_app(settings: SagaSettings, *, create_schema: bool = False) -> Lo
     engines = [o.engine for o in orchestrators]
     databases = distinct_databases(engines)
     await wait_for_database([e.sql_engine for e in databases], settings.startup_timeout)
-    created = await verify_schema(engines, create=create_schema)
+    deadline = loop_time() + settings.startup_timeout
+    while True:
+        try:
+            created = await verify_schema(engines, create=create_schema)
+            break
+        except Exception as exc:  # a connection lost during the check: try again
+            if not is_transient(exc) or loop_time() > deadline:
+                raise
+            logger.warning("schema check interrupted ({}); retrying", exc)
+            await asyncio.sleep(0.5)
     for line in created:
         logger.info("schema: {}", line)
     return LoadedApp(engines=engines, databases=databases)
@@ -232,6 +244,16 @@ class _Daemon:
             self.registry.run(settings.heartbeat_interval), name="sagad-heartbeat"
         )
         self.background.append(self.heartbeat)
+        if settings.retention_days is not None:
+            self._spawn(
+                run_retention(
+                    app.engines,
+                    days=settings.retention_days,
+                    interval=settings.retention_interval,
+                    batch_size=settings.retention_batch_size,
+                ),
+                "sagad-retention",
+            )
         if self.metrics is not None and settings.metrics_port is not None:
             self.metrics.start(settings.metrics_host, settings.metrics_port)
             self.metrics.concurrency.set(settings.concurrency)

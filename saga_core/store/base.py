@@ -50,6 +50,10 @@ class SagaRow:
     finished_at: datetime | None
     step_history: list[dict[str, Any]] | None = None
     """Only loaded where asked for (claims do not need it)."""
+    recovery_count: int = 0
+    """Consecutive takeovers of the current step (see ``SagaStateMixin.recovery_count``)."""
+    idempotency_key: str | None = None
+    """The key given to ``start(idempotency_key=...)``, if any."""
 
     @classmethod
     def from_mapping(cls, m: Any) -> SagaRow:
@@ -91,6 +95,8 @@ class RowUpdate:
     lease: LeaseChange = LeaseChange.KEEP
     finished: bool = False
     new_token: uuid.UUID | None = None
+    # recovery_count is reset by every update that writes ``steps_state`` (a recorded step or
+    # compensation outcome, an operator action).
 
 
 @dataclass
@@ -111,6 +117,7 @@ class SagaFilter:
     created_before: datetime | None = None
     updated_after: datetime | None = None
     ids: Sequence[uuid.UUID] | None = None
+    finished_before: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -146,9 +153,28 @@ class SagaStore(ABC):
 
     @abstractmethod
     async def saga_insert(
-        self, values: dict[str, Any], *, session: AsyncSession | None = None
-    ) -> None:
-        """Insert a new saga row and wake workers. Raises ActiveSagaAlreadyExistsError."""
+        self,
+        values: dict[str, Any],
+        *,
+        session: AsyncSession | None = None,
+        due_in: timedelta | None = None,
+    ) -> SagaRow | None:
+        """Insert a new saga row and wake workers; ``None`` once inserted.
+
+        The row is due now, at ``values["deadline_at"]`` when given, or ``due_in`` from now
+        by the database clock. When ``values`` carry an ``idempotency_key`` that a saga
+        already holds (even one committed concurrently, while this insert waited), nothing
+        is inserted and that saga's row (without history) is returned.
+
+        Raises ActiveSagaAlreadyExistsError."""
+
+    @abstractmethod
+    async def saga_purge(
+        self, statuses: Sequence[str], finished_before: datetime, batch: int
+    ) -> int:
+        """Delete at most ``batch`` sagas in ``statuses`` finished before ``finished_before``
+        (oldest first) in one short transaction; how many were deleted. Rows another
+        transaction holds are skipped."""
 
     @abstractmethod
     async def saga_claim(

@@ -55,11 +55,17 @@ class PostgresSagaStore(SqlSagaStore):
 # construction (its per-call cost dominated a profile) and run as fixed SQL text on the asyncpg
 # connection underneath the pool, so asyncpg prepares each once per connection. A batch of
 # checkpoints is ONE statement: UPDATE ... FROM unnest(arrays), fenced per row by its token.
+#
+# A batch retried after its connection died may already have committed (the server applied it,
+# the answer was lost). Every field is written absolutely, so re-applying it changes nothing,
+# except the history append: entries already there (each carries its own timestamp and
+# worker) are not appended again.
 
 _RETURN_COLS = (
     "id, saga_name, aggregation_id, status, phase, current_step_index, steps_state, "
     "step_execution_token, context, deadline_at, lease_owner, retry_counter, takeover_count, "
-    "last_error, definition_fingerprint, trace_id, created_at, updated_at, finished_at"
+    "recovery_count, last_error, definition_fingerprint, trace_id, created_at, updated_at, finished_at, "
+    "idempotency_key"
 )
 
 _DEADLINE_MODE = {"keep": 0, "clear": 1, "after": 2, "lease": 3}
@@ -83,6 +89,7 @@ UPDATE {table} AS t SET
     lease_owner = $3,
     deadline_at = now() + $4::float8 * interval '1 second',
     takeover_count = t.takeover_count + (t.lease_owner IS NOT NULL)::int,
+    recovery_count = t.recovery_count + (t.lease_owner IS NOT NULL)::int,
     updated_at = now()
 FROM due
 WHERE t.id = due.id
@@ -97,10 +104,12 @@ UPDATE {table} AS t SET
     phase = COALESCE(v.phase, t.phase),
     current_step_index = COALESCE(v.idx, t.current_step_index),
     steps_state = COALESCE(v.steps, t.steps_state),
+    recovery_count = CASE WHEN v.steps IS NULL THEN t.recovery_count ELSE 0 END,
     context = COALESCE(v.ctx, t.context),
     retry_counter = COALESCE(v.rc, t.retry_counter),
     last_error = CASE WHEN v.set_err THEN v.err ELSE t.last_error END,
-    step_history = CASE WHEN v.hist IS NULL THEN t.step_history ELSE t.step_history || v.hist END,
+    step_history = CASE WHEN v.hist IS NULL OR t.step_history @> v.hist THEN t.step_history
+        ELSE t.step_history || v.hist END,
     deadline_at = CASE v.dmode
         WHEN 0 THEN t.deadline_at
         WHEN 1 THEN NULL
@@ -145,8 +154,10 @@ class FastPostgresSagaStore(PostgresSagaStore):
             assert raw is not None
             try:
                 yield raw
-            except Exception:
-                if raw.is_closed():
+            except Exception as exc:
+                # A server-reported error leaves the connection usable; anything else (closed,
+                # or a protocol left mid-operation when the server killed the backend) does not.
+                if raw.is_closed() or not isinstance(getattr(exc, "sqlstate", None), str):
                     await conn.invalidate()
                 raise
 

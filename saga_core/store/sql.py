@@ -111,6 +111,8 @@ class SqlSagaStore(SagaStore):
             value = getattr(upd, name)
             if value is not None:
                 v[name] = value
+        if upd.steps_state is not None:
+            v["recovery_count"] = 0  # an outcome was recorded (or an operator acted)
         if upd.last_error is not None or upd.set_last_error:
             v["last_error"] = upd.last_error
         if upd.history:
@@ -147,31 +149,89 @@ class SqlSagaStore(SagaStore):
             conds.append(t.updated_at >= flt.updated_after)
         if flt.ids is not None:
             conds.append(t.id.in_(list(flt.ids)))
+        if flt.finished_before is not None:
+            conds.append(t.finished_at.is_not(None))
+            conds.append(t.finished_at < flt.finished_before)
         return conds
 
     # --- writes -----------------------------------------------------------------------------
 
+    async def _find_by_key(self, key: str, session: AsyncSession | None) -> SagaRow | None:
+        t = self.table
+        stmt = select(*self._cols_no_history).where(t.c.idempotency_key == key)
+        if session is not None:  # sees the caller's own uncommitted start too
+            row = (await session.execute(stmt)).mappings().first()
+        else:
+            async with self.engine.connect() as conn:
+                row = (await conn.execute(stmt)).mappings().first()
+        return None if row is None else SagaRow.from_mapping(row)
+
     async def saga_insert(
-        self, values: dict[str, Any], *, session: AsyncSession | None = None
-    ) -> None:
+        self,
+        values: dict[str, Any],
+        *,
+        session: AsyncSession | None = None,
+        due_in: timedelta | None = None,
+    ) -> SagaRow | None:
         values = {
-            "deadline_at": self._now(),
+            "deadline_at": self._now() if due_in is None else self._now_plus(due_in),
             "created_at": self._now(),
             "updated_at": self._now(),
             **values,
         }
+        key: str | None = values.get("idempotency_key")
         stmt = insert(self.table).values(**values)
-        try:
-            if session is not None:
-                await self._insert_in_session(session, stmt)
-                return
-            async with self._write_lock(), self.engine.begin() as conn:
-                await conn.execute(stmt)
-                await self._wake(conn)
-        except IntegrityError as exc:
-            if "active_aggregation" in str(exc.orig) or "aggregation_id" in str(exc.orig):
-                raise ActiveSagaAlreadyExistsError(values["aggregation_id"]) from None
-            raise
+        for _ in range(3):
+            if key is not None:
+                # Checked first: a repeated key returns its saga even while that saga is
+                # still active (the aggregation index would otherwise refuse the insert).
+                existing = await self._find_by_key(key, session)
+                if existing is not None:
+                    return existing
+            try:
+                if session is not None:
+                    await self._insert_in_session(session, stmt)
+                    return None
+                async with self._write_lock(), self.engine.begin() as conn:
+                    await conn.execute(stmt)
+                    await self._wake(conn)
+                return None
+            except IntegrityError as exc:
+                if key is not None:
+                    # A concurrent start with the same key committed while this insert
+                    # waited for it (whichever unique index reported the clash).
+                    existing = await self._find_by_key(key, session)
+                    if existing is not None:
+                        return existing
+                    if "idempotency_key" in str(exc.orig):
+                        continue  # that start rolled back: try again
+                if "active_aggregation" in str(exc.orig) or "aggregation_id" in str(exc.orig):
+                    raise ActiveSagaAlreadyExistsError(values["aggregation_id"]) from None
+                raise
+        raise SagaConflictError(
+            f"a start with idempotency key {key!r} kept clashing with another one; try again"
+        )
+
+    async def saga_purge(
+        self, statuses: Sequence[str], finished_before: datetime, batch: int
+    ) -> int:
+        if batch <= 0 or not statuses:
+            return 0
+        t = self.table
+        victims = (
+            select(t.c.id)
+            .where(
+                t.c.status.in_(list(statuses)),
+                t.c.finished_at.is_not(None),
+                t.c.finished_at < finished_before,
+            )
+            .order_by(t.c.finished_at)
+            .limit(batch)
+        )
+        stmt = delete(t).where(t.c.id.in_(self._claim_subquery(victims).scalar_subquery()))
+        async with self._write_lock(), self.engine.begin() as conn:
+            res = await conn.execute(stmt)
+        return int(res.rowcount)
 
     async def saga_claim(
         self,
@@ -205,6 +265,8 @@ class SqlSagaStore(SagaStore):
                 lease_owner=owner,
                 deadline_at=self._now_plus(lease),
                 takeover_count=t.c.takeover_count
+                + case((t.c.lease_owner.is_not(None), 1), else_=0),
+                recovery_count=t.c.recovery_count
                 + case((t.c.lease_owner.is_not(None), 1), else_=0),
                 updated_at=now,
             )

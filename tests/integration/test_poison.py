@@ -12,8 +12,9 @@ import asyncio
 
 import pytest
 from itkit import Harness, Worker, chain, entries, eventually
+from sqlalchemy.ext.asyncio import async_sessionmaker
 
-from saga_core import SagaError
+from saga_core import SagaError, SagaOrchestrator
 
 
 async def crash_in_step(w: Worker, h: Harness, step: str) -> None:
@@ -39,9 +40,7 @@ async def test_poison_step_is_quarantined_after_max_recoveries(h: Harness) -> No
     # Run 1 is the first claim (no recovery); runs 2..3 are recoveries 1..2.
     for i in range(max_recoveries + 1):
         w = await h.worker(f"doomed-{i}", lease=1.0, max_recoveries=max_recoveries)
-        if i == 0:
-            # step a succeeds and resets nothing to worry about; b is the poison step
-            pass
+        # Run 1 also records step a (which resets nothing: the count is 0); b is the poison.
         await crash_in_step(w, h, "b")
         await h.wait_lease_expired(sid)
         row = await h.row(sid)
@@ -98,6 +97,10 @@ async def test_unlimited_and_invalid_settings(h: Harness) -> None:
     h.define("flow", chain(h.probe))
     w = await h.worker("w", max_recoveries=None)
     assert w.orch.engine.max_recoveries is None
-    for bad in (-1, True, 1.5, "3"):
-        with pytest.raises(SagaError, match="max_recoveries"):
-            await h.worker("bad", max_recoveries=bad)
+    sql = h.sql_engine()
+    try:
+        for bad in (-1, True, 1.5, "3"):
+            with pytest.raises(SagaError, match="max_recoveries"):
+                SagaOrchestrator(session_maker=async_sessionmaker(sql), max_recoveries=bad)
+    finally:
+        await sql.dispose()

@@ -1,0 +1,349 @@
+"""Plumbing of the fault tests: real ``sagad`` processes (the acceptance tests' factory),
+a saga table for :mod:`chaos_app`, and the invariant checks run after a fault run.
+
+The acceptance kit (``tests/acceptance/conftest.py``) is loaded under another module name so
+its helpers can be reused here without clashing with pytest's own ``conftest`` modules.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import itertools
+import os
+import sys
+import uuid
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+FAULTS_DIR = Path(__file__).resolve().parent
+ACCEPT_DIR = FAULTS_DIR.parent / "acceptance"
+for _p in (str(ACCEPT_DIR), str(FAULTS_DIR)):
+    if _p not in sys.path:
+        sys.path.insert(0, _p)
+
+
+def _load_acceptance_kit() -> Any:
+    name = "acceptance_kit"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, ACCEPT_DIR / "conftest.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+_kit = _load_acceptance_kit()
+SagadFactory = _kit.SagadFactory
+Sagad = _kit.Sagad
+wait_until = _kit.wait_until
+
+import chaos_app  # noqa: E402
+from app_sagas import runs_ddl  # noqa: E402
+from sqlalchemy import text  # noqa: E402
+
+TEST_APP_NAME = "chaos-test"
+TERMINAL = {"COMPLETED", "COMPENSATED", "ABORTED", "FAILED"}
+
+
+def child_env(table: str, *, lease: float, **extra: str) -> dict[str, str]:
+    """Environment of a sagad running ``chaos_app:make`` on ``table``."""
+    return {
+        "PYTHONPATH": os.pathsep.join(
+            p for p in (str(FAULTS_DIR), str(ACCEPT_DIR), os.environ.get("PYTHONPATH", "")) if p
+        ),
+        "CHAOS_TABLE": table,
+        "CHAOS_LEASE": str(lease),
+        **extra,
+    }
+
+
+class FaultDb:
+    """A fresh chaos table (and its ``_runs`` side table) seen through the test's own
+    orchestrator (application_name ``chaos-test``: never a target of the faults)."""
+
+    def __init__(self, url: str, *, lease: float = 2.0, table: str | None = None) -> None:
+        self.url = url
+        self.table = table or f"f_{uuid.uuid4().hex[:10]}"
+        self.orch = chaos_app.build(url, table=self.table, lease=lease, app_name=TEST_APP_NAME)
+        self.engine = self.orch.engine.sql_engine
+
+    async def setup(self) -> None:
+        await self.orch.create_tables()
+        async with self.engine.begin() as conn:
+            await conn.execute(text(runs_ddl("postgresql", self.table)))
+
+    async def close(self) -> None:
+        if os.environ.get("CHAOS_KEEP_TABLES"):
+            print(f"\nkept tables {self.table}, {self.table}_runs in {self.url}")
+            await self.engine.dispose()
+            return
+        async with self.engine.begin() as conn:
+            await conn.execute(text(f"DROP TABLE IF EXISTS {self.table}_runs"))
+            await conn.execute(text(f"DROP TABLE IF EXISTS {self.table}"))
+        await self.engine.dispose()
+
+    async def start_many(self, items: list[tuple[str, dict[str, Any]]]) -> list[uuid.UUID]:
+        ids: list[uuid.UUID] = []
+        sem = asyncio.Semaphore(16)
+
+        async def one(name: str, data: dict[str, Any]) -> None:
+            async with sem:
+                ids.append(
+                    await self.orch.start(
+                        saga_name=name, initial_data=data, aggregation_id=uuid.uuid4().hex
+                    )
+                )
+
+        await asyncio.gather(*(one(n, d) for n, d in items))
+        return ids
+
+    async def fetch(self, sql: str, **params: Any) -> list[Any]:
+        async with self.engine.connect() as conn:
+            return list((await conn.execute(text(sql.format(t=self.table)), params)).all())
+
+    async def db_now(self) -> datetime:
+        value: datetime = (await self.fetch("SELECT clock_timestamp()"))[0][0]
+        return value
+
+    async def status_counts(self) -> Counter[str]:
+        rows = await self.fetch("SELECT status, count(*) FROM {t} GROUP BY status")
+        return Counter({r[0]: int(r[1]) for r in rows})
+
+    async def unfinished(self) -> int:
+        counts = await self.status_counts()
+        return sum(v for k, v in counts.items() if k not in TERMINAL)
+
+
+@dataclass
+class Report:
+    sagas: int = 0
+    statuses: Counter[str] = field(default_factory=Counter)
+    quarantined: int = 0
+    stuck: int = 0
+    concurrent: int = 0
+    reexecutions: int = 0
+    unexplained_reexecutions: int = 0
+    problems: list[str] = field(default_factory=list)
+    details: list[str] = field(default_factory=list)
+    """History and runs of the first sagas with a problem."""
+    _dumps: dict[Any, Any] = field(default_factory=dict, repr=False)
+
+    def problem(self, saga_id: Any, what: str) -> None:
+        if len(self.problems) < 50:
+            self.problems.append(f"{saga_id}: {what}")
+        if saga_id not in self._dumps and len(self._dumps) < 3 and saga_id in self._all:
+            self._dumps[saga_id] = True
+            row, runs = self._all[saga_id]
+            lines = [f"--- saga {saga_id}: {row.status} takeovers={row.takeover_count}"]
+            for e in row.step_history or []:
+                lines.append(
+                    "  history "
+                    + repr({k: v for k, v in e.items() if k not in ("input", "output")})
+                )
+            for r in runs:
+                lines.append(
+                    f"  run {r.step_id}/{r.phase} attempt={r.attempt} pid={r.pid} "
+                    f"{r.started_at.time()}..{r.ended_at and r.ended_at.time()} {r.outcome}"
+                )
+            self.details.extend(lines)
+
+    _all: dict[Any, Any] = field(default_factory=dict, repr=False)
+
+
+STEPS = ("a", "b", "c")
+
+
+async def check_invariants(
+    db: FaultDb, kill_times: dict[int, datetime], runs_db: FaultDb | None = None
+) -> Report:
+    """Check every chaos saga against its runs and its history (see the test's docstring).
+
+    ``kill_times``: pid of each SIGKILLed worker -> a database time just after it died (the
+    end of any run of that pid left open)."""
+    rep = Report()
+    rows = await db.fetch(
+        "SELECT id, status, last_error, takeover_count, step_history, context "
+        "FROM {t} WHERE saga_name = 'chaos'"
+    )
+    runs_by: dict[Any, list[Any]] = defaultdict(list)
+    for r in await (runs_db or db).fetch(
+        "SELECT saga_id, step_id, phase, attempt, pid, started_at, ended_at, outcome "
+        "FROM {t}_runs ORDER BY started_at, id"
+    ):
+        runs_by[r.saga_id].append(r)
+    for row in rows:
+        rep.sagas += 1
+        rep.statuses[row.status] += 1
+        sid = row.id
+        history: list[dict[str, Any]] = row.step_history or []
+        plan: dict[str, Any] = (row.context.get("initial_data") or {}).get("plan") or {}
+        runs = runs_by.get(sid, [])
+        rep._all[sid] = (row, runs)
+        if row.status not in TERMINAL:
+            rep.stuck += 1
+            rep.problem(sid, f"not finished: {row.status}")
+            continue
+        if row.status == "FAILED":
+            if not row.last_error:
+                rep.problem(sid, "FAILED without a reason")
+            if (row.last_error or "").startswith("quarantined:"):
+                rep.quarantined += 1
+            else:
+                rep.problem(sid, f"FAILED: {row.last_error}")
+            continue
+
+        # No two runs of this saga overlap (its steps run one at a time, each at most once at
+        # a time); a run left open ended when its process was killed.
+        last_end: datetime | None = None
+        for r in runs:
+            end = r.ended_at or kill_times.get(r.pid)
+            if last_end is not None and r.started_at < last_end:
+                rep.concurrent += 1
+                rep.problem(sid, f"run of {r.step_id}/{r.phase} overlaps the previous run")
+            if end is None:
+                rep.problem(sid, f"run of {r.step_id}/{r.phase} by live pid {r.pid} never ended")
+                end = datetime.max.replace(tzinfo=r.started_at.tzinfo)
+            last_end = end if last_end is None else max(last_end, end)
+
+        ok_exec = [s for s in STEPS if any(_ok(r, s, "execute") for r in runs)]
+        planned_fail = next((s for s in STEPS if plan.get(s) == "always"), None)
+        if row.status == "COMPLETED":
+            if ok_exec != list(STEPS):
+                rep.problem(sid, f"COMPLETED but only {ok_exec} succeeded")
+            if planned_fail is not None:
+                rep.problem(sid, f"COMPLETED although {planned_fail} always fails")
+            if any(r.phase == "compensate" for r in runs):
+                rep.problem(sid, "COMPLETED with compensation runs")
+        elif row.status == "COMPENSATED":
+            if planned_fail is None:
+                rep.problem(sid, "COMPENSATED although no step always fails")
+            done = list(STEPS[: STEPS.index(planned_fail)]) if planned_fail else []
+            if ok_exec != done:
+                rep.problem(sid, f"COMPENSATED: steps that succeeded {ok_exec} != {done}")
+            last_comp = {
+                s: max((r for r in runs if _ok(r, s, "compensate")), key=lambda r: r.started_at)
+                for s in done
+                if any(_ok(r, s, "compensate") for r in runs)
+            }
+            if set(last_comp) != set(done):
+                rep.problem(sid, f"compensated {sorted(last_comp)}, completed {done}")
+            elif any(
+                last_comp[later].ended_at > last_comp[earlier].started_at
+                for earlier, later in itertools.pairwise(done)
+            ):
+                rep.problem(sid, "compensations not newest first")
+            if any(r.phase == "compensate" and r.step_id not in done for r in runs):
+                rep.problem(sid, "a step that never completed was compensated")
+            hist_comp = [
+                e["step_id"]
+                for e in history
+                if e.get("phase") == "compensate" and e.get("status") == "SUCCESS"
+            ]
+            if hist_comp != list(reversed(done)):
+                rep.problem(sid, f"history compensations {hist_comp} != {list(reversed(done))}")
+        else:
+            rep.problem(sid, f"unexpected status {row.status}")
+
+        # Re-executions (one attempt run more than once) only where a crash or a lost lease
+        # explains them.
+        per_attempt = Counter((r.step_id, r.phase, r.attempt) for r in runs)
+        again = sum(n - 1 for n in per_attempt.values() if n > 1)
+        if again:
+            rep.reexecutions += again
+            interrupted = any(e.get("status") == "INTERRUPTED" for e in history)
+            if not (row.takeover_count > 0 or interrupted):
+                rep.unexplained_reexecutions += again
+                rep.problem(sid, f"{again} re-execution(s) without takeover or interruption")
+
+        # History agrees with the runs: every recorded outcome was a real run with that result.
+        for e in history:
+            if e.get("phase") not in ("execute", "compensate") or e.get("status") not in (
+                "SUCCESS",
+                "ERROR",
+            ):
+                continue  # INTERRUPTED: a release, not a run's outcome
+            want = "ok" if e.get("status") == "SUCCESS" else "error"
+            if not any(
+                r.step_id == e["step_id"]
+                and r.phase == e["phase"]
+                and r.attempt == e["attempt"]
+                and r.outcome == want
+                for r in runs
+            ):
+                rep.problem(sid, f"history entry {e['phase']}/{e['step_id']} has no such run")
+        succ = Counter(
+            e["step_id"]
+            for e in history
+            if e.get("phase") == "execute" and e.get("status") == "SUCCESS"
+        )
+        if any(n != 1 for n in succ.values()) or sorted(succ) != ok_exec:
+            rep.problem(sid, f"history successes {dict(succ)} vs runs {ok_exec}")
+    return rep
+
+
+def _ok(r: Any, step: str, phase: str) -> bool:
+    return bool(r.step_id == step and r.phase == phase and r.outcome == "ok")
+
+
+class TcpProxy:
+    """Forwards a local port to PostgreSQL; ``cut()`` makes the database unreachable
+    (refuses new connections, drops open ones), ``restore()`` brings it back. (The same as
+    the one in ``tests/acceptance/test_wakeup_outage.py``.)"""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.target = (host, port)
+        self.port = 0
+        self.server: asyncio.Server | None = None
+        self.writers: set[asyncio.StreamWriter] = set()
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    async def restore(self) -> None:
+        self.server = await asyncio.start_server(
+            self._handle, "127.0.0.1", self.port, reuse_address=True
+        )
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    async def cut(self) -> None:
+        assert self.server is not None
+        self.server.close()
+        await self.server.wait_closed()
+        self.server = None
+        for w in list(self.writers):
+            w.transport.abort()
+        self.writers.clear()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self.target)
+        except OSError:
+            writer.transport.abort()
+            return
+        self.writers |= {writer, up_writer}
+        for src, dst in ((reader, up_writer), (up_reader, writer)):
+            task = asyncio.create_task(self._pipe(src, dst))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+    async def _pipe(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        try:
+            while data := await src.read(65536):
+                dst.write(data)
+                await dst.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            dst.transport.abort()
+            self.writers.discard(dst)
+
+    async def close(self) -> None:
+        if self.server is not None:
+            await self.cut()
+        for t in list(self.tasks):
+            t.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
