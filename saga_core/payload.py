@@ -47,9 +47,10 @@ def check_size(value: Any, what: str, limit: int) -> int:
         text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise SagaInputError(f"{what} is not valid JSON: {exc}") from None
-    if _find_nul(value):
+    # json.dumps escapes NUL as \u0000: look for that first, walk the value only on a hit.
+    if "\\u0000" in text and _find_nul(value):
         raise SagaInputError(f"{what} contains a NUL character (\\u0000), which cannot be stored")
-    size = len(text.encode())
+    size = len(text) if text.isascii() else len(text.encode())
     if size > limit:
         raise SagaInputError(
             f"{what} is {size} bytes of JSON, over the limit of {limit} bytes "

@@ -15,6 +15,7 @@ from sqlalchemy import ColumnElement, Interval, Select, bindparam, func, select
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
+from saga_core.errors import ActiveSagaAlreadyExistsError
 from saga_core.state import UTCDateTime
 from saga_core.store.base import Checkpoint, LeaseChange, SagaRow
 from saga_core.store.sql import SqlSagaStore
@@ -143,6 +144,49 @@ class FastPostgresSagaStore(PostgresSagaStore):
         self._sql_claim = _claim_sql(q, by_ids=False)
         self._sql_claim_ids = _claim_sql(q, by_ids=True)
         self._sql_checkpoint = _checkpoint_sql(q)
+        self._quoted = q
+        self._insert_sql: dict[tuple[str, ...], str] = {}
+
+    _JSON_COLUMNS = frozenset({"steps_state", "context", "step_history"})
+
+    def _insert_statement(self, columns: tuple[str, ...]) -> str:
+        """INSERT of a new saga due after ``$last`` seconds, and its wake-up, as one
+        statement (the NOTIFY is delivered when the insert commits)."""
+        sql = self._insert_sql.get(columns)
+        if sql is None:
+            n = len(columns)
+            names = ", ".join(columns)
+            params = ", ".join(f"${i + 1}" for i in range(n))
+            sql = (
+                f"WITH ins AS (INSERT INTO {self._quoted} ({names}, deadline_at, created_at, "
+                f"updated_at) VALUES ({params}, now() + ${n + 1}::float8 * interval '1 second', "
+                f"now(), now()) RETURNING 1) "
+                f"SELECT pg_notify('{WAKEUP_CHANNEL}', ${n + 2}) FROM ins"
+            )
+            self._insert_sql[columns] = sql
+        return sql
+
+    async def saga_insert(
+        self,
+        values: dict[str, Any],
+        *,
+        session: AsyncSession | None = None,
+        due_in: timedelta | None = None,
+    ) -> SagaRow | None:
+        if session is not None or values.get("idempotency_key") is not None:
+            return await super().saga_insert(values, session=session, due_in=due_in)
+        columns = tuple(sorted(values))
+        args = [_dumps(values[c]) if c in self._JSON_COLUMNS else values[c] for c in columns]
+        args += [0.0 if due_in is None else due_in.total_seconds(), self.table_name]
+        try:
+            async with self._raw() as raw:
+                await raw.execute(self._insert_statement(columns), *args)
+        except Exception as exc:
+            constraint = getattr(exc, "constraint_name", None) or ""
+            if getattr(exc, "sqlstate", None) == "23505" and "active_aggregation" in constraint:
+                raise ActiveSagaAlreadyExistsError(values["aggregation_id"]) from None
+            raise
+        return None
 
     @contextlib.asynccontextmanager
     async def _raw(self) -> AsyncIterator[Any]:
