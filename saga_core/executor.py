@@ -55,8 +55,23 @@ class _Run:
     context: dict[str, Any]
     steps_state: list[dict[str, Any]]
     lost: asyncio.Event = field(default_factory=asyncio.Event)
+    _lost_fut: asyncio.Future[None] | None = None
     log: Any = None
     state: m.MachineState | None = None
+
+    def lost_future(self) -> asyncio.Future[None]:
+        """One future per run that resolves when the lease is lost: steps race it without
+        a watcher task of their own."""
+        if self._lost_fut is None:
+            self._lost_fut = asyncio.get_running_loop().create_future()
+            if self.lost.is_set():
+                self._lost_fut.set_result(None)
+        return self._lost_fut
+
+    def mark_lost(self) -> None:
+        self.lost.set()
+        if self._lost_fut is not None and not self._lost_fut.done():
+            self._lost_fut.set_result(None)
 
 
 def _error_text(exc: BaseException) -> str:
@@ -421,15 +436,12 @@ class Executor:
         cv = contextvars.copy_context()
         cv.run(_CURRENT.set, ctx)
         task = asyncio.get_running_loop().create_task(guarded(), context=cv)
-        lost = asyncio.ensure_future(run.lost.wait())
         try:
-            await asyncio.wait({task, lost}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({task, run.lost_future()}, return_when=asyncio.FIRST_COMPLETED)
         except asyncio.CancelledError:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
             raise
-        finally:
-            lost.cancel()
         if not task.done():
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
@@ -437,11 +449,7 @@ class Executor:
         return task.result()
 
     async def _sleep(self, run: _Run, seconds: float) -> None:
-        lost = asyncio.ensure_future(run.lost.wait())
-        try:
-            await asyncio.wait({lost}, timeout=seconds)
-        finally:
-            lost.cancel()
+        await asyncio.wait({run.lost_future()}, timeout=seconds)
         if run.lost.is_set():
             raise LeaseLost()
 
@@ -468,7 +476,7 @@ class Executor:
                 await asyncio.sleep(min(1.0, lease / 10))
                 continue
             if expiry is None:
-                run.lost.set()
+                run.mark_lost()
                 return
             run.lease_renewed_at = attempt_at
 
