@@ -148,6 +148,20 @@ class FastPostgresSagaStore(PostgresSagaStore):
         self._insert_sql: dict[tuple[str, ...], str] = {}
 
     _JSON_COLUMNS = frozenset({"steps_state", "context", "step_history"})
+    _SQL_TIMES = frozenset({"deadline_at", "created_at", "updated_at"})
+
+    def _column_defaults(self, given: dict[str, Any]) -> dict[str, Any]:
+        """The Python-side column defaults SQLAlchemy would apply to an INSERT."""
+        out: dict[str, Any] = {}
+        for col in self.table.columns:
+            default = col.default
+            if col.name in given or col.name in self._SQL_TIMES or default is None:
+                continue
+            if getattr(default, "is_scalar", False):
+                out[col.name] = default.arg  # type: ignore[attr-defined]
+            elif getattr(default, "is_callable", False):
+                out[col.name] = default.arg(None)  # type: ignore[attr-defined]
+        return out
 
     def _insert_statement(self, columns: tuple[str, ...]) -> str:
         """INSERT of a new saga due after ``$last`` seconds, and its wake-up, as one
@@ -173,8 +187,13 @@ class FastPostgresSagaStore(PostgresSagaStore):
         session: AsyncSession | None = None,
         due_in: timedelta | None = None,
     ) -> SagaRow | None:
-        if session is not None or values.get("idempotency_key") is not None:
+        if (
+            session is not None
+            or values.get("idempotency_key") is not None
+            or not self._SQL_TIMES.isdisjoint(values)
+        ):
             return await super().saga_insert(values, session=session, due_in=due_in)
+        values = {**self._column_defaults(values), **values}
         columns = tuple(sorted(values))
         args = [_dumps(values[c]) if c in self._JSON_COLUMNS else values[c] for c in columns]
         args += [0.0 if due_in is None else due_in.total_seconds(), self.table_name]
