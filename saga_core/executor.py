@@ -81,6 +81,19 @@ def _error_text(exc: BaseException) -> str:
     return text[:MAX_ERROR_CHARS]
 
 
+def _record_failure(entry: dict[str, Any], exc: Exception, started: float) -> str:
+    """Fill a history entry for a failed execution or compensation; the error text."""
+    timed_out = isinstance(exc, _StepTimeout)
+    error = f"TimeoutError: {exc}" if timed_out else _error_text(exc)
+    entry.update(
+        status="TIMEOUT" if timed_out else "ERROR",
+        error_type="TimeoutError" if timed_out else type(exc).__name__,
+        error=error,
+        duration_ms=round((time.monotonic() - started) * 1000, 3),
+    )
+    return error
+
+
 class Executor:
     """Drives claimed sagas for one engine."""
 
@@ -241,14 +254,7 @@ class Executor:
             )
             return m.suspended_for_event(state, timeout), entry, None
         except Exception as exc:
-            status = "TIMEOUT" if isinstance(exc, _StepTimeout) else "ERROR"
-            error = _error_text(exc) if status == "ERROR" else f"TimeoutError: {exc}"
-            entry.update(
-                status=status,
-                error_type="TimeoutError" if status == "TIMEOUT" else type(exc).__name__,
-                error=error,
-                duration_ms=round((time.monotonic() - started) * 1000, 3),
-            )
+            error = _record_failure(entry, exc, started)
             delay = spec.retry_policy.next_delay(state.retry_counter + 1)
             t = m.step_failed(
                 state, shape, delay, in_place_threshold=self.engine.in_place_retry_max
@@ -295,14 +301,7 @@ class Executor:
         except (LeaseLost, asyncio.CancelledError):
             raise
         except Exception as exc:
-            status = "TIMEOUT" if isinstance(exc, _StepTimeout) else "ERROR"
-            error = _error_text(exc) if status == "ERROR" else f"TimeoutError: {exc}"
-            entry.update(
-                status=status,
-                error_type="TimeoutError" if status == "TIMEOUT" else type(exc).__name__,
-                error=error,
-                duration_ms=round((time.monotonic() - started) * 1000, 3),
-            )
+            error = _record_failure(entry, exc, started)
             delay = spec.compensation_retry_policy.next_delay(state.retry_counter + 1)
             if delay is not None:
                 entry["retry_in_s"] = round(delay.total_seconds(), 3)
@@ -533,6 +532,14 @@ class Executor:
             f"quarantined: the worker running {what} {step_id} was lost "
             f"{row.recovery_count} times in a row (crash or kill); see history"
         )
+        await self._fail_for_operator(run, "QUARANTINED", step_id, reason)
+        return True
+
+    async def _fail_for_operator(
+        self, run: _Run, label: str, step_id: str | None, reason: str
+    ) -> None:
+        """Set the saga FAILED without running anything, with ``reason`` as its last error
+        and a ``label`` history entry: it waits for an operator."""
         upd = RowUpdate(
             status=m.SagaStatus.FAILED.value,
             last_error=reason,
@@ -541,7 +548,7 @@ class Executor:
                     "at": now_iso(),
                     "phase": "admin",
                     "step_id": step_id,
-                    "status": "QUARANTINED",
+                    "status": label,
                     "attempt": 0,
                     "worker": self.engine.worker_id,
                     "reason": reason,
@@ -550,12 +557,11 @@ class Executor:
             deadline=DeadlineChange.CLEAR,
             lease=LeaseChange.RELEASE,
         )
-        res = await self.engine.writer.write(Checkpoint(row.id, run.token, upd))
+        res = await self.engine.writer.write(Checkpoint(run.row.id, run.token, upd))
         if res is False:
             raise LeaseLost()
         run.log.error(reason)
-        self.engine.emit("finished", saga_name=row.saga_name, status=m.SagaStatus.FAILED.value)
-        return True
+        self.engine.emit("finished", saga_name=run.row.saga_name, status=m.SagaStatus.FAILED.value)
 
     async def _check_definition(self, run: _Run) -> bool:
         """A saga whose definition changed while it was in flight: go on when its steps are
@@ -588,24 +594,5 @@ class Executor:
             f"definition of {row.saga_name!r} changed incompatibly while this saga was in flight: "
             f"steps were {stored_ids}, now {list(definition.step_ids)}"
         )
-        upd = RowUpdate(
-            status=m.SagaStatus.FAILED.value,
-            last_error=reason,
-            history=[
-                {
-                    "at": now_iso(),
-                    "phase": "admin",
-                    "step_id": None,
-                    "status": "DEFINITION_MISMATCH",
-                    "attempt": 0,
-                    "reason": reason,
-                }
-            ],
-            deadline=DeadlineChange.CLEAR,
-            lease=LeaseChange.RELEASE,
-        )
-        res = await self.engine.writer.write(Checkpoint(row.id, run.token, upd))
-        if res is False:
-            raise LeaseLost()
-        run.log.error(reason)
+        await self._fail_for_operator(run, "DEFINITION_MISMATCH", None, reason)
         return False
