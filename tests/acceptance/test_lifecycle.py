@@ -15,7 +15,7 @@ from pathlib import Path
 
 import app_sagas
 import pytest
-from conftest import NotifySocket, SagaDb, SagadFactory, wait_until
+from sagad_kit import NotifySocket, SagaDb, SagadFactory, wait_until
 
 from saga_core.settings import SagaSettings, load_settings
 

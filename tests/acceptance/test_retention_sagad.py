@@ -3,7 +3,7 @@ older than that, every ``retention_interval``, and leaves newer ones alone."""
 
 from __future__ import annotations
 
-from conftest import SagaDb, SagadFactory, wait_until
+from sagad_kit import SagaDb, SagadFactory, wait_until
 from sqlalchemy import text
 
 

@@ -9,7 +9,7 @@ import signal
 from collections import Counter, defaultdict
 from typing import Any
 
-from conftest import SagaDb, SagadFactory, wait_until
+from sagad_kit import SagaDb, SagadFactory, wait_until
 
 TERMINAL = {"COMPLETED", "COMPENSATED", "ABORTED", "FAILED"}
 

@@ -4,12 +4,12 @@ database outage while sagas run."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections import Counter
 from typing import Any
 
-from conftest import SagaDb, SagadFactory, wait_until
+from sagad_kit import SagaDb, SagadFactory, wait_until
 from sqlalchemy.engine import make_url
+from tcpproxy import TcpProxy
 
 POLL_INTERVAL = "30"
 PROMPT_S = 5.0
@@ -63,62 +63,6 @@ async def test_idle_workers_wake_at_once_on_start_and_after_listener_loss(
         what="the first step after the listener reconnected",
     )
     assert all(w.running() for w in workers)
-
-
-class TcpProxy:
-    """Forwards a local port to PostgreSQL; ``cut()`` makes the database unreachable
-    (refuses new connections, drops open ones), ``restore()`` brings it back."""
-
-    def __init__(self, host: str, port: int) -> None:
-        self.target = (host, port)
-        self.port = 0
-        self.server: asyncio.Server | None = None
-        self.writers: set[asyncio.StreamWriter] = set()
-        self.tasks: set[asyncio.Task[None]] = set()
-
-    async def restore(self) -> None:
-        self.server = await asyncio.start_server(
-            self._handle, "127.0.0.1", self.port, reuse_address=True
-        )
-        self.port = self.server.sockets[0].getsockname()[1]
-
-    async def cut(self) -> None:
-        assert self.server is not None
-        self.server.close()
-        await self.server.wait_closed()
-        for w in list(self.writers):
-            w.transport.abort()
-        self.writers.clear()
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            up_reader, up_writer = await asyncio.open_connection(*self.target)
-        except OSError:
-            writer.transport.abort()
-            return
-        self.writers |= {writer, up_writer}
-        for src, dst in ((reader, up_writer), (up_reader, writer)):
-            task = asyncio.create_task(self._pipe(src, dst))
-            self.tasks.add(task)
-            task.add_done_callback(self.tasks.discard)
-
-    async def _pipe(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-        try:
-            while data := await src.read(65536):
-                dst.write(data)
-                await dst.drain()
-        except (ConnectionError, OSError):
-            pass
-        finally:
-            dst.transport.abort()
-            self.writers.discard(dst)
-
-    async def close(self) -> None:
-        with contextlib.suppress(AssertionError):
-            await self.cut()
-        for t in list(self.tasks):
-            t.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
 
 
 async def test_database_outage_while_running_loses_nothing(

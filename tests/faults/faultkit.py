@@ -1,14 +1,12 @@
 """Plumbing of the fault tests: real ``sagad`` processes (the acceptance tests' factory),
 a saga table for :mod:`chaos_app`, and the invariant checks run after a fault run.
 
-The acceptance kit (``tests/acceptance/conftest.py``) is loaded under another module name so
-its helpers can be reused here without clashing with pytest's own ``conftest`` modules.
+The acceptance kit (``tests/acceptance/sagad_kit.py``) is reused for the sagad processes.
 """
 
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import itertools
 import os
 import sys
@@ -26,26 +24,11 @@ for _p in (str(ACCEPT_DIR), str(FAULTS_DIR)):
         sys.path.insert(0, _p)
 
 
-def _load_acceptance_kit() -> Any:
-    name = "acceptance_kit"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, ACCEPT_DIR / "conftest.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-_kit = _load_acceptance_kit()
-SagadFactory = _kit.SagadFactory
-Sagad = _kit.Sagad
-wait_until = _kit.wait_until
-
 import chaos_app  # noqa: E402
 from app_sagas import runs_ddl  # noqa: E402
+from sagad_kit import Sagad, SagadFactory, wait_until  # noqa: E402, F401
 from sqlalchemy import text  # noqa: E402
+from tcpproxy import TcpProxy  # noqa: E402, F401  (re-exported for the fault tests)
 
 TEST_APP_NAME = "chaos-test"
 TERMINAL = {"COMPLETED", "COMPENSATED", "ABORTED", "FAILED"}
@@ -289,61 +272,3 @@ async def check_invariants(
 
 def _ok(r: Any, step: str, phase: str) -> bool:
     return bool(r.step_id == step and r.phase == phase and r.outcome == "ok")
-
-
-class TcpProxy:
-    """Forwards a local port to PostgreSQL; ``cut()`` makes the database unreachable
-    (refuses new connections, drops open ones), ``restore()`` brings it back. (The same as
-    the one in ``tests/acceptance/test_wakeup_outage.py``.)"""
-
-    def __init__(self, host: str, port: int) -> None:
-        self.target = (host, port)
-        self.port = 0
-        self.server: asyncio.Server | None = None
-        self.writers: set[asyncio.StreamWriter] = set()
-        self.tasks: set[asyncio.Task[None]] = set()
-
-    async def restore(self) -> None:
-        self.server = await asyncio.start_server(
-            self._handle, "127.0.0.1", self.port, reuse_address=True
-        )
-        self.port = self.server.sockets[0].getsockname()[1]
-
-    async def cut(self) -> None:
-        assert self.server is not None
-        self.server.close()
-        await self.server.wait_closed()
-        self.server = None
-        for w in list(self.writers):
-            w.transport.abort()
-        self.writers.clear()
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            up_reader, up_writer = await asyncio.open_connection(*self.target)
-        except OSError:
-            writer.transport.abort()
-            return
-        self.writers |= {writer, up_writer}
-        for src, dst in ((reader, up_writer), (up_reader, writer)):
-            task = asyncio.create_task(self._pipe(src, dst))
-            self.tasks.add(task)
-            task.add_done_callback(self.tasks.discard)
-
-    async def _pipe(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-        try:
-            while data := await src.read(65536):
-                dst.write(data)
-                await dst.drain()
-        except (ConnectionError, OSError):
-            pass
-        finally:
-            dst.transport.abort()
-            self.writers.discard(dst)
-
-    async def close(self) -> None:
-        if self.server is not None:
-            await self.cut()
-        for t in list(self.tasks):
-            t.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
