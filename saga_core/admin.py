@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from saga_core import machine as m
 from saga_core.errors import SagaConflictError, SagaInputError, SagaNotFoundError, SagaStateError
-from saga_core.executor import WAITING_KEY
+from saga_core.executor import RETRY_AT_KEY, WAITING_KEY
 from saga_core.orchestrator import SagaEngine
 from saga_core.payload import check_size, to_json_data
 from saga_core.rows import machine_state, now_iso, shape_of, update_for
@@ -233,8 +233,10 @@ class SagaAdmin(Generic[M]):
         def apply(row: SagaRow, now: datetime) -> RowUpdate:
             t, context = compute(row, now)
             base = row.context if context is None else context
-            if WAITING_KEY in base:  # an operator ends an event wait: it never times out
-                context = {k: v for k, v in base.items() if k != WAITING_KEY}
+            if WAITING_KEY in base or RETRY_AT_KEY in base:
+                # An operator ends an event wait (it never times out) and retry waits of
+                # parallel branches: what runs next runs now.
+                context = {k: v for k, v in base.items() if k not in (WAITING_KEY, RETRY_AT_KEY)}
             idx = row.current_step_index
             entry: dict[str, Any] = {
                 "at": now_iso(),

@@ -138,9 +138,13 @@ class StepSpec:
     timeout: timedelta | None
     retry_policy: RetryPolicy
     depends_on: str | None
+    """The first (or only) step this one depends on."""
     compensation_timeout: timedelta | None
     compensation_retry_policy: RetryPolicy
     has_compensation: bool
+    dependencies: tuple[str, ...] = ()
+    """Every step this one depends on, in the order given; their outputs are the
+    ``input_map``'s arguments. In a parallel saga, the steps it waits for."""
 
     @property
     def step_class(self) -> str:
@@ -154,6 +158,9 @@ class SagaDefinition:
     steps: tuple[StepSpec, ...]
     compensate_on_failure: bool
     fingerprint: str
+    parallel: bool = False
+    """Steps run as soon as the steps they depend on are done, concurrently (a graph);
+    otherwise one after another in the order they were added."""
 
     def __len__(self) -> int:
         return len(self.steps)
@@ -196,7 +203,7 @@ class _Pending:
     input_map: Any
     timeout: timedelta | None
     retry_policy: RetryPolicy
-    depends_on: StepRef | None
+    depends_on: list[StepRef | str]
     compensation_timeout: timedelta | None
     compensation_retry_policy: RetryPolicy
     input_model: type[BaseModel]
@@ -209,10 +216,15 @@ class SagaBuilder:
     Args:
         compensate_on_failure: when a step exhausts its retries, roll back the completed
             steps (newest first). With ``False`` the saga stops in ``FAILED`` for an operator.
+        parallel: run the saga as a graph: every step starts as soon as all the steps in
+            its ``depends_on`` are done (a step without ``depends_on`` at once), branches
+            running concurrently under the saga's one lease. Without it steps run one after
+            another in the order they were added.
     """
 
-    def __init__(self, *, compensate_on_failure: bool = True) -> None:
+    def __init__(self, *, compensate_on_failure: bool = True, parallel: bool = False) -> None:
         self.compensate_on_failure = bool(compensate_on_failure)
+        self.parallel = bool(parallel)
         self._pending: list[_Pending] = []
         self._errors: list[str] = []
         self._id = next(_BUILDER_IDS)
@@ -224,22 +236,25 @@ class SagaBuilder:
         input_map: Callable[[Any], Any],
         timeout: timedelta | float | None = None,
         retry_policy: RetryPolicy | None = None,
-        depends_on: StepRef | Sequence[StepRef] | None = None,
+        depends_on: StepRef | str | Sequence[StepRef | str] | None = None,
         step_id: str | None = None,
         compensation_timeout: timedelta | float | None = None,
         compensation_retry_policy: RetryPolicy | None = None,
     ) -> StepRef:
-        """Add a step; steps run in the order they are added.
+        """Add a step; steps run in the order they are added (in a parallel saga, once the
+        steps it depends on are done).
 
         Args:
             step: the step instance (shared by every saga of this definition).
             input_map: builds the step's input. Without ``depends_on`` it receives an
-                :class:`InputContext`; with ``depends_on`` the output model of that step. It
-                returns the step's input model or a dict validated into it.
+                :class:`InputContext`; with ``depends_on`` the output model of that step
+                (with several, one argument per step, in the order given). It returns the
+                step's input model or a dict validated into it.
             timeout: cancel an execution after this long; counts as a failed attempt.
             retry_policy: how often and when to run a failed execution again (default
                 :class:`NoRetry`).
-            depends_on: the step whose output feeds ``input_map``.
+            depends_on: the step (a ``StepRef``, or a step id) whose output feeds
+                ``input_map``; several steps need ``SagaBuilder(parallel=True)``.
             step_id: unique id within the saga; defaults to the step's class name.
             compensation_timeout: like ``timeout``, for ``compensate``.
             compensation_retry_policy: retry policy for ``compensate`` (default: 5 tries with
@@ -253,22 +268,27 @@ class SagaBuilder:
                 f"step_id {sid!r} is invalid: use 1-100 letters, digits, '_', '.', ':' or '-'"
             )
         in_model, out_model = type(step).resolve_models()
-        dep: StepRef | None
+        deps: list[StepRef | str]
         if depends_on is None:
-            dep = None
-        elif isinstance(depends_on, StepRef):
-            dep = depends_on
-        elif isinstance(depends_on, Sequence) and not isinstance(depends_on, str):
-            refs = list(depends_on)
-            if len(refs) != 1 or not isinstance(refs[0], StepRef):
+            deps = []
+        elif isinstance(depends_on, StepRef | str):
+            deps = [depends_on]
+        elif isinstance(depends_on, Sequence):
+            deps = list(depends_on)
+            if not deps or not all(isinstance(d, StepRef | str) for d in deps):
                 raise SagaDefinitionError(
-                    f"step {sid!r}: depends_on takes one StepRef (parallel branches are not "
-                    "supported yet)"
+                    f"step {sid!r}: depends_on takes StepRefs or step ids, got {depends_on!r}"
                 )
-            dep = refs[0]
         else:
             raise SagaDefinitionError(
-                f"step {sid!r}: depends_on must be a StepRef, got {depends_on!r}"
+                f"step {sid!r}: depends_on must be a StepRef, a step id or a list of them, "
+                f"got {depends_on!r}"
+            )
+        if len(deps) > 1 and not self.parallel:
+            raise SagaDefinitionError(
+                f"step {sid!r}: depends_on several steps needs SagaBuilder(parallel=True); "
+                "a sequential saga runs its steps one after another in the order they were "
+                "added"
             )
         if retry_policy is not None and not isinstance(retry_policy, RetryPolicy):
             raise SagaDefinitionError(f"step {sid!r}: retry_policy must be a RetryPolicy")
@@ -285,7 +305,7 @@ class SagaBuilder:
                 input_map=input_map,
                 timeout=_to_timeout(timeout, f"step {sid!r}: timeout"),
                 retry_policy=retry_policy or NoRetry(),
-                depends_on=dep,
+                depends_on=deps,
                 compensation_timeout=_to_timeout(
                     compensation_timeout, f"step {sid!r}: compensation_timeout"
                 ),
@@ -310,29 +330,25 @@ class SagaBuilder:
                 "a saga needs at least one step; call add_step() before build()"
             )
         seen: set[str] = set()
-        specs: list[StepSpec] = []
+        by_id: dict[str, int] = {}
         for index, p in enumerate(self._pending):
             if p.step_id in seen:
                 raise SagaDefinitionError(
                     f"duplicate step_id {p.step_id!r}: give each step a unique step_id="
                 )
             seen.add(p.step_id)
+            by_id[p.step_id] = index
+        resolved = [self._resolve_deps(index, p, by_id) for index, p in enumerate(self._pending)]
+        if self.parallel:
+            _reject_cycles([p.step_id for p in self._pending], resolved)
+        specs: list[StepSpec] = []
+        for index, p in enumerate(self._pending):
             if not callable(p.input_map):
                 raise SagaDefinitionError(f"step {p.step_id!r}: input_map must be callable")
-            if p.depends_on is not None:
-                if p.depends_on._builder_id != self._id:
-                    raise SagaDefinitionError(
-                        f"step {p.step_id!r}: depends_on {p.depends_on.step_id!r} comes from "
-                        "another SagaBuilder"
-                    )
-                if p.depends_on.index >= index:
-                    raise SagaDefinitionError(
-                        f"step {p.step_id!r}: depends_on must name an earlier step"
-                    )
-            expected_arg: type[Any] = (
-                InputContext if p.depends_on is None else p.depends_on.output_model
-            )
-            _check_input_map(p.step_id, p.input_map, expected_arg, p.input_model)
+            dep_idx = resolved[index]
+            expected = [self._pending[d].output_model for d in dep_idx] or [InputContext]
+            _check_input_map(p.step_id, p.input_map, expected, p.input_model)
+            dep_ids = tuple(self._pending[d].step_id for d in dep_idx)
             specs.append(
                 StepSpec(
                     step_id=p.step_id,
@@ -343,17 +359,77 @@ class SagaBuilder:
                     output_model=p.output_model,
                     timeout=p.timeout,
                     retry_policy=p.retry_policy,
-                    depends_on=None if p.depends_on is None else p.depends_on.step_id,
+                    depends_on=dep_ids[0] if dep_ids else None,
                     compensation_timeout=p.compensation_timeout,
                     compensation_retry_policy=p.compensation_retry_policy,
                     has_compensation=type(p.step).has_compensation(),
+                    dependencies=dep_ids,
                 )
             )
         return SagaDefinition(
             steps=tuple(specs),
             compensate_on_failure=self.compensate_on_failure,
-            fingerprint=_fingerprint(specs, self.compensate_on_failure),
+            fingerprint=_fingerprint(specs, self.compensate_on_failure, self.parallel),
+            parallel=self.parallel,
         )
+
+    def _resolve_deps(self, index: int, p: _Pending, by_id: dict[str, int]) -> list[int]:
+        """Indices of the steps ``p`` depends on, checked."""
+        out: list[int] = []
+        for dep in p.depends_on:
+            if isinstance(dep, StepRef):
+                if dep._builder_id != self._id:
+                    raise SagaDefinitionError(
+                        f"step {p.step_id!r}: depends_on {dep.step_id!r} comes from "
+                        "another SagaBuilder"
+                    )
+                target = dep.index
+            else:
+                if dep not in by_id:
+                    known = ", ".join(by_id)
+                    raise SagaDefinitionError(
+                        f"step {p.step_id!r}: depends_on names an unknown step {dep!r} "
+                        f"(steps: {known})"
+                    )
+                target = by_id[dep]
+            if target == index:
+                raise SagaDefinitionError(f"step {p.step_id!r}: a step cannot depend on itself")
+            if not self.parallel and target > index:
+                raise SagaDefinitionError(
+                    f"step {p.step_id!r}: depends_on must name an earlier step"
+                )
+            if target in out:
+                raise SagaDefinitionError(
+                    f"step {p.step_id!r}: depends_on names {self._pending[target].step_id!r} twice"
+                )
+            out.append(target)
+        return out
+
+
+def _reject_cycles(step_ids: list[str], deps: list[list[int]]) -> None:
+    """Raise when the dependencies of a parallel saga form a cycle, naming one."""
+    state = [0] * len(step_ids)  # 0 unvisited, 1 on the current path, 2 done
+    path: list[int] = []
+
+    def visit(i: int) -> None:
+        state[i] = 1
+        path.append(i)
+        for d in deps[i]:
+            if state[d] == 1:
+                cycle = [*path[path.index(d) :], d]
+                shown = " -> ".join(step_ids[j] for j in reversed(cycle))
+                raise SagaDefinitionError(
+                    f"depends_on forms a cycle: {shown}; a parallel saga must be a graph "
+                    "without cycles"
+                )
+            if state[d] == 0:
+                visit(d)
+        path.pop()
+        state[i] = 2
+
+    for i in range(len(step_ids)):
+        if state[i] == 0:
+            visit(i)
 
 
 def _resolve_hints(fn: Callable[..., Any]) -> dict[str, Any] | None:
@@ -376,12 +452,16 @@ def _resolve_hints(fn: Callable[..., Any]) -> dict[str, Any] | None:
 
 
 def _check_input_map(
-    step_id: str, fn: Callable[..., Any], expected_arg: type[Any], input_model: type[BaseModel]
+    step_id: str,
+    fn: Callable[..., Any],
+    expected_args: list[type[Any]],
+    input_model: type[BaseModel],
 ) -> None:
     try:
         sig = inspect.signature(fn)
     except (TypeError, ValueError):
         return  # builtins and C callables cannot be inspected: nothing to check
+    n = len(expected_args)
     params = [
         p
         for p in sig.parameters.values()
@@ -392,30 +472,32 @@ def _check_input_map(
         for p in sig.parameters.values()
         if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
     ]
-    if not params or len(required) > 1:
+    star = any(p.kind is p.VAR_POSITIONAL for p in params)
+    fixed = [p for p in params if p.kind is not p.VAR_POSITIONAL]
+    if not params or len(required) > n or (len(fixed) < n and not star):
+        what = (
+            "exactly one positional argument"
+            if n == 1
+            else f"{n} positional arguments (one output per step in depends_on)"
+        )
         raise SagaDefinitionError(
-            f"step {step_id!r}: input_map must take exactly one positional argument "
-            f"(got signature {sig})"
+            f"step {step_id!r}: input_map must take {what} (got signature {sig})"
         )
     hints = _resolve_hints(fn)
     if hints is None:
         return
-    first = params[0]
-    ann = hints.get(first.name)
-    if (
-        ann is not None
-        and first.kind is not first.VAR_POSITIONAL
-        and not _accepts(ann, expected_arg)
-    ):
-        raise TypeValidationError(
-            f"step {step_id!r}: input_map takes {getattr(ann, '__name__', ann)} but receives "
-            f"{expected_arg.__name__}"
-            + (
-                " (a step without depends_on gets an InputContext)"
-                if expected_arg is InputContext
-                else " (the output model of its depends_on step)"
+    for param, expected_arg in zip(fixed, expected_args, strict=False):
+        ann = hints.get(param.name)
+        if ann is not None and not _accepts(ann, expected_arg):
+            raise TypeValidationError(
+                f"step {step_id!r}: input_map takes {getattr(ann, '__name__', ann)} but receives "
+                f"{expected_arg.__name__}"
+                + (
+                    " (a step without depends_on gets an InputContext)"
+                    if expected_arg is InputContext
+                    else " (the output model of its depends_on step)"
+                )
             )
-        )
     ret = hints.get("return")
     if ret is None or _return_fits(ret, input_model):
         return
@@ -460,8 +542,8 @@ def _return_fits(ret: Any, input_model: type[BaseModel]) -> bool:
         return True
 
 
-def _fingerprint(specs: list[StepSpec], compensate_on_failure: bool) -> str:
-    parts = {
+def _fingerprint(specs: list[StepSpec], compensate_on_failure: bool, parallel: bool) -> str:
+    parts: dict[str, Any] = {
         "compensate_on_failure": compensate_on_failure,
         "steps": [
             {
@@ -475,5 +557,9 @@ def _fingerprint(specs: list[StepSpec], compensate_on_failure: bool) -> str:
             for s in specs
         ],
     }
+    if parallel:  # sequential definitions keep the fingerprints they always had
+        parts["parallel"] = True
+        for part, spec in zip(parts["steps"], specs, strict=True):
+            part["after"] = list(spec.dependencies)
     blob = json.dumps(parts, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]

@@ -18,6 +18,7 @@ from loguru import logger
 from pydantic import BaseModel
 
 from saga_core import machine as m
+from saga_core.branches import run_branches
 from saga_core.checkpoint import is_transient
 from saga_core.context import _CURRENT, StepContext, WaitForEvent
 from saga_core.definition import InputContext, SagaDefinition, StepSpec
@@ -28,7 +29,7 @@ from saga_core.store.base import Checkpoint, DeadlineChange, LeaseChange, RowUpd
 if TYPE_CHECKING:
     from saga_core.orchestrator import SagaEngine
 
-__all__ = ["WAITING_KEY", "Executor", "LeaseLost"]
+__all__ = ["RETRY_AT_KEY", "WAITING_KEY", "Executor", "LeaseLost"]
 
 MAX_ERROR_CHARS = 4000
 
@@ -36,6 +37,12 @@ WAITING_KEY = "waiting"
 """Context key set while the current step waits for an event (``WaitForEvent``): step id,
 since, timeout. ``notify`` and operator actions remove it, so a claim that finds it is the
 wait's timeout, recorded as a failed attempt of the step."""
+
+
+RETRY_AT_KEY = "retry_at"
+"""Parallel sagas: when each branch that failed may run again (step id -> ISO time, by the
+worker's clock), so that a saga woken for one branch does not run another one early.
+Operator actions and ``notify`` remove it."""
 
 
 class LeaseLost(Exception):
@@ -72,6 +79,19 @@ class _Run:
         self.lost.set()
         if self._lost_fut is not None and not self._lost_fut.done():
             self._lost_fut.set_result(None)
+
+
+@dataclass
+class _Outcome:
+    """What one execution of a step came to, before it is applied to the saga's state."""
+
+    kind: str
+    """``success``, ``failure`` or ``wait``."""
+    entry: dict[str, Any]
+    """Its history entry (status, duration, input/output or error filled in)."""
+    error: str | None = None
+    output: dict[str, Any] | None = None
+    wait_timeout: timedelta | None = None
 
 
 def _error_text(exc: BaseException) -> str:
@@ -157,6 +177,20 @@ class Executor:
             run.state = state
             if run.lost.is_set():
                 raise LeaseLost()
+            if state.status is m.SagaStatus.RUNNING and shape.parallel:
+                settled = await run_branches(self, run, state, shape)
+                if settled is None:  # released while draining
+                    return
+                state = run.state = settled.state
+                self._finished(run, state)
+                if settled.schedule.kind is m.ScheduleKind.HOLD:  # the rollback starts
+                    if eng.draining:
+                        await self._release(
+                            run.row.id, run.token, self._interrupted_note(run, drained=True)
+                        )
+                        return
+                    continue
+                return
             if state.status is m.SagaStatus.RUNNING:
                 spec = run.definition.steps[state.cursor]
                 if WAITING_KEY in run.context:
@@ -168,33 +202,16 @@ class Executor:
                 t, entry, error = await self._compensate(run, spec, state, shape)
             else:
                 return
-            upd = update_for(
+            await self._write(
+                run,
                 t,
-                run.steps_state,
-                history=[entry],
-                context=run.context,
+                [entry],
                 last_error=error,
                 set_last_error=error is not None or state.phase is m.Phase.EXECUTE,
-                renew_lease=self._lease_half_gone(run),
             )
-            if upd.deadline is DeadlineChange.LEASE:
-                run.lease_renewed_at = time.monotonic()
-            res = await eng.writer.write(Checkpoint(run.row.id, run.token, upd))
-            if res is False:
-                raise LeaseLost()
-            run.steps_state = upd.steps_state or run.steps_state
-            eng.emit(
-                "step",
-                saga_name=run.row.saga_name,
-                step_id=spec.step_id,
-                phase=entry["phase"],
-                status=entry["status"],
-                duration=entry["duration_ms"] / 1000,
-            )
+            self._emit_step(run, entry)
             state = t.state
-            if state.status.is_terminal or state.status is m.SagaStatus.FAILED:
-                eng.emit("finished", saga_name=run.row.saga_name, status=state.status.value)
-                run.log.bind(status=state.status.value).info("saga {}", state.status.value.lower())
+            self._finished(run, state)
             kind = t.schedule.kind
             if kind in (m.ScheduleKind.HOLD, m.ScheduleKind.RETRY_IN_PLACE) and eng.draining:
                 # Shutting down: the step's checkpoint is in; hand the rest to another worker
@@ -211,13 +228,77 @@ class Executor:
                 continue
             return
 
+    async def _write(
+        self,
+        run: _Run,
+        t: m.Transition,
+        history: list[dict[str, Any]],
+        *,
+        last_error: str | None = None,
+        set_last_error: bool = False,
+    ) -> None:
+        """Checkpoint transition ``t`` with ``history``, fenced by the run's token; raises
+        LeaseLost when the token no longer matches."""
+        upd = update_for(
+            t,
+            run.steps_state,
+            history=history,
+            context=run.context,
+            last_error=last_error,
+            set_last_error=set_last_error,
+            renew_lease=self._lease_half_gone(run),
+        )
+        if upd.deadline is DeadlineChange.LEASE:
+            run.lease_renewed_at = time.monotonic()
+        res = await self.engine.writer.write(Checkpoint(run.row.id, run.token, upd))
+        if res is False:
+            raise LeaseLost()
+        run.steps_state = upd.steps_state or run.steps_state
+
+    def _emit_step(self, run: _Run, entry: dict[str, Any]) -> None:
+        self.engine.emit(
+            "step",
+            saga_name=run.row.saga_name,
+            step_id=entry["step_id"],
+            phase=entry["phase"],
+            status=entry["status"],
+            duration=entry.get("duration_ms", 0.0) / 1000,
+        )
+
+    def _finished(self, run: _Run, state: m.MachineState) -> None:
+        if state.status.is_terminal or state.status is m.SagaStatus.FAILED:
+            self.engine.emit("finished", saga_name=run.row.saga_name, status=state.status.value)
+            run.log.bind(status=state.status.value).info("saga {}", state.status.value.lower())
+
     async def _execute(
         self, run: _Run, spec: StepSpec, state: m.MachineState, shape: m.Shape
     ) -> tuple[m.Transition, dict[str, Any], str | None]:
         attempt = state.steps[state.cursor].attempts + 1
+        out = await self._attempt(run, spec, attempt)
+        entry = out.entry
+        if out.kind == "wait":
+            self._note_wait(run, spec, out)
+            return m.suspended_for_event(state, out.wait_timeout), entry, None
+        if out.kind == "failure":
+            delay = spec.retry_policy.next_delay(state.retry_counter + 1)
+            t = m.step_failed(
+                state, shape, delay, in_place_threshold=self.engine.in_place_retry_max
+            )
+            self._note_failure(run, spec, out, delay)
+            return t, entry, out.error
+        self._store_output(run, spec, out)
+        return m.step_succeeded(state, shape), entry, None
+
+    async def _attempt(
+        self, run: _Run, spec: StepSpec, attempt: int, delay: float = 0.0
+    ) -> _Outcome:
+        """One execution of ``spec`` (after waiting ``delay`` seconds, still under the
+        lease): build its input, call it under its timeout, validate its output. Every error
+        becomes a ``failure`` outcome; a lost lease or a cancellation propagates."""
+        if delay > 0:
+            await self._sleep(run, delay)
         entry = self._entry(run, spec, "execute", attempt)
         started = time.monotonic()
-        inp: BaseModel | None = None
         try:
             inp = await self._build_input(run, spec)
             inp_json = inp.model_dump(mode="json")
@@ -225,8 +306,7 @@ class Executor:
             check_size(inp_json, f"input of step {spec.step_id!r}", self.engine.max_payload_bytes)
             entry["input"] = inp_json
             ctx = self._step_context(run, spec, "execute", attempt)
-            step_input = inp
-            out = await self._call(run, lambda: spec.step.execute(step_input), spec.timeout, ctx)
+            out = await self._call(run, lambda: spec.step.execute(inp), spec.timeout, ctx)
             out_model = self._validate_output(spec, out)
             out_json = out_model.model_dump(mode="json")
             check_size(out_json, f"output of step {spec.step_id!r}", self.engine.max_payload_bytes)
@@ -241,41 +321,49 @@ class Executor:
                 duration_ms=round((time.monotonic() - started) * 1000, 3),
                 wait_timeout_s=None if timeout is None else timeout.total_seconds(),
             )
-            marker = {
-                "step_id": spec.step_id,
-                "since": entry["at"],
-                "timeout_s": None if timeout is None else timeout.total_seconds(),
-            }
-            run.context = {**run.context, WAITING_KEY: marker}
-            run.log.bind(step=spec.step_id, attempt=attempt).info(
-                "step {} waits for an event{}",
-                spec.step_id,
-                "" if timeout is None else f" (at most {timeout.total_seconds():g}s)",
-            )
-            return m.suspended_for_event(state, timeout), entry, None
+            return _Outcome("wait", entry, wait_timeout=timeout)
         except Exception as exc:
             error = _record_failure(entry, exc, started)
-            delay = spec.retry_policy.next_delay(state.retry_counter + 1)
-            t = m.step_failed(
-                state, shape, delay, in_place_threshold=self.engine.in_place_retry_max
-            )
-            if delay is not None:
-                entry["retry_in_s"] = round(delay.total_seconds(), 3)
-            run.log.bind(step=spec.step_id, attempt=attempt).warning(
-                "step {} failed (attempt {}): {}", spec.step_id, attempt, error
-            )
-            return t, entry, error
+            return _Outcome("failure", entry, error=error)
         entry.update(
             status="SUCCESS",
             output=out_json,
             duration_ms=round((time.monotonic() - started) * 1000, 3),
         )
+        return _Outcome("success", entry, output=out_json)
+
+    def _store_output(self, run: _Run, spec: StepSpec, out: _Outcome) -> None:
+        """Keep a successful step's input and output in the context (for the steps after it
+        and for its compensation)."""
         outputs = dict(run.context.get("step_outputs") or {})
         inputs = dict(run.context.get("step_inputs") or {})
-        outputs[spec.step_id] = out_json
-        inputs[spec.step_id] = entry["input"]
+        outputs[spec.step_id] = out.output
+        inputs[spec.step_id] = out.entry["input"]
         run.context = {**run.context, "step_outputs": outputs, "step_inputs": inputs}
-        return m.step_succeeded(state, shape), entry, None
+
+    def _note_failure(
+        self, run: _Run, spec: StepSpec, out: _Outcome, delay: timedelta | None
+    ) -> None:
+        if delay is not None:
+            out.entry["retry_in_s"] = round(delay.total_seconds(), 3)
+        run.log.bind(step=spec.step_id, attempt=out.entry["attempt"]).warning(
+            "step {} failed (attempt {}): {}", spec.step_id, out.entry["attempt"], out.error
+        )
+
+    def _note_wait(self, run: _Run, spec: StepSpec, out: _Outcome) -> None:
+        """Record in the context that ``spec`` waits for an event (see ``WAITING_KEY``)."""
+        timeout = out.wait_timeout
+        marker = {
+            "step_id": spec.step_id,
+            "since": out.entry["at"],
+            "timeout_s": None if timeout is None else timeout.total_seconds(),
+        }
+        run.context = {**run.context, WAITING_KEY: marker}
+        run.log.bind(step=spec.step_id, attempt=out.entry["attempt"]).info(
+            "step {} waits for an event{}",
+            spec.step_id,
+            "" if timeout is None else f" (at most {timeout.total_seconds():g}s)",
+        )
 
     async def _compensate(
         self, run: _Run, spec: StepSpec, state: m.MachineState, shape: m.Shape
@@ -375,17 +463,23 @@ class Executor:
 
     async def _build_input(self, run: _Run, spec: StepSpec) -> BaseModel:
         outputs: dict[str, Any] = run.context.get("step_outputs") or {}
-        if spec.depends_on is not None:
-            dep = run.definition.step(spec.depends_on)
-            arg: Any = dep.output_model.model_validate(outputs.get(spec.depends_on) or {})
+        deps = spec.dependencies or ((spec.depends_on,) if spec.depends_on else ())
+        args: list[Any]
+        if deps:
+            args = [
+                run.definition.step(d).output_model.model_validate(outputs.get(d) or {})
+                for d in deps
+            ]
         else:
-            arg = InputContext(
-                initial_data=run.context.get("initial_data") or {},
-                step_outputs=outputs,
-                events=run.context.get("events") or [],
-                latest_event=run.context.get("latest_event"),
-            )
-        raw = spec.input_map(arg)
+            args = [
+                InputContext(
+                    initial_data=run.context.get("initial_data") or {},
+                    step_outputs=outputs,
+                    events=run.context.get("events") or [],
+                    latest_event=run.context.get("latest_event"),
+                )
+            ]
+        raw = spec.input_map(*args)
         if inspect.isawaitable(raw):
             raw = await raw
         if isinstance(raw, spec.input_model):

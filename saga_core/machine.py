@@ -74,14 +74,25 @@ class StepState:
     attempts: int = 0
     """Executions of ``execute`` that ended (success or failure)."""
     compensation_attempts: int = 0
+    failures: int = 0
+    """Parallel sagas: failed executions since the step last succeeded or an operator reset
+    it (its own retry counter; sequential sagas keep one per saga)."""
+    seq: int = 0
+    """Parallel sagas: the order in which steps finished (1, 2, ...); a rollback undoes the
+    highest first. 0: not finished (or a sequential saga, where the index gives the order)."""
 
     def to_json(self, step_id: str) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "step_id": step_id,
             "status": self.status.value,
             "attempts": self.attempts,
             "compensation_attempts": self.compensation_attempts,
         }
+        if self.failures:
+            data["failures"] = self.failures
+        if self.seq:
+            data["seq"] = self.seq
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> StepState:
@@ -89,6 +100,8 @@ class StepState:
             status=StepStatus(data.get("status", "PENDING")),
             attempts=int(data.get("attempts", 0)),
             compensation_attempts=int(data.get("compensation_attempts", 0)),
+            failures=int(data.get("failures", 0)),
+            seq=int(data.get("seq", 0)),
         )
 
 
@@ -155,10 +168,19 @@ class Shape:
     step_ids: tuple[str, ...]
     has_compensation: tuple[bool, ...]
     compensate_on_failure: bool = True
+    deps: tuple[tuple[int, ...], ...] | None = None
+    """Parallel sagas: the indices each step waits for. ``None``: a sequential saga (steps
+    run one after another in index order)."""
 
     def __post_init__(self) -> None:
         if len(self.step_ids) != len(self.has_compensation) or not self.step_ids:
             raise ValueError("a shape needs one has_compensation flag per step, and a step")
+        if self.deps is not None and len(self.deps) != len(self.step_ids):
+            raise ValueError("a parallel shape needs one dependency tuple per step")
+
+    @property
+    def parallel(self) -> bool:
+        return self.deps is not None
 
 
 def _require(state: MachineState, allowed: Sequence[SagaStatus], action: str) -> None:
@@ -185,7 +207,12 @@ def _rollback_from(state: MachineState, shape: Shape, start: int) -> Transition:
     passing over (and recording) steps with nothing to undo."""
     steps = list(state.steps)
     notes: list[dict[str, Any]] = []
-    for index in range(start, -1, -1):
+    if shape.deps is None:
+        order: list[int] = list(range(start, -1, -1))
+    else:
+        # Newest first by the order the steps finished (a sequence number per finished step).
+        order = sorted(range(len(steps)), key=lambda i: (steps[i].seq, i), reverse=True)
+    for index in order:
         st = steps[index]
         if st.status is StepStatus.SUCCEEDED:
             if shape.has_compensation[index]:
@@ -226,8 +253,17 @@ def _newest_done(state: MachineState) -> int:
     return -1
 
 
-def _advance(state: MachineState, steps: tuple[StepState, ...], schedule: Schedule) -> Transition:
-    for index in range(state.cursor + 1, len(steps)):
+def _advance(
+    state: MachineState,
+    steps: tuple[StepState, ...],
+    schedule: Schedule,
+    *,
+    parallel: bool = False,
+) -> Transition:
+    # Sequential: the next pending step after the cursor. Parallel: any unfinished step (the
+    # executor works out which are ready when it claims the saga).
+    first = 0 if parallel else state.cursor + 1
+    for index in range(first, len(steps)):
         if steps[index].status is StepStatus.PENDING:
             new = replace(
                 state,
@@ -344,6 +380,120 @@ def notified(state: MachineState) -> Transition:
     return Transition(replace(state, status=SagaStatus.RUNNING), Schedule.due())
 
 
+# --- parallel sagas ----------------------------------------------------------------------
+#
+# A parallel saga runs every step whose dependencies are done, concurrently, under the one
+# lease. The executor applies each branch's outcome as it comes (``branch_*``), checkpointing
+# it on its own, and once no branch runs any more it settles the saga (``branches_settled``).
+
+
+def _next_seq(state: MachineState) -> int:
+    return max((s.seq for s in state.steps), default=0) + 1
+
+
+def _done(st: StepState) -> bool:
+    return st.status in (StepStatus.SUCCEEDED, StepStatus.SKIPPED)
+
+
+def ready(state: MachineState, shape: Shape, held: frozenset[int] = frozenset()) -> list[int]:
+    """Steps that may run now: pending, with every dependency done (succeeded or skipped),
+    and not ``held`` (waiting for a retry time or an event)."""
+    if shape.deps is None:
+        i = state.cursor
+        if i < len(state.steps) and state.steps[i].status is StepStatus.PENDING and i not in held:
+            return [i]
+        return []
+    return [
+        i
+        for i, st in enumerate(state.steps)
+        if st.status is StepStatus.PENDING
+        and i not in held
+        and all(_done(state.steps[d]) for d in shape.deps[i])
+    ]
+
+
+def _focus(state: MachineState, steps: tuple[StepState, ...], prefer: int | None) -> int:
+    """The cursor of a parallel saga: ``prefer`` (a step that just failed), else the first
+    unfinished step, else past the end."""
+    if prefer is not None:
+        return prefer
+    for i, st in enumerate(steps):
+        if st.status is StepStatus.PENDING:
+            return i
+    return len(steps)
+
+
+def branch_succeeded(state: MachineState, shape: Shape, index: int) -> MachineState:
+    """Step ``index`` of a parallel saga returned a valid output."""
+    _require(state, [SagaStatus.RUNNING], "record a step success for")
+    st = state.steps[index]
+    steps = state.with_step(
+        index,
+        replace(
+            st,
+            status=StepStatus.SUCCEEDED,
+            attempts=st.attempts + 1,
+            failures=0,
+            seq=_next_seq(state),
+        ),
+    )
+    cursor = _focus(state, steps, None)
+    failures = steps[cursor].failures if cursor < len(steps) else 0
+    return replace(state, steps=steps, cursor=cursor, retry_counter=failures)
+
+
+def branch_failed(state: MachineState, shape: Shape, index: int) -> MachineState:
+    """An execution of step ``index`` of a parallel saga failed; the step stays pending. Its
+    retry policy's answer for ``steps[index].failures`` decides what comes next."""
+    _require(state, [SagaStatus.RUNNING], "record a step failure for")
+    st = state.steps[index]
+    steps = state.with_step(index, replace(st, attempts=st.attempts + 1, failures=st.failures + 1))
+    return replace(state, steps=steps, cursor=index, retry_counter=st.failures + 1)
+
+
+def branches_settled(
+    state: MachineState,
+    shape: Shape,
+    *,
+    failed: int | None = None,
+    held: frozenset[int] = frozenset(),
+    due_in: timedelta | None = None,
+    focus: int | None = None,
+) -> Transition | None:
+    """No branch of a parallel saga runs any more: what the saga does next.
+
+    ``failed``: a step exhausted its retries (running siblings were cancelled): roll back
+    every finished step newest first, or stop FAILED without rollback. With every step done:
+    COMPLETED. ``held``: steps waiting for a retry time or an event: SUSPENDED (cursor on
+    ``focus``), due after ``due_in`` (``None``: only an event or an operator resumes it).
+    ``None`` when steps are ready but were not started (the worker is draining).
+    """
+    _require(state, [SagaStatus.RUNNING], "settle")
+    if failed is not None:
+        at = replace(state, cursor=failed)
+        if shape.compensate_on_failure:
+            return _rollback_from(at, shape, len(state.steps) - 1)
+        return Transition(replace(at, status=SagaStatus.FAILED), Schedule.none())
+    if all(_done(st) for st in state.steps):
+        done = replace(state, status=SagaStatus.COMPLETED, cursor=len(state.steps), retry_counter=0)
+        return Transition(done, Schedule.none())
+    if ready(state, shape, held):
+        return None
+    if held:
+        cursor = focus if focus is not None else min(held)
+        new = replace(
+            state,
+            status=SagaStatus.SUSPENDED,
+            cursor=cursor,
+            retry_counter=state.steps[cursor].failures,
+        )
+        return Transition(new, Schedule.none() if due_in is None else Schedule.due(due_in))
+    raise SagaStateError(
+        "parallel saga has unfinished steps but none is ready, running or waiting",
+        status=state.status.value,
+    )
+
+
 # --- operator actions --------------------------------------------------------------------
 
 RETRYABLE = (SagaStatus.SUSPENDED, SagaStatus.FAILED)
@@ -353,7 +503,12 @@ def admin_retry(state: MachineState, shape: Shape) -> Transition:
     """Run the failed step (or failed compensation) again now, with the counter reset."""
     _require(state, RETRYABLE, "retry")
     status = SagaStatus.COMPENSATING if state.phase is Phase.COMPENSATE else SagaStatus.RUNNING
-    return Transition(replace(state, status=status, retry_counter=0), Schedule.due())
+    steps = state.steps
+    if shape.parallel and state.phase is Phase.EXECUTE:
+        # Every failed branch gets a fresh retry budget, not only the one at the cursor.
+        steps = tuple(replace(s, failures=0) for s in steps)
+    new = replace(state, status=status, retry_counter=0, steps=steps)
+    return Transition(new, Schedule.due())
 
 
 def admin_skip(state: MachineState, shape: Shape) -> Transition:
@@ -366,8 +521,11 @@ def admin_skip(state: MachineState, shape: Shape) -> Transition:
         if t.schedule.kind is ScheduleKind.HOLD:
             return replace(t, schedule=Schedule.due())
         return t
-    steps = state.with_step(state.cursor, replace(st, status=StepStatus.SKIPPED))
-    return _advance(replace(state, retry_counter=0), steps, Schedule.due())
+    skipped = replace(st, status=StepStatus.SKIPPED, failures=0)
+    if shape.parallel:
+        skipped = replace(skipped, seq=_next_seq(state))
+    steps = state.with_step(state.cursor, skipped)
+    return _advance(replace(state, retry_counter=0), steps, Schedule.due(), parallel=shape.parallel)
 
 
 def admin_compensate(state: MachineState, shape: Shape, *, lease_live: bool) -> Transition:

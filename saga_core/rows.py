@@ -17,11 +17,16 @@ def now_iso() -> str:
 
 
 def initial_steps_state(definition: SagaDefinition) -> list[dict[str, Any]]:
-    """Per-step state at start; carries what admin actions need without the definition."""
-    return [
-        {**m.StepState().to_json(s.step_id), "compensates": s.has_compensation}
-        for s in definition.steps
-    ]
+    """Per-step state at start; carries what admin actions (and ``sagactl show``) need
+    without the definition: whether a step compensates and, in a parallel saga, the steps it
+    waits for (``after``)."""
+    out = []
+    for s in definition.steps:
+        entry = {**m.StepState().to_json(s.step_id), "compensates": s.has_compensation}
+        if definition.parallel:
+            entry["after"] = list(s.dependencies)
+        out.append(entry)
+    return out
 
 
 def new_saga_values(
@@ -47,7 +52,10 @@ def new_saga_values(
             "step_inputs": {},
             "events": [],
             "latest_event": None,
-            "options": {"compensate_on_failure": definition.compensate_on_failure},
+            "options": {
+                "compensate_on_failure": definition.compensate_on_failure,
+                **({"parallel": True} if definition.parallel else {}),
+            },
         },
         "step_history": [],
         "lease_owner": None,
@@ -72,10 +80,19 @@ def machine_state(row: SagaRow) -> m.MachineState:
 
 def shape_of(row: SagaRow) -> m.Shape:
     options = row.context.get("options") or {}
+    step_ids = tuple(str(s["step_id"]) for s in row.steps_state)
+    deps: tuple[tuple[int, ...], ...] | None = None
+    if options.get("parallel"):
+        index = {sid: i for i, sid in enumerate(step_ids)}
+        deps = tuple(
+            tuple(index[str(d)] for d in (s.get("after") or []) if str(d) in index)
+            for s in row.steps_state
+        )
     return m.Shape(
-        step_ids=tuple(str(s["step_id"]) for s in row.steps_state),
+        step_ids=step_ids,
         has_compensation=tuple(bool(s.get("compensates", True)) for s in row.steps_state),
         compensate_on_failure=bool(options.get("compensate_on_failure", True)),
+        deps=deps,
     )
 
 

@@ -375,22 +375,43 @@ def test_depends_on_from_a_discarded_builder() -> None:
         del builder, foreign
 
 
-@pytest.mark.parametrize("depends_on", ["Reserve", 0, object()])
-def test_depends_on_must_be_a_step_ref(depends_on: Any) -> None:
+@pytest.mark.parametrize("depends_on", [0, object(), [0], []])
+def test_depends_on_must_be_a_step_ref_or_id(depends_on: Any) -> None:
     with pytest.raises(SagaDefinitionError, match="depends_on"):
         SagaBuilder().add_step(step=Pay(), input_map=ctx_map, depends_on=depends_on)
 
 
-def test_depends_on_several_refs_is_not_supported() -> None:
+def test_depends_on_an_unknown_step_id_fails_at_build() -> None:
+    builder = SagaBuilder()
+    builder.add_step(step=Pay(), input_map=untyped_map, depends_on="Reserve")
+    with pytest.raises(SagaDefinitionError, match="unknown step 'Reserve'"):
+        builder.build()
+
+
+def test_depends_on_by_step_id_in_a_sequential_saga() -> None:
+    builder = SagaBuilder()
+    builder.add_step(step=Reserve(), input_map=ctx_map)
+    builder.add_step(step=Pay(), input_map=untyped_map, depends_on=["Reserve"])
+    definition = builder.build()
+    assert definition.steps[1].depends_on == "Reserve"
+    assert definition.steps[1].dependencies == ("Reserve",)
+    assert not definition.parallel
+
+
+def test_depends_on_a_later_step_id_in_a_sequential_saga_is_refused() -> None:
+    builder = SagaBuilder()
+    builder.add_step(step=Pay(), input_map=untyped_map, depends_on="Notify")
+    builder.add_step(step=Notify(), input_map=ctx_map)
+    with pytest.raises(SagaDefinitionError, match="earlier step"):
+        builder.build()
+
+
+def test_depends_on_several_steps_needs_a_parallel_builder() -> None:
     builder = SagaBuilder()
     a = builder.add_step(step=Reserve(), input_map=ctx_map)
     b = builder.add_step(step=Pay(), input_map=ctx_map)
-    with pytest.raises(SagaDefinitionError, match="one StepRef"):
+    with pytest.raises(SagaDefinitionError, match=r"parallel=True"):
         builder.add_step(step=Notify(), input_map=ctx_map, depends_on=[a, b])
-    with pytest.raises(SagaDefinitionError, match="one StepRef"):
-        builder.add_step(step=Notify(), input_map=ctx_map, depends_on=[])
-    with pytest.raises(SagaDefinitionError, match="one StepRef"):
-        builder.add_step(step=Notify(), input_map=ctx_map, depends_on=["Reserve"])  # type: ignore[list-item]
 
 
 @pytest.mark.parametrize("field", ["retry_policy", "compensation_retry_policy"])
