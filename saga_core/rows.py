@@ -97,10 +97,17 @@ def shape_of(row: SagaRow) -> m.Shape:
 
 
 def steps_json(row_steps: list[dict[str, Any]], state: m.MachineState) -> list[dict[str, Any]]:
+    # The counters StepState leaves out when zero must not survive from the old entry.
     return [
-        {**old, **st.to_json(str(old["step_id"]))}
+        {
+            **{k: v for k, v in old.items() if k not in _OPTIONAL_STEP_KEYS},
+            **st.to_json(str(old["step_id"])),
+        }
         for old, st in zip(row_steps, state.steps, strict=True)
     ]
+
+
+_OPTIONAL_STEP_KEYS = frozenset({"failures", "seq"})
 
 
 def update_for(
