@@ -191,21 +191,69 @@ def header(s: SagaAdminSnapshot, now: datetime) -> Panel:
     return Panel(grid, title=title, title_align="left", box=box.ROUNDED)
 
 
+_DONE = ("SUCCEEDED", "SKIPPED")
+
+
+def stages(steps: Sequence[dict[str, Any]]) -> list[int]:
+    """Stage of each step of a parallel saga: 1 for a step that depends on nothing, else one
+    more than the latest stage it waits for (steps of a stage may run side by side)."""
+    index = {str(st.get("step_id")): i for i, st in enumerate(steps)}
+    out: list[int | None] = [None] * len(steps)
+
+    def stage(i: int, seen: frozenset[int]) -> int:
+        known = out[i]
+        if known is not None:
+            return known
+        deps = [index[str(d)] for d in steps[i].get("after") or [] if str(d) in index]
+        value = 1 + max((stage(d, seen | {i}) for d in deps if d not in seen), default=0)
+        out[i] = value
+        return value
+
+    return [stage(i, frozenset()) for i in range(len(steps))]
+
+
 def steps_table(s: SagaAdminSnapshot) -> Table:
+    parallel = any("after" in st for st in s.steps_state)
     table = Table(box=box.SIMPLE_HEAD, title="steps", title_justify="left", pad_edge=False)
     for col, justify in (("#", "right"), ("STEP", "left"), ("STATE", "left")):
         table.add_column(col, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+    if parallel:
+        table.add_column("AFTER", justify="left")
     table.add_column("ATTEMPTS", justify="right")
     table.add_column("COMPENSATIONS", justify="right")
-    for i, st in enumerate(s.steps_state):
-        marker = "▶ " if i == s.current_step_index and not s.status.is_terminal else ""
-        table.add_row(
-            f"{marker}{i + 1}",
-            str(st.get("step_id")),
-            str(st.get("status", "")),
-            str(st.get("attempts", 0)),
-            str(st.get("compensation_attempts", 0)),
-        )
+    order = list(range(len(s.steps_state)))
+    glyphs = [""] * len(order)
+    if parallel:
+        # Branches: steps grouped by stage; a stage of several steps is drawn as a fork.
+        stage_of = stages(s.steps_state)
+        order.sort(key=lambda i: (stage_of[i], i))
+        for pos, i in enumerate(order):
+            same = [j for j in order if stage_of[j] == stage_of[i]]
+            first = pos == 0 or stage_of[order[pos - 1]] != stage_of[i]
+            label = f"{stage_of[i]}" if first else ""
+            if len(same) > 1:
+                fork = "┬" if i == same[0] else ("└" if i == same[-1] else "├")
+                glyphs[i] = f"{label:>2} {fork} "
+            else:
+                glyphs[i] = f"{label:>2}   "
+    done = {str(st.get("step_id")) for st in s.steps_state if st.get("status") in _DONE}
+    for i in order:
+        st = s.steps_state[i]
+        if parallel:  # every branch that may run now (or runs)
+            running = (
+                s.status in (SagaStatus.RUNNING, SagaStatus.SUSPENDED)
+                and st.get("status") == "PENDING"
+                and all(str(d) in done for d in st.get("after") or [])
+            )
+        else:
+            running = i == s.current_step_index and not s.status.is_terminal
+        marker = "▶ " if running else ""
+        step = f"{glyphs[i]}{st.get('step_id')}"
+        row = [f"{marker}{i + 1}", step, str(st.get("status", ""))]
+        if parallel:
+            row.append(", ".join(str(d) for d in st.get("after") or []) or "-")
+        row += [str(st.get("attempts", 0)), str(st.get("compensation_attempts", 0))]
+        table.add_row(*row)
     return table
 
 

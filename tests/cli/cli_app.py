@@ -90,6 +90,32 @@ def definition(*, charge_retry: Any, rollback: bool) -> SagaDefinition:
     return b.build()
 
 
+def from_reservation(out: ReserveOut) -> OrderIn:
+    order_id = out.reservation.removeprefix("r-")
+    return OrderIn(order_id=order_id, fail=order_id.startswith("fail"))
+
+
+def shipping_input(charge: ChargeOut, pack: ShipOut) -> OrderIn:
+    return OrderIn(order_id=charge.charge_id.removeprefix("c-"))
+
+
+def parallel_definition() -> SagaDefinition:
+    """reserve -> (charge, pack) -> ship: charge and pack run side by side; an order id
+    starting with ``fail`` makes charge fail and retry in an hour."""
+    b = SagaBuilder(parallel=True)
+    reserve = b.add_step(step=Reserve(), input_map=order_input, step_id="reserve")
+    charge = b.add_step(
+        step=Charge(),
+        input_map=from_reservation,
+        step_id="charge",
+        depends_on=reserve,
+        retry_policy=FixedRetry(3, timedelta(hours=1)),
+    )
+    pack = b.add_step(step=Ship(), input_map=from_reservation, step_id="pack", depends_on=reserve)
+    b.add_step(step=Ship(), input_map=shipping_input, step_id="ship", depends_on=[charge, pack])
+    return b.build()
+
+
 class _OrdersBase(DeclarativeBase):
     pass
 
@@ -116,6 +142,7 @@ def build(
     )
     orch.register("order_fast", definition(charge_retry=NoRetry(), rollback=True))
     orch.register("order_manual", definition(charge_retry=NoRetry(), rollback=False))
+    orch.register("order_parallel", parallel_definition())
     return orch
 
 

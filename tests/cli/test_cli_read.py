@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 
+from cli_app import build
 from cli_helpers import CliFn
 from cli_seed import LABELS, Seeded
 
@@ -121,6 +122,52 @@ def test_show_text_header_steps_and_timeline(cli: CliFn, seeded: Seeded) -> None
     assert "execute" in rows[0] and "reserve" in rows[0] and "SUCCESS" in rows[0]
     assert "charge" in rows[1] and "ERROR" in rows[1] and "card declined" in rows[1]
     assert "compensate" in rows[2] and "retry in 1h00m" in rows[2]
+
+
+def test_show_draws_the_branches_of_a_parallel_saga(
+    cli: CliFn, seeded: Seeded, pg_url: str
+) -> None:
+    async def start() -> str:
+        orch = build(pg_url)
+        try:
+            sid = await orch.start(
+                saga_name="order_parallel",
+                initial_data={"order_id": "fail-7"},
+                aggregation_id="agg-parallel",
+                inline=True,
+            )
+            return str(sid)
+        finally:
+            await orch.engine.sql_engine.dispose()
+
+    sid = asyncio.run(start())
+    r = cli("show", sid)
+    assert r.exit_code == 0, r.stderr
+    out = r.stdout
+    steps = out[out.index("steps") : out.index("timeline")]
+    head = next(ln for ln in steps.splitlines() if "AFTER" in ln)
+    rows = [ln for ln in steps.splitlines() if ln.strip()[:1] in "▶0123456789" and ln.strip()]
+    by_step = {
+        name: next(r for r in rows if f" {name} " in r) for name in ("reserve", "charge", "pack")
+    }
+    by_step["ship"] = next(r for r in rows if r.rstrip().endswith("0") and " ship " in r)
+    # Stage 1: reserve; stage 2 forks into charge and pack; stage 3: ship after both.
+    assert " 1   reserve" in by_step["reserve"]
+    assert " 2 ┬ charge" in by_step["charge"] and "└ pack" in by_step["pack"]
+    assert " 3   ship" in by_step["ship"]
+    col = head.index("AFTER")
+    assert by_step["ship"][col:].startswith("charge, pack")
+    assert by_step["charge"][col:].startswith("reserve")
+    # The branch waiting for its retry is the one marked to run next.
+    assert "▶" in by_step["charge"] and "▶" not in by_step["pack"]
+    assert "SUSPENDED" in out
+    data = cli("show", sid, "-o", "json").json()
+    assert [s.get("after") for s in data["steps_state"]] == [
+        [],
+        ["reserve"],
+        ["reserve"],
+        ["charge", "pack"],
+    ]
 
 
 def test_show_operator_action_and_full_json(cli: CliFn, seeded: Seeded) -> None:
