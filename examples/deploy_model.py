@@ -1,6 +1,12 @@
 """A long-running saga: deploy a machine-learning model behind a public endpoint.
 
-CheckModel -> ReserveGpuQuota -> DeployContainer -> WaitForHealth -> PublishEndpoint.
+A parallel saga (``SagaBuilder(parallel=True)``)::
+
+    CheckModel ─┬─ ReserveGpuQuota ─┬─ DeployContainer ── WaitForHealth ── PublishEndpoint
+                └─ StageWeights ────┘
+
+Reserving GPUs and copying the model's weights into the cluster cache do not depend on each
+other, so they run side by side; the container is deployed once both are done.
 
 ``WaitForHealth`` polls through the retry policy: each poll is one execution that fails
 while the service is still starting, so the wait survives worker restarts (the saga is
@@ -46,8 +52,10 @@ __all__ = [
     "QuotaExceeded",
     "ReserveGpuQuota",
     "ServiceStarting",
+    "StageWeights",
     "UnknownModel",
     "WaitForHealth",
+    "WeightsCache",
     "build_deploy_saga",
     "make_orchestrator",
 ]
@@ -82,6 +90,11 @@ class ModelInfo(BaseModel):
     version: str
     image: str
     gpus: int
+
+
+class StagedWeights(BaseModel):
+    image: str
+    cache_path: str
 
 
 class GpuReservation(BaseModel):
@@ -182,6 +195,26 @@ class GpuPool:
 
 
 @dataclass
+class WeightsCache:
+    """The cluster's model-weights cache: staging copies a model's weights in."""
+
+    staged: dict[str, str] = field(default_factory=dict)
+    """Cache path -> image."""
+    evicted: list[str] = field(default_factory=list)
+
+    async def stage(self, info: ModelInfo) -> str:
+        await asyncio.sleep(LATENCY_S)
+        path = f"/cache/{info.model}/{info.version}"
+        self.staged[path] = info.image  # staging the same weights again is a no-op
+        return path
+
+    async def evict(self, path: str) -> None:
+        await asyncio.sleep(LATENCY_S)
+        if self.staged.pop(path, None) is not None:
+            self.evicted.append(path)
+
+
+@dataclass
 class ContainerRecord:
     deployment_id: str
     image: str
@@ -244,6 +277,7 @@ class DeployServices:
     gpus: GpuPool
     platform: ContainerPlatform
     router: EndpointRouter
+    cache: WeightsCache = field(default_factory=WeightsCache)
 
     @classmethod
     def demo(cls) -> DeployServices:
@@ -286,6 +320,21 @@ class ReserveGpuQuota(BaseStep[ModelInfo, GpuReservation]):
     async def compensate(self, inp: ModelInfo, out: GpuReservation) -> None:
         """Give the GPUs back to the pool."""
         await self.gpus.release(out.reservation_id)
+
+
+class StageWeights(BaseStep[ModelInfo, StagedWeights]):
+    """Copy the model's weights into the cluster cache (alongside the GPU reservation);
+    compensation evicts them."""
+
+    def __init__(self, cache: WeightsCache) -> None:
+        self.cache = cache
+
+    async def execute(self, inp: ModelInfo) -> StagedWeights:
+        return StagedWeights(image=inp.image, cache_path=await self.cache.stage(inp))
+
+    async def compensate(self, inp: ModelInfo, out: StagedWeights) -> None:
+        """Free the cache space."""
+        await self.cache.evict(out.cache_path)
 
 
 class DeployContainer(BaseStep[ContainerSpec, Deployment]):
@@ -339,14 +388,13 @@ def model_ref(ctx: InputContext) -> ModelRef:
     return ModelRef(model=request.model, version=request.version)
 
 
-def gpu_request(info: ModelInfo) -> ModelInfo:
+def model_info(info: ModelInfo) -> ModelInfo:
     return info
 
 
-def container_spec(ctx: InputContext) -> ContainerSpec:
-    info = ModelInfo.model_validate(ctx.step_outputs["CheckModel"])
-    gpus = GpuReservation.model_validate(ctx.step_outputs["ReserveGpuQuota"])
-    return ContainerSpec(image=info.image, gpu_reservation_id=gpus.reservation_id)
+def container_spec(gpus: GpuReservation, weights: StagedWeights) -> ContainerSpec:
+    """The join: one argument per step in ``depends_on``."""
+    return ContainerSpec(image=weights.image, gpu_reservation_id=gpus.reservation_id)
 
 
 def deployment(out: Deployment) -> Deployment:
@@ -354,6 +402,7 @@ def deployment(out: Deployment) -> Deployment:
 
 
 def route(ctx: InputContext) -> Route:
+    # Annotated InputContext: it waits for WaitForHealth but reads the start data.
     request = DeployRequest.model_validate(ctx.initial_data)
     deployed = Deployment.model_validate(ctx.step_outputs["DeployContainer"])
     return Route(endpoint=request.endpoint, internal_url=deployed.internal_url)
@@ -361,26 +410,34 @@ def route(ctx: InputContext) -> Route:
 
 def build_deploy_saga(services: DeployServices) -> SagaDefinition:
     """The deployment saga, with demo-sized timeouts and polling."""
-    saga = SagaBuilder()
+    saga = SagaBuilder(parallel=True)
     check = saga.add_step(
         step=CheckModel(services.registry), input_map=model_ref, timeout=timedelta(seconds=5)
     )
-    saga.add_step(
+    gpus = saga.add_step(
         step=ReserveGpuQuota(services.gpus),
-        input_map=gpu_request,
+        input_map=model_info,
         depends_on=check,
         timeout=timedelta(seconds=5),
         compensation_timeout=timedelta(seconds=5),
         compensation_retry_policy=FixedRetry(max_attempts=10, delay=0.1),
     )
+    weights = saga.add_step(
+        step=StageWeights(services.cache),
+        input_map=model_info,
+        depends_on=check,
+        timeout=timedelta(seconds=30),
+        retry_policy=FixedRetry(max_attempts=3, delay=0.1),
+    )
     deploy = saga.add_step(
         step=DeployContainer(services.platform),
         input_map=container_spec,
+        depends_on=[gpus, weights],
         timeout=timedelta(seconds=10),
         retry_policy=FixedRetry(max_attempts=3, delay=0.1),
         compensation_timeout=timedelta(seconds=10),
     )
-    saga.add_step(
+    health = saga.add_step(
         step=WaitForHealth(services.platform),
         input_map=deployment,
         depends_on=deploy,
@@ -389,7 +446,10 @@ def build_deploy_saga(services: DeployServices) -> SagaDefinition:
         retry_policy=FixedRetry(max_attempts=HEALTH_POLLS, delay=0.05),
     )
     saga.add_step(
-        step=PublishEndpoint(services.router), input_map=route, timeout=timedelta(seconds=5)
+        step=PublishEndpoint(services.router),
+        input_map=route,
+        depends_on=health,
+        timeout=timedelta(seconds=5),
     )
     return saga.build()
 

@@ -286,6 +286,13 @@ def check_outcome(app: ExampleApp[Any], results: list[ScenarioResult]) -> list[C
                 reservation is None or reservation["reservation_id"] in gpus.released,
                 f"reservation {reservation['reservation_id'] if reservation else 'none'}",
             )
+            staged = outputs.get("StageWeights")
+            _check(
+                checks,
+                f"{request.model}: staged weights evicted",
+                staged is None or staged["cache_path"] not in app.deploy.cache.staged,
+                f"weights {staged['cache_path'] if staged else 'never staged'}",
+            )
             _check(
                 checks,
                 f"{request.model}: container torn down, not published",

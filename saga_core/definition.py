@@ -145,6 +145,9 @@ class StepSpec:
     dependencies: tuple[str, ...] = ()
     """Every step this one depends on, in the order given; their outputs are the
     ``input_map``'s arguments. In a parallel saga, the steps it waits for."""
+    context_input: bool = False
+    """Parallel sagas: the ``input_map`` takes an :class:`InputContext` although the step has
+    ``depends_on`` (its one parameter is annotated so): it gets the context, not outputs."""
 
     @property
     def step_class(self) -> str:
@@ -248,8 +251,9 @@ class SagaBuilder:
             step: the step instance (shared by every saga of this definition).
             input_map: builds the step's input. Without ``depends_on`` it receives an
                 :class:`InputContext`; with ``depends_on`` the output model of that step
-                (with several, one argument per step, in the order given). It returns the
-                step's input model or a dict validated into it.
+                (with several, one argument per step, in the order given). In a parallel saga
+                an ``input_map`` whose one parameter is annotated ``InputContext`` gets the
+                context instead (to wait for steps without taking their outputs). It returns the step's input model or a dict validated into it.
             timeout: cancel an execution after this long; counts as a failed attempt.
             retry_policy: how often and when to run a failed execution again (default
                 :class:`NoRetry`).
@@ -346,7 +350,12 @@ class SagaBuilder:
             if not callable(p.input_map):
                 raise SagaDefinitionError(f"step {p.step_id!r}: input_map must be callable")
             dep_idx = resolved[index]
-            expected = [self._pending[d].output_model for d in dep_idx] or [InputContext]
+            context_input = self.parallel and bool(dep_idx) and _takes_context(p.input_map)
+            expected = (
+                [InputContext]
+                if context_input or not dep_idx
+                else [self._pending[d].output_model for d in dep_idx]
+            )
             _check_input_map(p.step_id, p.input_map, expected, p.input_model)
             dep_ids = tuple(self._pending[d].step_id for d in dep_idx)
             specs.append(
@@ -364,6 +373,7 @@ class SagaBuilder:
                     compensation_retry_policy=p.compensation_retry_policy,
                     has_compensation=type(p.step).has_compensation(),
                     dependencies=dep_ids,
+                    context_input=context_input,
                 )
             )
         return SagaDefinition(
@@ -449,6 +459,24 @@ def _resolve_hints(fn: Callable[..., Any]) -> dict[str, Any] | None:
         return typing.get_type_hints(target, localns=localns)
     except Exception:
         return None
+
+
+def _takes_context(fn: Callable[..., Any]) -> bool:
+    """Whether ``fn`` takes exactly one positional parameter, annotated ``InputContext``."""
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return False
+    params = [
+        p
+        for p in sig.parameters.values()
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)
+    ]
+    if len(params) != 1 or params[0].kind is params[0].VAR_POSITIONAL:
+        return False
+    hints = _resolve_hints(fn) or {}
+    ann = hints.get(params[0].name)
+    return isinstance(ann, type) and issubclass(ann, InputContext)
 
 
 def _check_input_map(

@@ -465,7 +465,7 @@ class Executor:
         outputs: dict[str, Any] = run.context.get("step_outputs") or {}
         deps = spec.dependencies or ((spec.depends_on,) if spec.depends_on else ())
         args: list[Any]
-        if deps:
+        if deps and not spec.context_input:
             args = [
                 run.definition.step(d).output_model.model_validate(outputs.get(d) or {})
                 for d in deps

@@ -124,20 +124,36 @@ async def test_demo_scenarios_keep_the_saga_promises(app: ExampleApp[Any]) -> No
     # Out of stock: the first step fails, nothing to undo.
     assert lines_of(by_key["order-1004"]) == [("execute", "ReserveStock", ["ERROR"])]
 
-    # Deployment polled until healthy.
-    assert lines_of(by_key["sentiment-small:3"])[3] == (
-        "execute",
-        "WaitForHealth",
-        ["ERROR", "ERROR", "SUCCESS"],
-    )
-    # A hanging health probe times out on every poll; the rollback tears the container down
-    # and gives the GPUs back.
-    assert lines_of(by_key["vision-xl:2"])[3:] == [
+    # Deployment: the GPU reservation and the weights staging run side by side after the
+    # model check (a parallel saga), then the container is deployed and polled until healthy.
+    healthy = lines_of(by_key["sentiment-small:3"])
+    assert healthy[0] == ("execute", "CheckModel", ["SUCCESS"])
+    assert sorted(healthy[1:3]) == [
+        ("execute", "ReserveGpuQuota", ["SUCCESS"]),
+        ("execute", "StageWeights", ["SUCCESS"]),
+    ]
+    assert healthy[3:] == [
+        ("execute", "DeployContainer", ["SUCCESS"]),
+        ("execute", "WaitForHealth", ["ERROR", "ERROR", "SUCCESS"]),
+        ("execute", "PublishEndpoint", ["SUCCESS"]),
+    ]
+    # A hanging health probe times out on every poll; the rollback tears the container down,
+    # then undoes the two branches newest first (by the order they finished).
+    hung = by_key["vision-xl:2"]
+    lines = lines_of(hung)
+    assert lines[3:5] == [
+        ("execute", "DeployContainer", ["SUCCESS"]),
         ("execute", "WaitForHealth", ["TIMEOUT"] * deploy_model.HEALTH_POLLS),
+    ]
+    finished = [ln[1] for ln in lines[1:3]]
+    assert lines[5:] == [
         ("compensate", "DeployContainer", ["SUCCESS"]),
-        ("compensate", "ReserveGpuQuota", ["SUCCESS"]),
+        ("compensate", finished[1], ["SUCCESS"]),
+        ("compensate", finished[0], ["SUCCESS"]),
         ("compensate", "CheckModel", ["NOTHING_TO_COMPENSATE"]),
     ]
+    assert app.deploy.cache.evicted == ["/cache/vision-xl/2"]
+    assert list(app.deploy.cache.staged) == ["/cache/sentiment-small/3"]
     gpus = app.deploy.gpus
     assert gpus.in_use == 1 and list(gpus.released.values()) == [4]
     assert sorted(c.state for c in app.deploy.platform.containers.values()) == [
