@@ -11,6 +11,8 @@ Sagas:
   ``n`` (an int) fails its first n attempts (it is retried up to 4 attempts, so n <= 3
   recovers), ``"always"`` fails for good: the completed steps are compensated, newest first.
   ``initial_data["sleep"]`` is how long every step takes.
+- ``fork``: a parallel saga, a -> (b, c) -> d: b and c run side by side; ``plan`` as for
+  ``chaos``.
 - ``poison``: step a records and succeeds; step b records, then SIGKILLs its own process
   (a step that brings its worker down every time).
 
@@ -131,6 +133,17 @@ def build(
             compensation_retry_policy=FixedRetry(max_attempts=10, delay=0.05),
         )
     orch.register("chaos", chaos.build())
+    fork = SagaBuilder(parallel=True)
+    for sid, after in (("a", []), ("b", ["a"]), ("c", ["a"]), ("d", ["b", "c"])):
+        fork.add_step(
+            step=ChaosStep(rec),
+            step_id=sid,
+            input_map=_input(sid),  # annotated InputContext: reads the plan, waits for `after`
+            depends_on=after or None,
+            retry_policy=FixedRetry(max_attempts=4, delay=0.05),
+            compensation_retry_policy=FixedRetry(max_attempts=10, delay=0.05),
+        )
+    orch.register("fork", fork.build())
     poison = SagaBuilder()
     for sid in ("a", "b"):
         poison.add_step(step=PoisonStep(rec), step_id=sid, input_map=_input(sid))

@@ -13,7 +13,7 @@ import sys
 import uuid
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -267,6 +267,136 @@ async def check_invariants(
         )
         if any(n != 1 for n in succ.values()) or sorted(succ) != ok_exec:
             rep.problem(sid, f"history successes {dict(succ)} vs runs {ok_exec}")
+    return rep
+
+
+_FAR = datetime.max.replace(tzinfo=UTC)
+FORK_AFTER = {"a": (), "b": ("a",), "c": ("a",), "d": ("b", "c")}
+
+
+async def check_fork_invariants(db: FaultDb, kill_times: dict[int, datetime]) -> Report:
+    """The invariants of the parallel ``fork`` sagas (a -> (b, c) -> d): terminal; runs of one
+    step never overlap (branches of a saga may); a step only ran after a successful run of
+    each step it depends on had ended; no compensation overlapped an execution; COMPLETED
+    exactly when every step succeeded; COMPENSATED with every succeeded step compensated,
+    newest first by the order they finished; re-executions explained; history agrees."""
+    rep = Report()
+    rows = await db.fetch(
+        "SELECT id, status, last_error, takeover_count, step_history, steps_state, context "
+        "FROM {t} WHERE saga_name = 'fork'"
+    )
+    runs_by: dict[Any, list[Any]] = defaultdict(list)
+    for r in await db.fetch(
+        "SELECT saga_id, step_id, phase, attempt, pid, started_at, ended_at, outcome "
+        "FROM {t}_runs ORDER BY started_at, id"
+    ):
+        runs_by[r.saga_id].append(r)
+    for row in rows:
+        rep.sagas += 1
+        rep.statuses[row.status] += 1
+        sid = row.id
+        history: list[dict[str, Any]] = row.step_history or []
+        plan: dict[str, Any] = (row.context.get("initial_data") or {}).get("plan") or {}
+        runs = runs_by.get(sid, [])
+        rep._all[sid] = (row, runs)
+        if row.status not in TERMINAL:
+            rep.stuck += 1
+            rep.problem(sid, f"not finished: {row.status}")
+            continue
+        if row.status == "FAILED":
+            if (row.last_error or "").startswith("quarantined:"):
+                rep.quarantined += 1
+            else:
+                rep.problem(sid, f"FAILED: {row.last_error}")
+            continue
+
+        def end_of(r: Any) -> datetime:
+            return r.ended_at or kill_times.get(r.pid) or _FAR
+
+        for r in runs:
+            if end_of(r) is _FAR:
+                rep.problem(sid, f"run of {r.step_id}/{r.phase} by live pid {r.pid} never ended")
+        # Runs of one step (execute or compensate) never overlap.
+        for step in FORK_AFTER:
+            mine = [r for r in runs if r.step_id == step]
+            for x, y in itertools.pairwise(mine):
+                if y.started_at < end_of(x):
+                    rep.concurrent += 1
+                    rep.problem(sid, f"runs of {step} overlap")
+        # A step ran only after every step it depends on had succeeded.
+        for r in runs:
+            if r.phase != "execute":
+                continue
+            for dep in FORK_AFTER[r.step_id]:
+                if not any(_ok(d, dep, "execute") and end_of(d) <= r.started_at for d in runs):
+                    rep.problem(sid, f"{r.step_id} ran before {dep} had succeeded")
+        comps = [r for r in runs if r.phase == "compensate"]
+        execs = [r for r in runs if r.phase == "execute"]
+        if comps and execs:
+            first_comp = min(r.started_at for r in comps)
+            if any(end_of(r) > first_comp for r in execs):
+                rep.concurrent += 1
+                rep.problem(sid, "a compensation started while an execution still ran")
+        succeeded = {
+            e["step_id"]
+            for e in history
+            if e.get("phase") == "execute" and e.get("status") == "SUCCESS"
+        }
+        planned_fail = next((s for s in FORK_AFTER if plan.get(s) == "always"), None)
+        if row.status == "COMPLETED":
+            if succeeded != set(FORK_AFTER) or planned_fail is not None or comps:
+                rep.problem(sid, f"COMPLETED: succeeded {sorted(succeeded)}, plan {plan}")
+        elif row.status == "COMPENSATED":
+            if planned_fail is None or planned_fail in succeeded or "d" in succeeded:
+                rep.problem(sid, f"COMPENSATED: succeeded {sorted(succeeded)}, plan {plan}")
+            seq = {s["step_id"]: int(s.get("seq") or 0) for s in row.steps_state}
+            newest_first = sorted(succeeded, key=lambda s: -seq[s])
+            hist_comp = [
+                e["step_id"]
+                for e in history
+                if e.get("phase") == "compensate" and e.get("status") == "SUCCESS"
+            ]
+            if hist_comp != newest_first:
+                rep.problem(sid, f"compensations {hist_comp} != newest first {newest_first}")
+            last_comp = {
+                s: max((r for r in comps if _ok(r, s, "compensate")), key=lambda r: r.started_at)
+                for s in newest_first
+                if any(_ok(r, s, "compensate") for r in comps)
+            }
+            if set(last_comp) != set(newest_first):
+                rep.problem(sid, f"compensation runs {sorted(last_comp)} != {newest_first}")
+            elif any(
+                end_of(last_comp[a]) > last_comp[b].started_at
+                for a, b in itertools.pairwise(newest_first)
+            ):
+                rep.problem(sid, "compensation runs not newest first")
+            if any(r.step_id not in succeeded for r in comps):
+                rep.problem(sid, "a step that never succeeded was compensated")
+        else:
+            rep.problem(sid, f"unexpected status {row.status}")
+        per_attempt = Counter((r.step_id, r.phase, r.attempt) for r in runs)
+        again = sum(n - 1 for n in per_attempt.values() if n > 1)
+        if again:
+            rep.reexecutions += again
+            interrupted = any(e.get("status") in ("INTERRUPTED", "CANCELLED") for e in history)
+            if not (row.takeover_count > 0 or interrupted):
+                rep.unexplained_reexecutions += again
+                rep.problem(sid, f"{again} re-execution(s) without takeover or interruption")
+        for e in history:
+            if e.get("phase") not in ("execute", "compensate") or e.get("status") not in (
+                "SUCCESS",
+                "ERROR",
+            ):
+                continue
+            want = "ok" if e.get("status") == "SUCCESS" else "error"
+            if not any(
+                r.step_id == e["step_id"]
+                and r.phase == e["phase"]
+                and r.attempt == e["attempt"]
+                and r.outcome == want
+                for r in runs
+            ):
+                rep.problem(sid, f"history entry {e['phase']}/{e['step_id']} has no such run")
     return rep
 
 
