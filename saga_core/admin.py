@@ -227,6 +227,8 @@ class SagaAdmin(Generic[M]):
         actor: str | None,
         extra: dict[str, Any] | None = None,
     ) -> SagaAdminSnapshot:
+        _check_text(reason, "reason")
+        _check_text(actor, "actor")
         sid = await self.resolve_id(saga_id)
         who = actor or self.actor
 
@@ -379,4 +381,21 @@ class SagaAdmin(Generic[M]):
             lambda row, now: (m.admin_abort(machine_state(row)), None),
             reason,
             actor,
+        )
+
+
+MAX_REASON_CHARS = 2000
+
+
+def _check_text(value: str | None, what: str) -> None:
+    """An operator's ``reason`` or ``actor``: recorded in history, so it must be storable."""
+    if value is None:
+        return
+    if not isinstance(value, str):
+        raise SagaInputError(f"{what} must be a string, got {type(value).__name__}")
+    if "\x00" in value:
+        raise SagaInputError(f"{what} must not contain NUL characters (\\x00)")
+    if len(value) > MAX_REASON_CHARS:
+        raise SagaInputError(
+            f"{what} is {len(value)} characters long; at most {MAX_REASON_CHARS} are kept"
         )

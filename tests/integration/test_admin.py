@@ -353,6 +353,25 @@ async def test_admin_on_unknown_saga(h: Harness) -> None:
         await w.admin.get_saga(uuid.uuid4())
 
 
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("reason", "bad\x00reason"), ("actor", "ops\x00"), ("reason", "x" * 2001), ("reason", 7)],
+)
+async def test_unstorable_reason_or_actor_is_refused_and_changes_nothing(
+    h: Harness, field: str, value: Any
+) -> None:
+    define_standard(h)
+    w = await h.worker()
+    reached = await reach(h, w, "SUSPENDED")
+    before = await h.row(reached.saga_id)
+    with pytest.raises(SagaInputError, match=field):
+        await w.admin.retry_step(reached.saga_id, **{field: value})
+    after = await h.row(reached.saga_id)
+    assert after.status == before.status == "SUSPENDED"
+    assert after.step_execution_token == before.step_execution_token
+    assert after.step_history == before.step_history
+
+
 async def test_get_and_list(h: Harness) -> None:
     define_standard(h)
     w = await h.worker()
