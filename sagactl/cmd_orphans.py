@@ -11,7 +11,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from saga_core.versioning import ORPHAN_STATUSES, OrphanGroup
+from saga_core.versioning import ORPHAN_STATUSES, OrphanGroup, find_orphans
 from sagactl.fmt import age, clock
 from sagactl.render_json import orphan_json
 from sagactl.runtime import OutputFormat, Runtime, iso
@@ -36,9 +36,13 @@ def orphans_cmd(
         async with rt.connect() as s:
             now = await s.now()
             stale_after = s.settings.worker_stale_after
-            groups = await s.admin.orphans(stale_after=stale_after)
+            # One read of the registry for both the orphans and the live count.
             views = workers_view(await s.admin.workers(), now, stale_after)
-            live = sum(v.state == "live" for v in views)
+            live_rows = [v.row for v in views if v.state == "live"]
+            live = len(live_rows)
+            groups = find_orphans(
+                await s.admin.version_summary(), live_rows, table=s.admin.store.table_name
+            )
             listed: dict[tuple[str, int], list[str]] | None = None
             if ids:
                 listed = {}

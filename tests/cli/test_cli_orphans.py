@@ -69,6 +69,7 @@ def test_orphans_without_workers_lists_every_active_saga(cli: CliFn, seeded: See
     assert _groups(data) == [("order", 1, 3), ("order_fast", 1, 1)]
     assert data["live_workers"] == 0 and data["total"] == 4
     assert "no live sagad worker is registered" in r.stderr
+    assert cli("orphans", "--ids", "--limit", "0").exit_code == 2, "a usage error"
 
 
 def test_orphans_text_and_json_with_a_v2_worker(
