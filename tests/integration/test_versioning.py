@@ -15,7 +15,13 @@ from itkit import LONG_WAIT, Harness, Worker, chain, entries, make_model, unique
 from sqlalchemy import MetaData, Table, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
-from saga_core import FixedRetry, SagaDefinition, SagaOrchestrator, schema_status
+from saga_core import (
+    FixedRetry,
+    SagaDefinition,
+    SagaInputError,
+    SagaOrchestrator,
+    schema_status,
+)
 from saga_core.rows import initial_steps_state
 from saga_core.schema import SCHEMA_VERSION, upgrade_tables
 from saga_core.state import SagaWorker
@@ -170,6 +176,28 @@ async def test_register_versions_on_one_orchestrator(h: Harness) -> None:
     sid = await orch.start(saga_name="flow", initial_data={}, aggregation_id="x", inline=True)
     snap = await orch.get_snapshot(sid)
     assert (snap.definition_version, snap.status.value) == (2, "COMPLETED")
+
+
+async def test_skip_validates_against_the_sagas_own_version(h: Harness) -> None:
+    p = h.probe
+    # b's output model: OutV2 (with defaults for note and ratio) in v1, Out in v2.
+    v1 = chain(p, ["a", "b"], retry={"b": FixedRetry(3, LONG_WAIT)}, v2=["b"])
+    v2 = chain(p, ["a", "b"])
+    old = await versioned_worker(h, {1: v1})
+    p.fail["b"] = 1
+    sid = await old.orch.start(saga_name="flow", initial_data={}, aggregation_id="o", inline=True)
+    assert (await h.row(sid)).status == "SUSPENDED"
+
+    only_v2 = await versioned_worker(h, {2: v2})
+    before = await h.row(sid)
+    with pytest.raises(SagaInputError, match=r"needs its definition \(version 1\)"):
+        await only_v2.admin.skip_step(sid, mock_output={"n": 5}, reason="by hand")
+    assert await h.row(sid) == before, "nothing changed"
+
+    both = await versioned_worker(h, {1: v1, 2: v2})
+    snap = await both.admin.skip_step(sid, mock_output={"n": 5}, reason="by hand")
+    assert snap.status.value == "COMPLETED"
+    assert (await h.row(sid)).context["step_outputs"]["b"] == {"n": 5, "note": "", "ratio": 0.0}
 
 
 # --------------------------------------------------------------------------- schema upgrade
