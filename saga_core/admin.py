@@ -8,6 +8,7 @@ fencing token (so a worker still running the old step cannot overwrite the resul
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import getpass
 import uuid
 from collections.abc import Callable, Sequence
@@ -25,6 +26,7 @@ from saga_core.rows import machine_state, now_iso, shape_of, update_for
 from saga_core.snapshot import SagaAdminSnapshot, SagaSnapshot
 from saga_core.state import SagaStateMixin
 from saga_core.store import RowUpdate, SagaFilter, SagaRow, WorkerRow
+from saga_core.versioning import ORPHAN_STATUSES, OrphanGroup, find_orphans, live_workers
 
 __all__ = ["SagaAdmin"]
 
@@ -128,11 +130,14 @@ class SagaAdmin(Generic[M]):
         limit: int = 100,
         offset: int = 0,
         oldest_first: bool = False,
+        definition_version: int | None = None,
     ) -> list[SagaSnapshot]:
         """Sagas matching every given filter, newest first; ``limit`` is honoured as given."""
         if limit < 0 or offset < 0:
             raise SagaInputError("limit and offset must not be negative")
         flt = self._filter(status, saga_name, aggregation_id, created_after, created_before)
+        if definition_version is not None:
+            flt = dataclasses.replace(flt, definition_version=definition_version)
         rows = await self.store.saga_list(
             flt, limit=limit, offset=offset, oldest_first=oldest_first
         )
@@ -164,6 +169,27 @@ class SagaAdmin(Generic[M]):
     async def workers(self) -> list[WorkerRow]:
         """The ``sagad`` worker registry (live and stale entries)."""
         return await self.store.worker_list()
+
+    async def version_summary(
+        self, status: m.SagaStatus | str | Sequence[m.SagaStatus | str] = ORPHAN_STATUSES
+    ) -> list[tuple[str, int, int, datetime]]:
+        """(saga_name, definition_version, count, oldest created_at) of the sagas in
+        ``status`` (default: RUNNING, SUSPENDED, COMPENSATING)."""
+        return await self.store.saga_version_summary(_statuses(status) or [])
+
+    async def orphans(self, *, stale_after: float = 30.0) -> list[OrphanGroup]:
+        """Active sagas (RUNNING, SUSPENDED, COMPENSATING) whose (name, definition version)
+        no live ``sagad`` worker runs, grouped by (name, version): they wait until a worker
+        registering that version starts. A worker is live when not stopped and its heartbeat
+        is at most ``stale_after`` seconds old (by the database clock)."""
+        if isinstance(stale_after, bool) or not isinstance(stale_after, int | float):
+            raise SagaInputError(f"stale_after must be a number of seconds, got {stale_after!r}")
+        summary = await self.version_summary()
+        if not summary:
+            return []
+        now = await self.store.db_now()
+        live = live_workers(await self.store.worker_list(), now, float(stale_after))
+        return find_orphans(summary, live, table=self.store.table_name)
 
     async def db_now(self) -> datetime:
         return await self.store.db_now()
@@ -306,11 +332,12 @@ class SagaAdmin(Generic[M]):
         out_json: dict[str, Any] | None = None
         step_id = str(row.steps_state[state.cursor]["step_id"])
         if state.phase is m.Phase.EXECUTE:
-            definition = self.engine.definitions.get(row.saga_name)
+            definition = self.engine.definition_for(row.saga_name, row.definition_version)
             if definition is None:
                 raise SagaInputError(
-                    f"skipping a step of {row.saga_name!r} needs its definition to validate the output; "
-                    "register the saga on this engine (sagactl: pass --app module:orchestrator)"
+                    f"skipping a step of {row.saga_name!r} needs its definition (version "
+                    f"{row.definition_version}) to validate the output; register that version "
+                    "of the saga on this engine (sagactl: pass --app module:orchestrator)"
                 )
             try:
                 spec = definition.step(step_id)

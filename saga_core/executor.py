@@ -130,7 +130,7 @@ class Executor:
         """
         eng = self.engine
         log = logger.bind(saga_id=str(row.id), saga_name=row.saga_name, worker=eng.worker_id)
-        definition = eng.definitions.get(row.saga_name)
+        definition = eng.definition_for(row.saga_name, row.definition_version)
         if definition is None:
             log.warning("claimed a saga this worker cannot run; releasing it")
             await self._release(row.id, row.step_execution_token, None)

@@ -26,6 +26,7 @@ from saga_core.rows import machine_state, new_saga_values, now_iso, update_for
 from saga_core.snapshot import SagaSnapshot
 from saga_core.state import SagaState, SagaStateMixin
 from saga_core.store import SagaRow, SagaStore, make_store
+from saga_core.versioning import DEFAULT_VERSION, Definitions, check_version
 
 __all__ = ["SagaEngine", "SagaOrchestrator"]
 
@@ -99,7 +100,8 @@ class SagaEngine(Generic[M]):
         quarantined (FAILED); ``None``: unlimited."""
         self.worker_id = worker_id or default_worker_id()
         self.store: SagaStore = make_store(bind, table, lease=execution_lease)
-        self.definitions: dict[str, SagaDefinition] = {}
+        self.definitions = Definitions()
+        """name -> latest definition; every version through ``definition_for``."""
         self.writer = CheckpointWriter(self.store)
         self.executor = Executor(self)
         self.listeners: list[Listener] = []
@@ -122,7 +124,8 @@ class SagaEngine(Generic[M]):
     async def claim(
         self, limit: int, *, saga_ids: Sequence[uuid.UUID] | None = None
     ) -> list[SagaRow]:
-        """Claim up to ``limit`` due sagas this engine can run (registered names only)."""
+        """Claim up to ``limit`` due sagas this engine can run (registered (name, version)
+        pairs only)."""
         if not self.definitions:
             return []
         return await self.store.saga_claim(
@@ -131,7 +134,13 @@ class SagaEngine(Generic[M]):
             limit=limit,
             saga_names=sorted(self.definitions),
             saga_ids=saga_ids,
+            versions=self.definitions.pairs(),
         )
+
+    def definition_for(self, name: str, version: int) -> SagaDefinition | None:
+        """The definition a saga of ``name`` started under ``version`` runs with, or
+        ``None`` when this engine has not registered that version."""
+        return self.definitions.get_version(name, version)
 
     async def drive(self, row: SagaRow) -> None:
         """Run one claimed saga until it stops being held by this worker."""
@@ -181,8 +190,18 @@ class SagaOrchestrator(Generic[M]):
 
     # --- definitions ----------------------------------------------------------------------
 
-    def register(self, name: str, definition: SagaDefinition) -> None:
-        """Register ``definition`` under ``name`` (once per orchestrator)."""
+    def register(
+        self, name: str, definition: SagaDefinition, *, version: int = DEFAULT_VERSION
+    ) -> None:
+        """Register ``definition`` as ``version`` of ``name`` (each pair once per
+        orchestrator). New sagas start under the highest version registered; a saga runs
+        with the version it started under, so keep registering an older version while
+        sagas of it are in flight.
+
+        Raises:
+            SagaDefinitionError: a bad name, definition or version (a positive int), or a
+                (name, version) already registered.
+        """
         if not isinstance(name, str) or not name.strip() or len(name) > 200:
             raise SagaDefinitionError(
                 f"saga name must be a non-empty string of at most 200 characters, got {name!r}"
@@ -191,9 +210,7 @@ class SagaOrchestrator(Generic[M]):
             raise SagaDefinitionError(
                 f"register({name!r}, ...) needs a SagaDefinition (from SagaBuilder.build()), got {definition!r}"
             )
-        if name in self.engine.definitions:
-            raise SagaDefinitionError(f"a saga named {name!r} is already registered")
-        self.engine.definitions[name] = definition
+        self.engine.definitions.add(name, check_version(version, name), definition)
 
     @property
     def saga_names(self) -> list[str]:
@@ -220,7 +237,8 @@ class SagaOrchestrator(Generic[M]):
         """Start a saga; returns its id.
 
         Args:
-            saga_name: a registered name.
+            saga_name: a registered name; the saga starts under (and always runs with) the
+                highest version registered for it.
             initial_data: a dict (or pydantic model) of JSON data, given to input maps.
             aggregation_id: the business key; at most one active saga per value.
             trace_id: carried through history and ``current_step()``; generated if omitted.
@@ -307,6 +325,7 @@ class SagaOrchestrator(Generic[M]):
                     "is not due yet; start it without inline and let a worker run it when due"
                 )
         values = new_saga_values(definition, saga_name, aggregation_id, data, trace_id)
+        values["definition_version"] = eng.definitions.latest_version(saga_name)
         if idempotency_key is not None:
             values["idempotency_key"] = idempotency_key
         if due_at is not None:

@@ -16,9 +16,10 @@ from sqlalchemy.schema import CreateIndex
 
 from saga_core.errors import SagaStoreError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 """Bumped whenever the saga tables change (2: ``recovery_count``, for poison sagas;
-3: ``idempotency_key`` and its unique index, the ``finished_at`` index for retention)."""
+3: ``idempotency_key`` and its unique index, the ``finished_at`` index for retention;
+4: ``definition_version``, and the workers' ``saga_versions``)."""
 
 # Checkpoints rewrite rows in place: leave room in each page so updates stay on the same page
 # (HOT updates, no index churn), and vacuum the hot table early.
@@ -32,7 +33,12 @@ PG_STORAGE = {
 def _add_column_sql(conn: Connection, table: Table, col: Column[Any]) -> str:
     type_sql = col.type.compile(dialect=conn.dialect)
     default = ""
-    if not col.nullable:
+    server_default = getattr(col.server_default, "arg", None)
+    if not col.nullable and server_default is not None:
+        # The column's own server default (e.g. definition_version 1) fills existing rows.
+        sql = server_default.text if hasattr(server_default, "text") else str(server_default)
+        default = f" DEFAULT {sql} NOT NULL"
+    elif not col.nullable:
         # Existing rows need a value: a neutral default of the column's kind.
         py = getattr(col.type, "python_type", None)
         try:

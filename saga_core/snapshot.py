@@ -46,6 +46,8 @@ class SagaSnapshot(BaseModel):
     finished_at: datetime | None
     idempotency_key: str | None = None
     """The key given to ``start(idempotency_key=...)``, if any."""
+    definition_version: int = 1
+    """The version of its definition the saga started under and runs with."""
 
     @property
     def is_terminal(self) -> bool:
@@ -81,6 +83,7 @@ class SagaSnapshot(BaseModel):
             "updated_at": row.updated_at,
             "finished_at": row.finished_at,
             "idempotency_key": row.idempotency_key,
+            "definition_version": row.definition_version,
         }
 
     @classmethod

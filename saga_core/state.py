@@ -102,6 +102,11 @@ class SagaStateMixin:
     outcome and by operator actions. Above ``max_recoveries`` the saga is quarantined."""
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
     definition_fingerprint: Mapped[str] = mapped_column(String(64), nullable=False)
+    definition_version: Mapped[int] = mapped_column(
+        Integer, nullable=False, default=1, server_default=text("1")
+    )
+    """The version of the saga's definition (``register(..., version=)``) it started under
+    and runs with; 1 for sagas stored before versioning."""
     trace_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
     idempotency_key: Mapped[str | None] = mapped_column(String(200), nullable=True)
     """Given to ``start(idempotency_key=...)``: a repeated start with the same key returns
@@ -175,3 +180,8 @@ class SagaWorker(SagaBase):
     saga_names: Mapped[list[str]] = mapped_column(JSONType, nullable=False, default=list)
     stopped_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     info: Mapped[dict[str, Any]] = mapped_column(JSONType, nullable=False, default=dict)
+    saga_versions: Mapped[dict[str, Any]] = mapped_column(
+        JSONType, nullable=False, default=dict, server_default=text("'{}'")
+    )
+    """table -> saga name -> the definition versions this worker runs (empty for a worker
+    from before versioning, which runs whatever version of its ``saga_names`` it claims)."""

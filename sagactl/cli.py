@@ -11,6 +11,7 @@ import typer
 
 from sagactl.argv import hoist_global_options
 from sagactl.cmd_db import db_app
+from sagactl.cmd_orphans import orphans_cmd
 from sagactl.cmd_purge import purge_cmd
 from sagactl.cmd_read import list_cmd, show_cmd, stats_cmd, workers_cmd
 from sagactl.cmd_repair import abort_cmd, compensate_cmd, notify_cmd, retry_cmd, skip_cmd
@@ -21,7 +22,8 @@ from sagactl.watch import watch_cmd
 __all__ = ["app", "main"]
 
 HELP = (
-    "Inspect and repair sagas: list, show, retry, skip, compensate, abort, notify, watch, purge.\n\n"
+    "Inspect and repair sagas: list, show, retry, skip, compensate, abort, notify, watch, purge, "
+    "orphans.\n\n"
     "Settings come from flags, then SAGA_* environment variables, then the TOML file "
     "(--config or $SAGA_CONFIG), like sagad. Global options may be given before or after "
     "the command. Text output is for people; -o json / -o jsonl print a stable shape for "
@@ -104,6 +106,7 @@ app.command("list", rich_help_panel=READ)(list_cmd)
 app.command("show", rich_help_panel=READ)(show_cmd)
 app.command("stats", rich_help_panel=READ)(stats_cmd)
 app.command("workers", rich_help_panel=READ)(workers_cmd)
+app.command("orphans", rich_help_panel=READ)(orphans_cmd)
 app.command("watch", rich_help_panel=READ)(watch_cmd)
 app.command("retry", rich_help_panel=REPAIR)(retry_cmd)
 app.command("skip", rich_help_panel=REPAIR)(skip_cmd)

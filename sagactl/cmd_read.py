@@ -116,7 +116,7 @@ def stats_cmd(
     async def work() -> int:
         span = parse_duration(window)
         async with rt.connect() as s:
-            st = await gather_stats(s.admin, await s.now(), span)
+            st = await gather_stats(s.admin, await s.now(), span, s.settings.worker_stale_after)
         if rt.text:
             rt.out.print(stats_view(st))
         else:

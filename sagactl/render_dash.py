@@ -12,6 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from saga_core.machine import SagaStatus
+from saga_core.store import WorkerRow
 from sagactl.fmt import STATUS_STYLE, age, clock, duration, short_id, shorten, status_text
 from sagactl.render_text import step_cell
 from sagactl.stats import Dashboard, Stats, WorkerView
@@ -71,11 +72,45 @@ def summary_lines(st: Stats) -> Text:
     return text
 
 
+def orphans_line(st: Stats) -> Text | None:
+    """A warning when active sagas wait for a definition version no live worker runs."""
+    if not st.orphans:
+        return None
+    groups = ", ".join(f"{g.saga_name} v{g.definition_version} ({g.count})" for g in st.orphans)
+    return Text(
+        f"warning: {st.orphaned} active saga(s) of a version no live worker runs: {groups}; "
+        "see `sagactl orphans`",
+        style="bold yellow",
+    )
+
+
 def stats_view(st: Stats) -> Group:
-    return Group(counts_table(st), summary_lines(st))
+    parts: list[RenderableType] = [counts_table(st), summary_lines(st)]
+    line = orphans_line(st)
+    if line is not None:
+        parts.append(line)
+    return Group(*parts)
 
 
 WORKER_STYLE = {"live": "green", "stale": "yellow", "stopped": "dim"}
+
+
+def sagas_cell(w: WorkerRow) -> str:
+    """The saga names a worker runs, each with its definition versions (``order v1,2``)
+    when the worker advertises them (a worker from before versioning does not)."""
+    versions: dict[str, set[int]] = {}
+    for by_name in w.saga_versions.values():
+        if isinstance(by_name, dict):
+            for name, vs in by_name.items():
+                if isinstance(vs, list):
+                    versions.setdefault(str(name), set()).update(
+                        v for v in vs if isinstance(v, int)
+                    )
+    if not versions:
+        return ", ".join(w.saga_names) or "-"
+    return ", ".join(
+        f"{name} v{','.join(str(v) for v in sorted(vs))}" for name, vs in sorted(versions.items())
+    )
 
 
 def workers_table(workers: list[WorkerView], now: datetime) -> Table:
@@ -97,7 +132,7 @@ def workers_table(workers: list[WorkerView], now: datetime) -> Table:
             else f"stopped {age(w.stopped_at, now)} ago",
             f"{duration(v.heartbeat_age)} ago",
             f"{w.in_flight}/{w.concurrency}",
-            ", ".join(w.saga_names) or "-",
+            sagas_cell(w),
         )
     if not workers:
         table.add_row("(no sagad worker has registered)", *[""] * 8)

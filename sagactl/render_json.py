@@ -6,10 +6,11 @@ from __future__ import annotations
 from typing import Any
 
 from saga_core.snapshot import SagaSnapshot
+from saga_core.versioning import OrphanGroup
 from sagactl.runtime import iso
 from sagactl.stats import Dashboard, Stats, WorkerView
 
-__all__ = ["dashboard_json", "saga_json", "stats_json", "worker_json"]
+__all__ = ["dashboard_json", "orphan_json", "saga_json", "stats_json", "worker_json"]
 
 
 def saga_json(s: SagaSnapshot) -> dict[str, Any]:
@@ -49,7 +50,23 @@ def stats_json(st: Stats) -> dict[str, Any]:
             "finished_total": st.finished_total,
             "per_minute": round(st.per_minute, 3),
         },
+        "orphaned": None if st.orphans is None else st.orphaned,
+        "orphans": None if st.orphans is None else [orphan_json(g) for g in st.orphans],
     }
+
+
+def orphan_json(g: OrphanGroup, ids: list[str] | None = None) -> dict[str, Any]:
+    """One (name, version) group of ``sagactl orphans``; ``ids`` only with ``--ids``."""
+    data: dict[str, Any] = {
+        "saga_name": g.saga_name,
+        "definition_version": g.definition_version,
+        "count": g.count,
+        "oldest_created_at": iso(g.oldest_created_at),
+        "live_versions": list(g.live_versions),
+    }
+    if ids is not None:
+        data["ids"] = ids
+    return data
 
 
 def worker_json(v: WorkerView) -> dict[str, Any]:
@@ -67,6 +84,7 @@ def worker_json(v: WorkerView) -> dict[str, Any]:
         "in_flight": w.in_flight,
         "concurrency": w.concurrency,
         "saga_names": list(w.saga_names),
+        "saga_versions": w.saga_versions,
         "info": w.info,
     }
 

@@ -98,13 +98,20 @@ def saga_table(
     cells: dict[str, list[str | Text]] = {
         "ID": [short_id(s.id) for s in sagas],
         "NAME": [s.saga_name for s in sagas],
-        "STATUS": [status_text(s.status) for s in sagas],
-        "STEP": [step_cell(s) for s in sagas],
-        "ATT": [attempt_cell(s) for s in sagas],
-        "AGE": [age(s.created_at, now) for s in sagas],
-        "UPDATED": [f"{age(s.updated_at, now)} ago" for s in sagas],
-        "WORKER": [worker_cell(s, now) for s in sagas],
     }
+    if any(s.definition_version != 1 for s in sagas):
+        # Definition versions in use: the one each saga runs with (see `sagactl orphans`).
+        cells["VER"] = [f"v{s.definition_version}" for s in sagas]
+    cells.update(
+        {
+            "STATUS": [status_text(s.status) for s in sagas],
+            "STEP": [step_cell(s) for s in sagas],
+            "ATT": [attempt_cell(s) for s in sagas],
+            "AGE": [age(s.created_at, now) for s in sagas],
+            "UPDATED": [f"{age(s.updated_at, now)} ago" for s in sagas],
+            "WORKER": [worker_cell(s, now) for s in sagas],
+        }
+    )
 
     def used() -> int:  # each column costs its text plus 3 (padding and separator)
         return sum(max([len(h), *(len(str(c)) for c in col)]) + 3 for h, col in cells.items())
@@ -179,7 +186,7 @@ def header(s: SagaAdminSnapshot, now: datetime) -> Panel:
         ("lease", _lease(s, now)),
         ("due", _due(s, now, waiting=WAITING_KEY in s.context)),
         ("token", str(s.step_execution_token)),
-        ("definition", s.definition_fingerprint),
+        ("definition", f"version {s.definition_version}, fingerprint {s.definition_fingerprint}"),
     ]
     if s.idempotency_key is not None:
         rows.insert(4, ("idempotency key", s.idempotency_key))

@@ -10,6 +10,7 @@ from saga_core.admin import SagaAdmin
 from saga_core.machine import SagaStatus
 from saga_core.snapshot import SagaSnapshot
 from saga_core.store import WorkerRow
+from saga_core.versioning import OrphanGroup, find_orphans
 from sagactl.errors import classify
 from sagactl.exitcodes import ExitCode
 from sagactl.runtime import Session
@@ -28,6 +29,13 @@ class Stats:
     window: timedelta
     finished: list[tuple[str, str, int]]
     """(saga_name, status, count) of sagas that finished within ``window``."""
+    orphans: list[OrphanGroup] | None = None
+    """Active sagas of a (name, version) no live worker runs, when live workers are
+    registered at all (``None``: none are, or the registry could not be read)."""
+
+    @property
+    def orphaned(self) -> int:
+        return sum(g.count for g in self.orphans or [])
 
     @property
     def names(self) -> list[str]:
@@ -66,11 +74,35 @@ class Dashboard:
     notes: list[str] = field(default_factory=list)
 
 
-async def gather_stats(admin: SagaAdmin[Any], now: datetime, window: timedelta) -> Stats:
+async def gather_stats(
+    admin: SagaAdmin[Any], now: datetime, window: timedelta, stale_after: float | None = None
+) -> Stats:
     counts = await admin.stats()
     due, oldest = await admin.due_summary()
     finished = await admin.finished_since(now - window)
-    return Stats(now, counts, due, oldest, window, sorted(finished))
+    orphans = None if stale_after is None else await _orphans(admin, now, stale_after)
+    return Stats(now, counts, due, oldest, window, sorted(finished), orphans)
+
+
+async def _orphans(
+    admin: SagaAdmin[Any], now: datetime, stale_after: float
+) -> list[OrphanGroup] | None:
+    """The orphan groups when at least one live worker is registered: without any (sagas run
+    by in-process orchestrators, or no sagad yet) every active saga would be listed."""
+    try:
+        live = [
+            v.row
+            for v in workers_view(await admin.workers(), now, stale_after)
+            if v.state == "live"
+        ]
+    except Exception as exc:  # a schema without the registry still shows the rest
+        code, _ = classify(exc)
+        if code is ExitCode.UNREACHABLE:
+            raise
+        return None
+    if not live:
+        return None
+    return find_orphans(await admin.version_summary(), live, table=admin.store.table_name)
 
 
 def workers_view(rows: list[WorkerRow], now: datetime, stale_after: float) -> list[WorkerView]:
@@ -90,7 +122,7 @@ def workers_view(rows: list[WorkerRow], now: datetime, stale_after: float) -> li
 
 async def gather_dashboard(s: Session, window: timedelta, failures: int = 8) -> Dashboard:
     now = await s.now()
-    stats = await gather_stats(s.admin, now, window)
+    stats = await gather_stats(s.admin, now, window, s.settings.worker_stale_after)
     notes: list[str] = []
     try:
         workers = workers_view(await s.admin.workers(), now, s.settings.worker_stale_after)

@@ -225,6 +225,7 @@ class _Daemon:
             [db.store for db in app.databases],
             worker_id=self.worker_id,
             saga_names=self.saga_names,
+            saga_versions=self.saga_versions,
             info={"app": settings.app, "tables": self.tables},
             state=lambda: (worker.in_flight, worker.concurrency),
         )
@@ -267,6 +268,18 @@ class _Daemon:
     def saga_names(self) -> list[str]:
         assert self.app is not None
         return sorted({n for e in self.app.engines for n in e.definitions})
+
+    @property
+    def saga_versions(self) -> dict[str, dict[str, list[int]]]:
+        """table -> saga name -> the definition versions this worker runs (advertised in
+        the registry for ``sagactl orphans``)."""
+        assert self.app is not None
+        out: dict[str, dict[str, set[int]]] = {}
+        for e in self.app.engines:
+            by_name = out.setdefault(e.table_name, {})
+            for name, versions in e.definitions.advertised().items():
+                by_name.setdefault(name, set()).update(versions)
+        return {t: {n: sorted(vs) for n, vs in sorted(d.items())} for t, d in sorted(out.items())}
 
     @property
     def tables(self) -> list[str]:

@@ -37,10 +37,13 @@ class Registry:
         saga_names: list[str],
         info: dict[str, Any],
         state: Callable[[], tuple[int, int]],
+        saga_versions: dict[str, dict[str, list[int]]] | None = None,
     ) -> None:
         self.stores = stores
         self.worker_id = worker_id
         self.saga_names = saga_names
+        self.saga_versions = saga_versions or {}
+        """table -> saga name -> the definition versions this worker runs."""
         self.info = info
         self.state = state
         """() -> (in_flight, concurrency)"""
@@ -55,6 +58,7 @@ class Registry:
             "in_flight": in_flight,
             "concurrency": concurrency,
             "saga_names": self.saga_names,
+            "saga_versions": self.saga_versions,
             "info": self.info,
         }
 

@@ -54,6 +54,8 @@ class SagaRow:
     """Consecutive takeovers of the current step (see ``SagaStateMixin.recovery_count``)."""
     idempotency_key: str | None = None
     """The key given to ``start(idempotency_key=...)``, if any."""
+    definition_version: int = 1
+    """The definition version the saga runs with (``register(..., version=)``)."""
 
     @classmethod
     def from_mapping(cls, m: Any) -> SagaRow:
@@ -118,6 +120,7 @@ class SagaFilter:
     updated_after: datetime | None = None
     ids: Sequence[uuid.UUID] | None = None
     finished_before: datetime | None = None
+    definition_version: int | None = None
 
 
 @dataclass(frozen=True)
@@ -133,10 +136,13 @@ class WorkerRow:
     saga_names: list[str]
     stopped_at: datetime | None
     info: dict[str, Any]
+    saga_versions: dict[str, Any] = field(default_factory=dict)
+    """table -> saga name -> versions the worker runs; empty for a worker from before
+    versioning (see ``saga_core.versioning.advertised_pairs``)."""
 
     @classmethod
     def from_mapping(cls, m: Any) -> WorkerRow:
-        return cls(**{k: m[k] for k in cls.__dataclass_fields__})
+        return cls(**{k: m[k] for k in cls.__dataclass_fields__ if k in m})
 
 
 LockedFn = Callable[[SagaRow, datetime], RowUpdate | None]
@@ -185,9 +191,11 @@ class SagaStore(ABC):
         limit: int,
         saga_names: Sequence[str] | None = None,
         saga_ids: Sequence[uuid.UUID] | None = None,
+        versions: Sequence[tuple[str, int]] | None = None,
     ) -> list[SagaRow]:
         """Claim up to ``limit`` due rows (or expired leases) in one statement: rotate each
-        token, set the lease owner and expiry. Rows another transaction holds are skipped."""
+        token, set the lease owner and expiry. Rows another transaction holds are skipped.
+        ``versions``: only rows whose (saga_name, definition_version) is one of these."""
 
     @abstractmethod
     async def saga_checkpoint(
@@ -234,6 +242,13 @@ class SagaStore(ABC):
     @abstractmethod
     async def saga_stats(self) -> list[tuple[str, str, int]]:
         """(saga_name, status, count) for every pair present."""
+
+    @abstractmethod
+    async def saga_version_summary(
+        self, statuses: Sequence[str]
+    ) -> list[tuple[str, int, int, datetime]]:
+        """(saga_name, definition_version, count, oldest created_at) of the sagas in
+        ``statuses``, for every (name, version) present."""
 
     @abstractmethod
     async def saga_due_summary(self) -> tuple[int, datetime | None]:

@@ -66,14 +66,21 @@ _RETURN_COLS = (
     "id, saga_name, aggregation_id, status, phase, current_step_index, steps_state, "
     "step_execution_token, context, deadline_at, lease_owner, retry_counter, takeover_count, "
     "recovery_count, last_error, definition_fingerprint, trace_id, created_at, updated_at, finished_at, "
-    "idempotency_key"
+    "idempotency_key, definition_version"
 )
 
 _DEADLINE_MODE = {"keep": 0, "clear": 1, "after": 2, "lease": 3}
 
 
-def _claim_sql(table: str, by_ids: bool) -> str:
+def _claim_sql(table: str, by_ids: bool, by_versions: bool = False) -> str:
     extra = "AND id = ANY($5::uuid[])" if by_ids else ""
+    if by_versions:
+        # Parallel arrays of the (name, version) pairs this worker has registered.
+        n = 6 if by_ids else 5
+        extra += (
+            f" AND (saga_name, definition_version) IN "
+            f"(SELECT * FROM unnest(${n}::text[], ${n + 1}::int[]))"
+        )
     return f"""
 WITH due AS (
     SELECT id FROM {table}
@@ -143,6 +150,8 @@ class FastPostgresSagaStore(PostgresSagaStore):
         q = self.engine.dialect.identifier_preparer.format_table(self.table)
         self._sql_claim = _claim_sql(q, by_ids=False)
         self._sql_claim_ids = _claim_sql(q, by_ids=True)
+        self._sql_claim_v = _claim_sql(q, by_ids=False, by_versions=True)
+        self._sql_claim_ids_v = _claim_sql(q, by_ids=True, by_versions=True)
         self._sql_checkpoint = _checkpoint_sql(q)
         self._quoted = q
         self._insert_sql: dict[tuple[str, ...], str] = {}
@@ -232,18 +241,26 @@ class FastPostgresSagaStore(PostgresSagaStore):
         limit: int,
         saga_names: Sequence[str] | None = None,
         saga_ids: Sequence[uuid.UUID] | None = None,
+        versions: Sequence[tuple[str, int]] | None = None,
     ) -> list[SagaRow]:
         if limit <= 0:
             return []
         if saga_names is None:
             return await super().saga_claim(
-                owner=owner, lease=lease, limit=limit, saga_names=None, saga_ids=saga_ids
+                owner=owner,
+                lease=lease,
+                limit=limit,
+                saga_names=None,
+                saga_ids=saga_ids,
+                versions=versions,
             )
         args: list[Any] = [list(saga_names), limit, owner, lease.total_seconds()]
-        sql = self._sql_claim
+        sql = self._sql_claim if versions is None else self._sql_claim_v
         if saga_ids is not None:
-            sql = self._sql_claim_ids
+            sql = self._sql_claim_ids if versions is None else self._sql_claim_ids_v
             args.append(list(saga_ids))
+        if versions is not None:
+            args += [[n for n, _ in versions], [v for _, v in versions]]
         async with self._raw() as raw:
             rows = await raw.fetch(sql, *args)
         return [SagaRow.from_mapping(r) for r in rows]

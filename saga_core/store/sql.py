@@ -13,12 +13,14 @@ from sqlalchemy import (
     ColumnElement,
     Select,
     Table,
+    and_,
     case,
     delete,
     func,
     insert,
     literal,
     null,
+    or_,
     select,
     update,
 )
@@ -152,7 +154,24 @@ class SqlSagaStore(SagaStore):
         if flt.finished_before is not None:
             conds.append(t.finished_at.is_not(None))
             conds.append(t.finished_at < flt.finished_before)
+        if flt.definition_version is not None:
+            conds.append(t.definition_version == flt.definition_version)
         return conds
+
+    def _versions_cond(self, versions: Sequence[tuple[str, int]]) -> ColumnElement[bool]:
+        """(saga_name, definition_version) is one of ``versions`` (false when empty)."""
+        t = self.table.c
+        by_name: dict[str, list[int]] = {}
+        for name, version in versions:
+            by_name.setdefault(name, []).append(version)
+        if not by_name:
+            return literal(False)
+        return or_(
+            *(
+                and_(t.saga_name == name, t.definition_version.in_(sorted(vs)))
+                for name, vs in sorted(by_name.items())
+            )
+        )
 
     # --- writes -----------------------------------------------------------------------------
 
@@ -241,6 +260,7 @@ class SqlSagaStore(SagaStore):
         limit: int,
         saga_names: Sequence[str] | None = None,
         saga_ids: Sequence[uuid.UUID] | None = None,
+        versions: Sequence[tuple[str, int]] | None = None,
     ) -> list[SagaRow]:
         if limit <= 0:
             return []
@@ -253,6 +273,8 @@ class SqlSagaStore(SagaStore):
         )
         if saga_names is not None:
             due = due.where(t.c.saga_name.in_(list(saga_names)))
+        if versions is not None:
+            due = due.where(self._versions_cond(versions))
         if saga_ids is not None:
             due = due.where(t.c.id.in_(list(saga_ids)))
         due = self._claim_subquery(due.order_by(t.c.deadline_at).limit(limit))
@@ -414,6 +436,30 @@ class SqlSagaStore(SagaStore):
         )
         async with self.engine.connect() as conn:
             return [(r[0], r[1], int(r[2])) for r in (await conn.execute(stmt)).all()]
+
+    async def saga_version_summary(
+        self, statuses: Sequence[str]
+    ) -> list[tuple[str, int, int, datetime]]:
+        t = self.table
+        created = func.min(t.c.created_at)
+        stmt = (
+            select(t.c.saga_name, t.c.definition_version, func.count(), created)
+            .where(t.c.status.in_(list(statuses)))
+            .group_by(t.c.saga_name, t.c.definition_version)
+            .order_by(t.c.saga_name, t.c.definition_version)
+        )
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(stmt)).all()
+        out: list[tuple[str, int, int, datetime]] = []
+        for name, version, count, oldest in rows:
+            if isinstance(oldest, str):  # SQLite: an aggregate loses the column type
+                oldest = datetime.fromisoformat(oldest)
+            if oldest.tzinfo is None:
+                from datetime import UTC
+
+                oldest = oldest.replace(tzinfo=UTC)
+            out.append((str(name), int(version), int(count), oldest))
+        return out
 
     async def saga_due_summary(self) -> tuple[int, datetime | None]:
         t = self.table

@@ -198,6 +198,7 @@ def build(
     lease: float = 2.0,
     record_url: str | None = None,
     engine_kwargs: dict[str, Any] | None = None,
+    steps_v2: bool = False,
 ) -> SagaOrchestrator[Any]:
     engine = create_async_engine(url, **(engine_kwargs or {}))
     rec_engine = create_async_engine(record_url) if record_url else engine
@@ -211,6 +212,8 @@ def build(
     orch.register("trivial", _definition(step, ["a", "b"]))
     orch.register("steps", _definition(step, ["a", "b", "c"]))
     orch.register("rollback", _definition(step, ["a", "b", "c"], failing="c"))
+    if steps_v2:  # a second version of "steps", with one more step
+        orch.register("steps", _definition(step, ["a", "b", "c", "d"]), version=2)
     return orch
 
 
@@ -221,6 +224,7 @@ def make(url: str) -> SagaOrchestrator[Any]:
         table=os.environ.get("ACCEPT_TABLE", "accept_saga"),
         lease=float(os.environ.get("ACCEPT_LEASE", "2")),
         record_url=os.environ.get("ACCEPT_RECORD_URL") or None,
+        steps_v2=bool(os.environ.get("ACCEPT_STEPS_V2")),
     )
 
 

@@ -1,0 +1,139 @@
+"""``sagactl orphans``: active sagas whose definition version no live worker runs."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+import typer
+from rich import box
+from rich.console import Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+
+from saga_core.versioning import ORPHAN_STATUSES, OrphanGroup, find_orphans
+from sagactl.fmt import age, clock
+from sagactl.render_json import orphan_json
+from sagactl.runtime import OutputFormat, Runtime, iso
+from sagactl.stats import workers_view
+
+__all__ = ["orphans_cmd"]
+
+
+def orphans_cmd(
+    ctx: typer.Context,
+    ids: Annotated[
+        bool, typer.Option("--ids", help="Also list the ids of the sagas, oldest first.")
+    ] = False,
+    limit: Annotated[
+        int, typer.Option("--limit", "-l", min=1, help="With --ids: at most this many per group.")
+    ] = 100,
+) -> None:
+    """Active sagas (RUNNING, SUSPENDED, COMPENSATING) whose definition version no live sagad worker runs, by saga name and version: they wait until a worker registering that version starts. FAILED sagas wait for an operator anyway and are not listed."""
+    rt: Runtime = ctx.obj
+
+    async def work() -> int:
+        async with rt.connect() as s:
+            now = await s.now()
+            stale_after = s.settings.worker_stale_after
+            # One read of the registry for both the orphans and the live count.
+            views = workers_view(await s.admin.workers(), now, stale_after)
+            live_rows = [v.row for v in views if v.state == "live"]
+            live = len(live_rows)
+            groups = find_orphans(
+                await s.admin.version_summary(), live_rows, table=s.admin.store.table_name
+            )
+            listed: dict[tuple[str, int], list[str]] | None = None
+            if ids:
+                listed = {}
+                for g in groups:
+                    sagas = await s.admin.list_sagas(
+                        status=list(ORPHAN_STATUSES),
+                        saga_name=g.saga_name,
+                        definition_version=g.definition_version,
+                        limit=limit,
+                        oldest_first=True,
+                    )
+                    listed[(g.saga_name, g.definition_version)] = [str(x.id) for x in sagas]
+        total = sum(g.count for g in groups)
+
+        def group_json(g: OrphanGroup) -> dict[str, object]:
+            key = (g.saga_name, g.definition_version)
+            return orphan_json(g, None if listed is None else listed.get(key, []))
+
+        if rt.output is OutputFormat.JSONL:
+            rt.emit_lines(group_json(g) for g in groups)
+        elif rt.output is OutputFormat.JSON:
+            rt.emit(
+                {
+                    "at": iso(now),
+                    "live_workers": live,
+                    "stale_after_s": stale_after,
+                    "total": total,
+                    "orphans": [group_json(g) for g in groups],
+                }
+            )
+        elif groups:
+            rt.out.print(_view(groups, listed, now))
+        if not live:
+            rt.warn(
+                "no live sagad worker is registered: every active saga is listed (sagas run by "
+                "an application's own run_due() are not in the worker registry)"
+            )
+        if groups:
+            rt.info(
+                f"{total} active saga(s) in {len(groups)} (name, version) group(s) wait for a "
+                "worker that registers their version: deploy one (keep registering the old "
+                "version until they are done)"
+            )
+        else:
+            rt.info(
+                f"no orphans: a live worker runs the version of every active saga ({live} live)"
+            )
+        return 0
+
+    rt.run(work)
+
+
+def _view(
+    groups: list[OrphanGroup],
+    listed: dict[tuple[str, int], list[str]] | None,
+    now: datetime,
+) -> RenderableType:
+    table = Table(
+        box=box.SIMPLE_HEAD,
+        title="active sagas no live worker runs",
+        title_justify="left",
+        pad_edge=False,
+    )
+    for col, justify in (
+        ("NAME", "left"),
+        ("VERSION", "left"),
+        ("COUNT", "right"),
+        ("OLDEST", "left"),
+        ("LIVE WORKERS RUN", "left"),
+    ):
+        table.add_column(col, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+    for g in groups:
+        table.add_row(
+            g.saga_name,
+            f"v{g.definition_version}",
+            str(g.count),
+            f"{clock(g.oldest_created_at)} ({age(g.oldest_created_at, now)} ago)",
+            ", ".join(f"v{v}" for v in g.live_versions) or Text("no version", style="red"),
+        )
+    parts: list[RenderableType] = [table]
+    if listed is not None:
+        for g in groups:
+            key = (g.saga_name, g.definition_version)
+            shown = listed.get(key, [])
+            more = g.count - len(shown)
+            parts.append(
+                Text(
+                    f"{g.saga_name} v{g.definition_version}"
+                    + (f" (oldest {len(shown)} of {g.count})" if more > 0 else ""),
+                    style="bold",
+                )
+            )
+            parts.extend(Text(f"  {i}") for i in shown)
+    return Group(*parts)
