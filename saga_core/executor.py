@@ -35,7 +35,7 @@ MAX_ERROR_CHARS = 4000
 WAITING_KEY = "waiting"
 """Context key set while the current step waits for an event (``WaitForEvent``): step id,
 since, timeout. ``notify`` and operator actions remove it, so a claim that finds it is the
-wait's timeout, recorded as a failed attempt of the step."""
+wait's timeout, recorded as a failed attempt of the step. A named wait adds ``event_name``."""
 
 
 class LeaseLost(Exception):
@@ -246,6 +246,8 @@ class Executor:
                 "since": entry["at"],
                 "timeout_s": None if timeout is None else timeout.total_seconds(),
             }
+            if wait.name is not None:  # a named wait also accepts delivery by correlation
+                entry["event_name"] = marker["event_name"] = wait.name
             run.context = {**run.context, WAITING_KEY: marker}
             run.log.bind(step=spec.step_id, attempt=attempt).info(
                 "step {} waits for an event{}",
