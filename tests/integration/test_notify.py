@@ -159,7 +159,9 @@ async def test_notify_refused_unless_suspended(h: Harness, case: str) -> None:
                 f"saga is {status}"
             )
         else:
-            assert_refused(before, await h.row(reached.saga_id), f"saga is {status}", event={"n": 1})
+            assert_refused(
+                before, await h.row(reached.saga_id), f"saga is {status}", event={"n": 1}
+            )
     finally:
         await reached.let_go()
 
