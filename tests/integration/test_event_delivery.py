@@ -457,3 +457,34 @@ def test_bad_wait_names() -> None:
     wait = WaitForEvent(timedelta(seconds=3), name="approval")
     assert (wait.name, wait.timeout) == ("approval", timedelta(seconds=3))
     assert "'approval'" in str(wait)
+
+
+async def test_the_cap_while_a_worker_holds_the_saga(h: Harness) -> None:
+    define(h, Approval("approval"))
+    gate = h.probe.block("a")
+    w = await h.worker()
+    sid = await start(w, inline=False)
+    holder = w.spawn(w.orch.run_due())
+    await h.probe.wait_started("a")
+    sender = await h.worker("sender")
+
+    async def refuse(i: int) -> bool:
+        return bool(await sender.orch.notify(saga_id=sid, token=uuid.uuid4(), event={"i": i}))
+
+    for i in range(REFUSALS_KEPT + 3):
+        assert not await refuse(i)
+
+    async def let_go() -> None:
+        gate.set()
+        await holder
+
+    results = await asyncio.gather(let_go(), *(refuse(i) for i in range(200, 210)))
+    assert not any(results[1:])
+    row = await h.row(sid)
+    assert row.status == "SUSPENDED" and row.context["step_outputs"]["a"] == {"n": 1}
+    history = row.step_history or []
+    assert len(refused(history)) == REFUSALS_KEPT
+    (summary,) = [e for e in history if e["status"] == "REFUSALS_UNRECORDED"]
+    assert summary["count"] == 3 + 10
+    assert ("execute", "a", "SUCCESS") in outcomes(history)
+    assert ("execute", "approve", "WAITING") in outcomes(history)
