@@ -17,7 +17,7 @@ from saga_core.executor import WAITING_KEY
 from saga_core.rows import machine_state, now_iso, update_for
 from saga_core.store.base import REFUSED, RowUpdate, SagaRow
 
-__all__ = ["REFUSALS_KEPT", "Delivering", "Delivery"]
+__all__ = ["REFUSALS_KEPT", "Delivering", "Delivery", "refusal_reason"]
 
 REFUSALS_KEPT = 100
 """Refused deliveries recorded one by one per saga; later ones are only counted, in a single
@@ -35,6 +35,39 @@ class Delivery:
     """The saga's status when the delivery was decided."""
     reason: str | None = None
     """Why it was refused (``None`` when accepted), as recorded in the history."""
+
+
+def refusal_reason(
+    status: str,
+    context: dict[str, Any],
+    current_token: uuid.UUID,
+    *,
+    token: uuid.UUID | None = None,
+    aggregation_id: str | None = None,
+    event_name: str | None = None,
+) -> str | None:
+    """Why a delivery to a saga in this state is refused; ``None`` when it is accepted. By
+    token (``token``), or by correlation (``aggregation_id`` and ``event_name``; the saga is
+    the active one of the aggregation id, else its newest)."""
+    if token is not None:
+        if status != m.SagaStatus.SUSPENDED.value:
+            return f"saga is {status}"
+        if current_token != token:
+            return "stale token"
+        return None
+    if m.SagaStatus(status) not in m.ACTIVE_STATUSES:
+        return f"no active saga for aggregation_id {aggregation_id!r} (newest is {status})"
+    if status != m.SagaStatus.SUSPENDED.value:
+        return f"saga is {status}, not waiting for an event"
+    waiting = context.get(WAITING_KEY)
+    if not isinstance(waiting, dict):
+        return "saga is SUSPENDED to retry a failed step, not waiting for an event"
+    name = waiting.get("event_name")
+    if name is None:
+        return "saga is waiting for an unnamed event (deliver it with saga_id and token)"
+    if name != event_name:
+        return f"waiting for {name!r}, not {event_name!r}"
+    return None
 
 
 def _step_id(row: SagaRow) -> str | None:
@@ -96,27 +129,14 @@ class Delivering:
         return entry
 
     def _refusal(self, row: SagaRow) -> str | None:
-        """Why this delivery is refused; ``None`` when it is accepted."""
-        status = row.status
-        if self.token is not None:
-            if status != m.SagaStatus.SUSPENDED.value:
-                return f"saga is {status}"
-            if row.step_execution_token != self.token:
-                return "stale token"
-            return None
-        if m.SagaStatus(status) not in m.ACTIVE_STATUSES:
-            return f"no active saga for aggregation_id {self.aggregation_id!r} (newest is {status})"
-        if status != m.SagaStatus.SUSPENDED.value:
-            return f"saga is {status}, not waiting for an event"
-        waiting = row.context.get(WAITING_KEY)
-        if not isinstance(waiting, dict):
-            return "saga is SUSPENDED to retry a failed step, not waiting for an event"
-        name = waiting.get("event_name")
-        if name is None:
-            return "saga is waiting for an unnamed event (deliver it with saga_id and token)"
-        if name != self.event_name:
-            return f"waiting for {name!r}, not {self.event_name!r}"
-        return None
+        return refusal_reason(
+            row.status,
+            row.context,
+            row.step_execution_token,
+            token=self.token,
+            aggregation_id=self.aggregation_id,
+            event_name=self.event_name,
+        )
 
     def _accept(self, row: SagaRow) -> RowUpdate:
         """RUNNING, due now, with a new token; the event stored; history ``RECEIVED``."""
