@@ -56,6 +56,8 @@ class _Branches:
         """Step -> monotonic time from which it may run again (a retry wait)."""
         self.wait_held: dict[int, float] = {}
         """Step -> monotonic time its event wait times out (inf: never)."""
+        self.wait_names: dict[int, str] = {}
+        """Waiting step -> the event name it waits for (named waits only)."""
         self.relaunch: list[tuple[int, float]] = []
         """In-place retries to start once the failure is checkpointed: (step, delay)."""
         self.retry_key = RETRY_AT_KEY
@@ -79,9 +81,14 @@ class _Branches:
                 ends = mono + (since + float(timeout_s) - wall)
             else:
                 ends = FOREVER
+            names = marker.get("branch_event_names") or {}
+            if marker.get("event_name") is not None and not names:
+                names = {marker.get("step_id"): marker["event_name"]}
             for step_id in marker.get("branches") or [marker.get("step_id")]:
                 if step_id in self.index:
                     self.wait_held[self.index[step_id]] = ends
+                    if names.get(step_id) is not None:
+                        self.wait_names[self.index[step_id]] = str(names[step_id])
 
     def _save_waits(self) -> None:
         """Mirror the held steps into the context: retry times, and the event wait marker."""
@@ -109,6 +116,16 @@ class _Branches:
                 else round(wall + (ends - mono) - since_wall, 3),
                 "branches": [self.specs[i].step_id for i in sorted(self.wait_held)],
             }
+            names = {
+                self.specs[i].step_id: self.wait_names[i]
+                for i in sorted(self.wait_held)
+                if i in self.wait_names
+            }
+            if names:  # named waits: deliverable by correlation to any of these names
+                if first in self.wait_names:
+                    marker["event_name"] = self.wait_names[first]
+                marker["event_names"] = sorted(set(names.values()))
+                marker["branch_event_names"] = names
             ctx[self.waiting_key] = marker
         self.run.context = ctx
 
@@ -125,6 +142,10 @@ class _Branches:
             if not isinstance(old, dict):
                 run.context = {**run.context, self.waiting_key: {"since": out.entry["at"]}}
             timeout = out.wait_timeout
+            if out.wait_name is not None:
+                self.wait_names[i] = out.wait_name
+            else:
+                self.wait_names.pop(i, None)
             self.wait_held[i] = (
                 FOREVER if timeout is None else time.monotonic() + timeout.total_seconds()
             )
@@ -156,6 +177,7 @@ class _Branches:
             del self.retry_held[i]
         for i in sorted(i for i, t in self.wait_held.items() if t <= now):
             del self.wait_held[i]
+            self.wait_names.pop(i, None)
             spec = self.specs[i]
             entry = self.ex._entry(self.run, spec, "execute", self.state.steps[i].attempts + 1)
             entry.update(

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Literal, NoReturn
 
-from saga_core.errors import SagaError
+from saga_core.errors import SagaError, SagaInputError
 
 __all__ = ["StepContext", "WaitForEvent", "current_step"]
 
@@ -18,9 +18,13 @@ class WaitForEvent(Exception):
     for an external event: the saga becomes SUSPENDED until ``notify`` with its token (the
     step then runs again and sees the event) or until ``timeout`` passes, which counts as a
     failed attempt (``TIMEOUT``) under the step's retry policy. ``timeout=None`` waits
-    forever. Waiting is not an attempt; in ``compensate`` it is an ordinary error."""
+    forever. A ``name`` also lets the event be delivered by correlation, without the token:
+    ``notify(aggregation_id=..., event_name=name)``. Waiting is not an attempt; in
+    ``compensate`` it is an ordinary error."""
 
-    def __init__(self, timeout: timedelta | float | None = None) -> None:
+    def __init__(
+        self, timeout: timedelta | float | None = None, *, name: str | None = None
+    ) -> None:
         if timeout is not None:
             if isinstance(timeout, bool) or not isinstance(timeout, timedelta | int | float):
                 raise SagaError(f"timeout must be a timedelta or seconds, got {timeout!r}")
@@ -28,11 +32,28 @@ class WaitForEvent(Exception):
                 timeout = timedelta(seconds=timeout)
             if timeout <= timedelta(0):
                 raise SagaError(f"timeout must be positive, got {timeout}")
+        if name is not None:
+            check_event_name(name, "the name of an event wait")
         self.timeout: timedelta | None = timeout
+        self.name: str | None = name
         super().__init__(
             "waiting for an event"
+            + ("" if name is None else f" {name!r}")
             + ("" if timeout is None else f" for at most {timeout.total_seconds():g}s")
         )
+
+
+def check_event_name(name: object, what: str) -> str:
+    """An event name: a non-empty string of at most 200 characters without NUL.
+
+    Raises:
+        SagaInputError: otherwise (``what`` says which argument it was).
+    """
+    if not isinstance(name, str) or not name or len(name) > 200 or "\x00" in name:
+        raise SagaInputError(
+            f"{what} must be a non-empty string of at most 200 characters without NUL, got {name!r}"
+        )
+    return name
 
 
 @dataclass(frozen=True)
@@ -54,11 +75,15 @@ class StepContext:
     downstream services to deduplicate."""
     worker: str
 
-    def wait_for_event(self, timeout: timedelta | float | None = None) -> NoReturn:
+    def wait_for_event(
+        self, timeout: timedelta | float | None = None, *, name: str | None = None
+    ) -> NoReturn:
         """Stop this execution and wait for an event: raises :class:`WaitForEvent` (let it
         propagate out of ``execute``). ``notify(saga_id=..., token=ctx.token, event=...)``
-        resumes the saga; after ``timeout`` (seconds or a timedelta) it is a failed attempt."""
-        raise WaitForEvent(timeout)
+        resumes the saga, and so does ``notify(aggregation_id=..., event_name=name, ...)``
+        when the wait has a ``name``; after ``timeout`` (seconds or a timedelta) it is a
+        failed attempt."""
+        raise WaitForEvent(timeout, name=name)
 
 
 _CURRENT: ContextVar[StepContext | None] = ContextVar("saga_current_step", default=None)

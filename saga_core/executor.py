@@ -36,7 +36,7 @@ MAX_ERROR_CHARS = 4000
 WAITING_KEY = "waiting"
 """Context key set while the current step waits for an event (``WaitForEvent``): step id,
 since, timeout. ``notify`` and operator actions remove it, so a claim that finds it is the
-wait's timeout, recorded as a failed attempt of the step."""
+wait's timeout, recorded as a failed attempt of the step. A named wait adds ``event_name``."""
 
 
 RETRY_AT_KEY = "retry_at"
@@ -92,6 +92,8 @@ class _Outcome:
     error: str | None = None
     output: dict[str, Any] | None = None
     wait_timeout: timedelta | None = None
+    wait_name: str | None = None
+    """A wait for an event of this name (also deliverable by correlation)."""
 
 
 def _error_text(exc: BaseException) -> str:
@@ -321,7 +323,9 @@ class Executor:
                 duration_ms=round((time.monotonic() - started) * 1000, 3),
                 wait_timeout_s=None if timeout is None else timeout.total_seconds(),
             )
-            return _Outcome("wait", entry, wait_timeout=timeout)
+            if wait.name is not None:  # a named wait also accepts delivery by correlation
+                entry["event_name"] = wait.name
+            return _Outcome("wait", entry, wait_timeout=timeout, wait_name=wait.name)
         except Exception as exc:
             error = _record_failure(entry, exc, started)
             return _Outcome("failure", entry, error=error)
@@ -358,6 +362,8 @@ class Executor:
             "since": out.entry["at"],
             "timeout_s": None if timeout is None else timeout.total_seconds(),
         }
+        if out.wait_name is not None:
+            marker["event_name"] = out.wait_name
         run.context = {**run.context, WAITING_KEY: marker}
         run.log.bind(step=spec.step_id, attempt=out.entry["attempt"]).info(
             "step {} waits for an event{}",

@@ -18,11 +18,19 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from saga_core import machine as m
 from saga_core.checkpoint import CheckpointWriter
+from saga_core.context import check_event_name
 from saga_core.definition import SagaDefinition
-from saga_core.errors import SagaDefinitionError, SagaError, SagaInputError, SagaNotFoundError
-from saga_core.executor import WAITING_KEY, Executor
+from saga_core.errors import (
+    SagaConflictError,
+    SagaDefinitionError,
+    SagaError,
+    SagaInputError,
+    SagaNotFoundError,
+)
+from saga_core.events import REFUSALS_KEPT, Delivering, Delivery
+from saga_core.executor import Executor
 from saga_core.payload import DEFAULT_MAX_PAYLOAD_BYTES, json_object
-from saga_core.rows import machine_state, new_saga_values, now_iso, update_for
+from saga_core.rows import new_saga_values
 from saga_core.snapshot import SagaSnapshot
 from saga_core.state import SagaState, SagaStateMixin
 from saga_core.store import SagaRow, SagaStore, make_store
@@ -359,55 +367,113 @@ class SagaOrchestrator(Generic[M]):
     async def notify(
         self,
         *,
-        saga_id: uuid.UUID,
-        token: uuid.UUID,
+        saga_id: uuid.UUID | None = None,
+        token: uuid.UUID | None = None,
+        aggregation_id: str | None = None,
+        event_name: str | None = None,
         event: Any = None,
         actor: str | None = None,
         reason: str | None = None,
     ) -> bool:
-        """Deliver an event to a SUSPENDED saga whose current token is ``token``: it becomes
-        RUNNING, due now, with a new token, and its current step runs again seeing the event.
-        A stale or wrong token (or a saga not suspended) returns ``False`` and changes
-        nothing. ``actor`` and ``reason``, when given, are recorded with the event (an
-        operator delivering it by hand, as ``sagactl notify`` does).
+        """Deliver an event; ``True`` when it was accepted. Two forms, exactly one of them:
+
+        - ``saga_id`` and ``token``: accepted when the saga is SUSPENDED and ``token`` is its
+          current token (any wait, and a retry wait too);
+        - ``aggregation_id`` and ``event_name`` (correlation, no token needed): accepted when
+          the active saga of that aggregation id waits for an event of exactly that name
+          (``wait_for_event(name=...)``); never for an unnamed wait or a retry wait.
+
+        Accepting makes the saga RUNNING, due now, with a new token; the event is appended to
+        ``events`` and becomes ``latest_event``; history gets ``RECEIVED``; the current step
+        runs again and sees it. The decision and its write are one locked transaction, so of
+        concurrent deliveries to one wait exactly one is accepted.
+
+        Anything else is refused: ``False``, and the only change is a ``REFUSED`` history
+        entry on the saga concerned (for correlation: the active saga of the aggregation id,
+        else its newest saga) with the reason, the event and ``event_name``. After 100
+        recorded refusals a saga counts further ones in one ``REFUSALS_UNRECORDED`` entry.
+        ``actor`` and ``reason``, when given, are recorded with the delivery (an operator
+        delivering it by hand, as ``sagactl notify`` does); see :meth:`deliver` for why a
+        delivery was refused.
 
         Raises:
-            SagaNotFoundError: no saga with that id.
-            SagaInputError: the event is not a JSON object or is too large.
+            SagaInputError: not exactly one of the two forms; a malformed id, token,
+                aggregation id or event name; an event that is not a JSON object or too large.
+            SagaNotFoundError: no saga with that id, or no saga ever had that aggregation id.
         """
+        result = await self.deliver(
+            saga_id=saga_id,
+            token=token,
+            aggregation_id=aggregation_id,
+            event_name=event_name,
+            event=event,
+            actor=actor,
+            reason=reason,
+        )
+        return result.accepted
+
+    async def deliver(
+        self,
+        *,
+        saga_id: uuid.UUID | None = None,
+        token: uuid.UUID | None = None,
+        aggregation_id: str | None = None,
+        event_name: str | None = None,
+        event: Any = None,
+        actor: str | None = None,
+        reason: str | None = None,
+    ) -> Delivery:
+        """:meth:`notify`, returning the outcome: accepted or not, the saga concerned, its
+        status as found and why a refused delivery was refused."""
         eng = self.engine
+        by_token = saga_id is not None or token is not None
+        by_name = aggregation_id is not None or event_name is not None
+        if by_token == by_name or (by_token and (saga_id is None or token is None)):
+            raise SagaInputError(_FORMS_MESSAGE)
+        if by_name and (aggregation_id is None or event_name is None):
+            raise SagaInputError(_FORMS_MESSAGE)
+        for value, what in ((actor, "actor"), (reason, "reason")):
+            if value is not None and (not isinstance(value, str) or "\x00" in value):
+                raise SagaInputError(f"{what} must be a string without NUL, got {value!r}")
         ev = None if event is None else json_object(event, "event", eng.max_payload_bytes)
-        saga_id = _as_uuid(saga_id, "saga_id")
-        token = _as_uuid(token, "token")
-
-        def apply(row: SagaRow, _now: Any) -> Any:
-            if row.status != m.SagaStatus.SUSPENDED.value or row.step_execution_token != token:
-                return None
-            t = m.notified(machine_state(row))
-            ctx = dict(row.context)
-            ctx.pop(WAITING_KEY, None)  # the wait is over: no timeout to record
-            if ev is not None:
-                ctx["events"] = [*(ctx.get("events") or []), ev]
-                ctx["latest_event"] = ev
-            idx = row.current_step_index
-            entry = {
-                "at": now_iso(),
-                "phase": "event",
-                "step_id": row.steps_state[idx]["step_id"] if idx < len(row.steps_state) else None,
-                "status": "RECEIVED",
-                "attempt": 0,
-                "event": ev,
-            }
-            if actor is not None:
-                entry["actor"] = actor
-            if reason is not None:
-                entry["reason"] = reason
-            upd = update_for(t, row.steps_state, history=[entry], context=ctx)
-            upd.new_token = uuid.uuid4()
-            return upd
-
-        _, applied = await eng.store.saga_update_locked(saga_id, apply)
-        return applied
+        if by_token:
+            decide = Delivering(
+                event=ev,
+                token=_as_uuid(token, "token"),
+                actor=actor,
+                note=reason,
+            )
+            target: dict[str, Any] = {"saga_id": _as_uuid(saga_id, "saga_id")}
+        else:
+            if (
+                not isinstance(aggregation_id, str)
+                or not aggregation_id
+                or len(aggregation_id) > 200
+                or "\x00" in aggregation_id
+            ):
+                raise SagaInputError(
+                    "aggregation_id must be a non-empty string of at most 200 characters, "
+                    f"got {aggregation_id!r}"
+                )
+            decide = Delivering(
+                event=ev,
+                aggregation_id=aggregation_id,
+                event_name=check_event_name(event_name, "event_name"),
+                actor=actor,
+                note=reason,
+            )
+            target = {"aggregation_id": aggregation_id}
+        for attempt in range(3):
+            try:
+                await eng.store.saga_deliver(decide, refusals_kept=REFUSALS_KEPT, **target)
+            except SagaConflictError:
+                # SQLite only: another process changed the saga between the read and the
+                # accepting write. Decide again on the row as it is now.
+                if attempt == 2:
+                    raise
+                continue
+            break
+        return decide.result()
 
     async def get_snapshot(self, saga_id: uuid.UUID) -> SagaSnapshot:
         """The saga as stored now (a plain read). Raises SagaNotFoundError."""
@@ -440,6 +506,13 @@ class SagaOrchestrator(Generic[M]):
             else:
                 await asyncio.sleep(pause)
             pause = min(pause * 1.5, 0.5)
+
+
+_FORMS_MESSAGE = (
+    "notify needs exactly one of two forms: saga_id= and token= (the token from "
+    "current_step().token), or aggregation_id= and event_name= (delivery by correlation to "
+    "a wait_for_event(name=...))"
+)
 
 
 def _as_uuid(value: Any, name: str) -> uuid.UUID:

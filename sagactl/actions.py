@@ -8,7 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from saga_core.errors import SagaStateError
+from saga_core.context import check_event_name
+from saga_core.errors import SagaNotFoundError, SagaStateError
+from saga_core.events import refusal_reason
 from saga_core.machine import ACTIVE_STATUSES, SagaStatus
 from saga_core.snapshot import SagaAdminSnapshot, SagaSnapshot
 from sagactl.confirm import confirm
@@ -26,6 +28,7 @@ __all__ = [
     "allowed_text",
     "apply_action",
     "check_reason",
+    "notify_by_correlation",
     "notify_one",
     "read_json_arg",
 ]
@@ -227,20 +230,96 @@ async def notify_one(
     precheck("notify", snap)
     rt.info(f"notify: {describe(snap)}")
     confirm(rt, f"Deliver the event to saga {short_id(snap.id)} ({snap.saga_name})?", yes=yes)
-    ok = await s.orchestrator.notify(
+    result = await s.orchestrator.deliver(
         saga_id=snap.id, token=tok, event=event, actor=s.admin.actor, reason=reason
     )
     after = await s.admin.get_saga(snap.id)
-    if not ok:
-        if after.status is not SagaStatus.SUSPENDED:
-            why = f"the saga is now {after.status.value}; notify is accepted only while SUSPENDED"
-        else:
+    if not result.accepted:
+        if result.reason == "stale token":
             why = (
                 f"token {tok} is stale: the saga's current token is {after.step_execution_token} "
                 "(it changes with every claim, notify and operator action)"
             )
+        else:
+            why = f"{result.reason}; notify is accepted only while SUSPENDED"
         raise SagaStateError(
-            f"event not delivered, nothing changed: {why}", status=after.status.value
+            f"event not delivered (the refusal is recorded in the saga's history): {why}",
+            status=result.status.value,
+        )
+    _result(rt, "notify", snap, after)
+    return 0
+
+
+async def notify_by_correlation(
+    rt: Runtime,
+    s: Session,
+    aggregation_id: str,
+    event_name: str,
+    *,
+    event: Any,
+    reason: str | None,
+    yes: bool,
+    dry_run: bool,
+) -> int:
+    """Deliver to the active saga of ``aggregation_id`` waiting for ``event_name`` (a named
+    wait); saga_core decides, and records a refusal in the saga's history."""
+    check_event_name(event_name, "--event-name")
+    active = await s.admin.list_sagas(
+        aggregation_id=aggregation_id, status=sorted(ACTIVE_STATUSES), limit=1
+    )
+    found = active or await s.admin.list_sagas(aggregation_id=aggregation_id, limit=1)
+    if not found:
+        raise SagaNotFoundError(f"no saga with aggregation_id {aggregation_id!r}")
+    snap = await s.admin.get_saga(found[0].id)
+    why = refusal_reason(
+        snap.status.value,
+        snap.context,
+        snap.step_execution_token,
+        aggregation_id=aggregation_id,
+        event_name=event_name,
+    )
+    if dry_run:
+        if rt.text:
+            verdict = "would deliver" if why is None else f"would be refused ({why})"
+            rt.out.print(
+                f"dry run: event {event_name!r} {verdict}: {describe(snap)}; nothing changed"
+            )
+        else:
+            rt.emit(
+                {
+                    "action": "notify",
+                    "dry_run": True,
+                    "allowed": why is None,
+                    "reason": why,
+                    "saga": saga_json(snap),
+                }
+            )
+        return 0
+    if not active:
+        # Spares a confirmation that cannot succeed, as for every action; nothing recorded.
+        raise SagaStateError(
+            f"cannot notify: {why}; notify is accepted only while SUSPENDED",
+            status=snap.status.value,
+        )
+    rt.info(f"notify {event_name!r}: {describe(snap)}")
+    confirm(
+        rt,
+        f"Deliver event {event_name!r} to saga {short_id(snap.id)} ({snap.saga_name})?",
+        yes=yes,
+    )
+    result = await s.orchestrator.deliver(
+        aggregation_id=aggregation_id,
+        event_name=event_name,
+        event=event,
+        actor=s.admin.actor,
+        reason=reason,
+    )
+    after = await s.admin.get_saga(result.saga_id)
+    if not result.accepted:
+        raise SagaStateError(
+            f"event {event_name!r} not delivered to saga {result.saga_id} (the refusal is "
+            f"recorded in its history): {result.reason}",
+            status=result.status.value,
         )
     _result(rt, "notify", snap, after)
     return 0

@@ -8,7 +8,13 @@ from typing import Annotated, Any
 
 import typer
 
-from sagactl.actions import act_one, check_reason, notify_one, read_json_arg
+from sagactl.actions import (
+    act_one,
+    check_reason,
+    notify_by_correlation,
+    notify_one,
+    read_json_arg,
+)
 from sagactl.bulk import run_bulk
 from sagactl.errors import CliError
 from sagactl.exitcodes import ExitCode
@@ -187,10 +193,29 @@ def abort_cmd(
 
 def notify_cmd(
     ctx: typer.Context,
-    saga_id: Annotated[str, typer.Argument(help="Saga id or unambiguous prefix.")],
+    saga_id: Annotated[
+        str | None, typer.Argument(help="Saga id or unambiguous prefix (with --token).")
+    ] = None,
     token: Annotated[
-        str, typer.Option("--token", "-t", help="The saga's current token (see `show`).")
-    ],
+        str | None,
+        typer.Option("--token", "-t", help="The saga's current token (see `show`)."),
+    ] = None,
+    aggregation_id: Annotated[
+        str | None,
+        typer.Option(
+            "--aggregation-id",
+            "-a",
+            help="Deliver by correlation, without SAGA_ID and --token: to the active saga "
+            "of this aggregation id (with --event-name).",
+        ),
+    ] = None,
+    event_name: Annotated[
+        str | None,
+        typer.Option(
+            "--event-name",
+            help="The name the step waits for (wait_for_event(name=...)); with --aggregation-id.",
+        ),
+    ] = None,
     event: Annotated[
         str | None, typer.Option("--event", "-e", help="The event, a JSON object.")
     ] = None,
@@ -202,13 +227,37 @@ def notify_cmd(
     yes: YesOpt = False,
     dry_run: DryRunOpt = False,
 ) -> None:
-    """Deliver an event to a SUSPENDED saga: it runs its current step again, seeing the event. Refused (exit 4) when the token is stale."""
+    """Deliver an event to a SUSPENDED saga: it runs its current step again, seeing the event. By SAGA_ID and --token, or by --aggregation-id and --event-name when the step waits for a named event. Refused (exit 4, recorded in the saga's history) when the token is stale or the saga does not wait for that event."""
     rt: Runtime = ctx.obj
 
     async def work() -> int:
+        by_token = saga_id is not None or token is not None
+        by_name = aggregation_id is not None or event_name is not None
+        if by_token == by_name:
+            raise CliError(
+                "give SAGA_ID with --token, or --aggregation-id with --event-name "
+                "(delivery by correlation to a named wait): one of the two",
+                ExitCode.USAGE,
+            )
+        if by_token and (saga_id is None or token is None):
+            raise CliError("SAGA_ID and --token go together", ExitCode.USAGE)
+        if by_name and (aggregation_id is None or event_name is None):
+            raise CliError("--aggregation-id and --event-name go together", ExitCode.USAGE)
         why = check_reason(reason, dry_run)
         data = read_json_arg(event, event_file, "--event")
         async with rt.connect() as s:
+            if aggregation_id is not None and event_name is not None:
+                return await notify_by_correlation(
+                    rt,
+                    s,
+                    aggregation_id,
+                    event_name,
+                    event=data,
+                    reason=why,
+                    yes=yes,
+                    dry_run=dry_run,
+                )
+            assert saga_id is not None and token is not None
             return await notify_one(
                 rt, s, saga_id, token=token, event=data, reason=why, yes=yes, dry_run=dry_run
             )

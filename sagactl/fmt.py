@@ -37,6 +37,8 @@ OUTCOME_STYLE: dict[str, str] = {
     "INTERRUPTED": "yellow",
     "RECEIVED": "cyan",
     "WAITING": "cyan",
+    "REFUSED": "yellow",
+    "REFUSALS_UNRECORDED": "yellow",
     "RETRY": "bold cyan",
     "SKIP": "bold yellow",
     "COMPENSATE": "bold magenta",

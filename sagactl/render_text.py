@@ -17,6 +17,7 @@ from rich.text import Text
 from saga_core.executor import WAITING_KEY
 from saga_core.machine import SagaStatus
 from saga_core.snapshot import SagaAdminSnapshot, SagaSnapshot
+from saga_core.store.base import REFUSALS_UNRECORDED, REFUSED
 from sagactl.fmt import (
     age,
     clock,
@@ -134,11 +135,15 @@ def saga_table(
 # --- show --------------------------------------------------------------------------------
 
 
-def _due(s: SagaSnapshot, now: datetime, *, waiting: bool = False) -> Text:
+def _due(
+    s: SagaSnapshot, now: datetime, *, waiting: bool = False, event_name: str | None = None
+) -> Text:
+    # A named wait can also be notified by --aggregation-id and --event-name.
+    how = "the token below" if event_name is None else f"the token below or by name {event_name!r}"
     if waiting and s.status is SagaStatus.SUSPENDED and s.deadline_at is not None:
         return Text(
             f"{clock(s.deadline_at)} ({relative(s.deadline_at, now)}: waiting for an event, "
-            "notify with the token below; the wait times out then)",
+            f"notify with {how}; the wait times out then)",
             style="yellow",
         )
     if s.status.is_terminal:
@@ -146,7 +151,7 @@ def _due(s: SagaSnapshot, now: datetime, *, waiting: bool = False) -> Text:
     if s.status is SagaStatus.FAILED:
         return Text("- (waits for an operator: retry, skip, compensate or abort)", style="red")
     if s.deadline_at is None:
-        return Text("- (waiting for an event: notify with the token below)", style="yellow")
+        return Text(f"- (waiting for an event: notify with {how})", style="yellow")
     if lease_live(s, now):
         return Text("- (held by a worker)")
     if scheduled(s, now):
@@ -169,6 +174,12 @@ def _lease(s: SagaSnapshot, now: datetime) -> Text:
     return Text(f"{s.lease_owner}, {expiry} (expired)", style="yellow")
 
 
+def _wait_name(s: SagaAdminSnapshot) -> str | None:
+    marker = s.context.get(WAITING_KEY)
+    name = marker.get("event_name") if isinstance(marker, dict) else None
+    return name if isinstance(name, str) else None
+
+
 def header(s: SagaAdminSnapshot, now: datetime) -> Panel:
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold", no_wrap=True)
@@ -184,7 +195,7 @@ def header(s: SagaAdminSnapshot, now: datetime) -> Panel:
         ("updated", f"{clock(s.updated_at)} ({age(s.updated_at, now)} ago)"),
         ("finished", clock(s.finished_at) if s.finished_at else "-"),
         ("lease", _lease(s, now)),
-        ("due", _due(s, now, waiting=WAITING_KEY in s.context)),
+        ("due", _due(s, now, waiting=WAITING_KEY in s.context, event_name=_wait_name(s))),
         ("token", str(s.step_execution_token)),
         ("definition", f"version {s.definition_version}, fingerprint {s.definition_fingerprint}"),
     ]
@@ -268,10 +279,34 @@ def _compact(value: Any, width: int) -> str:
     return shorten(json.dumps(value, separators=(",", ":"), default=str), width)
 
 
+def _refusal_detail(e: dict[str, Any]) -> Text:
+    """A refused event delivery: why, the name and event delivered, who delivered it; or the
+    entry counting refusals beyond those recorded."""
+    if e.get("status") == REFUSALS_UNRECORDED:
+        return Text(
+            f"{e.get('count')} more refused deliveries, counted only "
+            f"(last {_short_clock(e.get('last_at'))}: {e.get('last_reason')})",
+            style="yellow",
+        )
+    text = Text(f"refused: {e.get('reason')}", style="yellow")
+    if e.get("event_name") is not None:
+        text.append(f" · name {e['event_name']!r}")
+    if e.get("actor"):
+        text.append(" · by ")
+        text.append(str(e["actor"]), style="bold")
+        if e.get("note"):
+            text.append(f": {e['note']}")
+    if e.get("event") is not None:
+        text.append(f" · event {_compact(e['event'], 80)}", style="dim")
+    return text
+
+
 def entry_detail(e: dict[str, Any]) -> Text:
     """What one history entry says beyond its outcome: error, actor and reason, event."""
-    text = Text()
     phase = e.get("phase")
+    if phase == "event" and e.get("status") in (REFUSED, REFUSALS_UNRECORDED):
+        return _refusal_detail(e)
+    text = Text()
     if e.get("error"):
         text.append(shorten(str(e["error"]), 160), style="red")
     if e.get("from_status"):
@@ -285,7 +320,10 @@ def entry_detail(e: dict[str, Any]) -> Text:
     if "mock_output" in e and e["mock_output"] is not None:
         text.append(f" output {_compact(e['mock_output'], 60)}", style="dim")
     if phase == "event":
-        text.append(f"{' ' if text else ''}event {_compact(e.get('event'), 80)}")
+        name = "" if e.get("event_name") is None else f"{e['event_name']!r} "
+        text.append(f"{' ' if text else ''}event {name}{_compact(e.get('event'), 80)}")
+    elif e.get("status") == "WAITING" and e.get("event_name") is not None:
+        text.append(f"{' ' if text else ''}for event {e['event_name']!r}", style="cyan")
     if e.get("retry_in_s") is not None:
         text.append(f" · retry in {duration(float(e['retry_in_s']))}", style="yellow")
     if not text and e.get("worker"):

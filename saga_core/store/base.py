@@ -14,8 +14,11 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 __all__ = [
+    "REFUSALS_UNRECORDED",
+    "REFUSED",
     "Checkpoint",
     "DeadlineChange",
+    "DeliveryFn",
     "LeaseChange",
     "RowUpdate",
     "SagaFilter",
@@ -145,8 +148,17 @@ class WorkerRow:
         return cls(**{k: m[k] for k in cls.__dataclass_fields__ if k in m})
 
 
+REFUSED = "REFUSED"
+"""History status of a refused event delivery (phase ``event``)."""
+REFUSALS_UNRECORDED = "REFUSALS_UNRECORDED"
+"""History status of the one entry counting refused deliveries beyond those recorded."""
+
 LockedFn = Callable[[SagaRow, datetime], RowUpdate | None]
 """Computes an update from the locked row and the database clock; ``None``: change nothing."""
+
+DeliveryFn = Callable[[SagaRow], "RowUpdate | dict[str, Any]"]
+"""Decides an event delivery from the locked row: the update that accepts it, or the history
+entry that records its refusal."""
 
 
 class SagaStore(ABC):
@@ -220,6 +232,28 @@ class SagaStore(ABC):
         """Lock the row, compute an update with ``fn(row, db_now)`` (pure, may raise), write
         it, commit. Returns the row after it and whether anything was written. Raises
         SagaNotFoundError."""
+
+    async def saga_deliver(
+        self,
+        fn: DeliveryFn,
+        *,
+        saga_id: uuid.UUID | None = None,
+        aggregation_id: str | None = None,
+        refusals_kept: int = 100,
+    ) -> tuple[SagaRow, bool]:
+        """Deliver an event in one transaction: lock the saga (by id, or the active saga of
+        ``aggregation_id``, else the newest saga with it), decide with ``fn(row)``, then write
+        the accepting update (token-fenced, as ``saga_update_locked``) or append the refusal
+        entry to the history and change nothing else. Beyond ``refusals_kept`` refusal
+        entries, further refusals only count in one ``REFUSALS_UNRECORDED`` entry. Returns
+        the row as read and whether the delivery was accepted.
+
+        Raises:
+            SagaNotFoundError: no such saga (no saga ever had that aggregation id).
+            SagaConflictError: the saga changed between the read and an accepting write
+                (SQLite, another process); nothing was written, try again.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not deliver events")
 
     # --- sagas: reads ----------------------------------------------------------------------
 

@@ -11,8 +11,8 @@ from contextlib import AbstractAsyncContextManager
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Interval, Select, bindparam, func, select
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy import ColumnElement, Interval, Select, Text, bindparam, func, select
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from saga_core.errors import ActiveSagaAlreadyExistsError
@@ -36,6 +36,14 @@ class PostgresSagaStore(SqlSagaStore):
 
     def _history_append(self, entries: list[dict[str, Any]]) -> ColumnElement[Any]:
         return self.table.c.step_history.op("||")(bindparam(None, entries, type_=JSONB))
+
+    def _history_replace(self, index: int, entry: dict[str, Any]) -> ColumnElement[Any]:
+        return func.jsonb_set(
+            self.table.c.step_history,
+            bindparam(None, [str(index)], type_=ARRAY(Text)),
+            bindparam(None, entry, type_=JSONB),
+            type_=JSONB,
+        )
 
     async def _wake(self, conn: AsyncConnection | AsyncSession) -> None:
         await conn.execute(select(func.pg_notify(WAKEUP_CHANNEL, self.table_name)))

@@ -33,10 +33,14 @@ from saga_core.errors import (
     SagaNotFoundError,
     SagaStoreError,
 )
+from saga_core.machine import ACTIVE_STATUSES
 from saga_core.state import SagaWorker
 from saga_core.store.base import (
+    REFUSALS_UNRECORDED,
+    REFUSED,
     Checkpoint,
     DeadlineChange,
+    DeliveryFn,
     LeaseChange,
     LockedFn,
     RowUpdate,
@@ -47,6 +51,7 @@ from saga_core.store.base import (
 )
 
 CLAIMABLE = ("RUNNING", "SUSPENDED", "COMPENSATING")
+ACTIVE = tuple(sorted(s.value for s in ACTIVE_STATUSES))
 WORKERS: Table = SagaWorker.__table__  # type: ignore[assignment]
 
 
@@ -75,6 +80,11 @@ class SqlSagaStore(SagaStore):
         raise NotImplementedError
 
     def _history_append(self, entries: list[dict[str, Any]]) -> ColumnElement[Any]:
+        raise NotImplementedError
+
+    def _history_replace(self, index: int, entry: dict[str, Any]) -> ColumnElement[Any]:
+        """The history with its entry at ``index`` replaced, in SQL (entries appended
+        meanwhile by a checkpoint are kept)."""
         raise NotImplementedError
 
     async def _wake(self, conn: AsyncConnection | AsyncSession) -> None:
@@ -382,6 +392,95 @@ class SqlSagaStore(SagaStore):
             if upd.deadline is DeadlineChange.AFTER and upd.delay <= timedelta(0):
                 await self._wake(conn)
         return SagaRow.from_mapping(new), True
+
+    async def saga_deliver(
+        self,
+        fn: DeliveryFn,
+        *,
+        saga_id: uuid.UUID | None = None,
+        aggregation_id: str | None = None,
+        refusals_kept: int = 100,
+    ) -> tuple[SagaRow, bool]:
+        t = self.table
+        async with self._write_lock(), self.engine.begin() as conn:
+            if saga_id is not None:
+                sel = select(t).where(t.c.id == saga_id)
+            else:
+                # At most one active saga per aggregation id (a unique partial index).
+                sel = select(t).where(t.c.aggregation_id == aggregation_id, t.c.status.in_(ACTIVE))
+            row = (await conn.execute(self._lock_row(sel))).mappings().first()
+            if row is None and saga_id is None:
+                newest = (
+                    select(t)
+                    .where(t.c.aggregation_id == aggregation_id)
+                    .order_by(t.c.created_at.desc(), t.c.id.desc())
+                    .limit(1)
+                )
+                row = (await conn.execute(self._lock_row(newest))).mappings().first()
+            if row is None:
+                if saga_id is not None:
+                    raise SagaNotFoundError(f"no saga with id {saga_id}", saga_id)
+                raise SagaNotFoundError(f"no saga with aggregation_id {aggregation_id!r}")
+            current = SagaRow.from_mapping(row)
+            outcome = fn(current)
+            if isinstance(outcome, RowUpdate):
+                stmt = (
+                    update(t)
+                    .where(
+                        t.c.id == current.id,
+                        t.c.step_execution_token == current.step_execution_token,
+                        t.c.updated_at == current.updated_at,
+                    )
+                    .values(**self._values(outcome))
+                    .returning(t.c.id)
+                )
+                if (await conn.execute(stmt)).first() is None:
+                    raise SagaConflictError(
+                        f"saga {current.id} changed while the event was being delivered; try again"
+                    )
+                await self._wake(conn)
+                return current, True
+            # A refusal touches the history only, appended (or one entry replaced) in SQL: a
+            # worker holding the saga writes its whole context and appends its own entries,
+            # so neither side loses the other's writes. updated_at is left alone too.
+            history = current.step_history or []
+            kept = sum(
+                1 for e in history if e.get("phase") == "event" and e.get("status") == REFUSED
+            )
+            if kept < refusals_kept:
+                value = self._history_append([outcome])
+            else:
+                value = self._refusal_counted(history, outcome, refusals_kept)
+            await conn.execute(update(t).where(t.c.id == current.id).values(step_history=value))
+        return current, False
+
+    def _refusal_counted(
+        self, history: list[dict[str, Any]], entry: dict[str, Any], kept: int
+    ) -> ColumnElement[Any]:
+        """Count a refusal beyond the ``kept`` recorded ones in the history's single
+        ``REFUSALS_UNRECORDED`` entry (added by the first such refusal)."""
+        for i in range(len(history) - 1, -1, -1):
+            old = history[i]
+            if old.get("phase") == "event" and old.get("status") == REFUSALS_UNRECORDED:
+                summary = {
+                    **old,
+                    "count": int(old.get("count") or 0) + 1,
+                    "last_at": entry.get("at"),
+                    "last_reason": entry.get("reason"),
+                }
+                return self._history_replace(i, summary)
+        summary = {
+            "at": entry.get("at"),
+            "phase": "event",
+            "step_id": entry.get("step_id"),
+            "status": REFUSALS_UNRECORDED,
+            "attempt": 0,
+            "count": 1,
+            "reason": f"over {kept} refused deliveries: later ones are only counted here",
+            "last_at": entry.get("at"),
+            "last_reason": entry.get("reason"),
+        }
+        return self._history_append([summary])
 
     # --- reads -------------------------------------------------------------------------------
 

@@ -63,6 +63,13 @@ class SqliteSagaStore(SqlSagaStore):
             )
         return expr
 
+    def _history_replace(self, index: int, entry: dict[str, Any]) -> ColumnElement[Any]:
+        return func.json_set(
+            self.table.c.step_history,
+            f"$[{int(index)}]",
+            func.json(literal(json.dumps(entry, default=str))),
+        )
+
     async def _insert_in_session(self, session: AsyncSession, stmt: Any) -> None:
         # No savepoint here: pysqlite begins its transaction lazily, before the first INSERT,
         # so a SAVEPOINT as the session's first statement would open the transaction itself

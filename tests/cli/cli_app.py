@@ -7,6 +7,8 @@ Saga names and how they end, driven by ``initial_data`` flags:
 - ``order_fast``: the same steps, no retry: a failed charge rolls back (COMPENSATED); with
   ``comp_fail`` the reserve compensation fails and waits an hour (COMPENSATING).
 - ``order_manual``: no rollback on failure: a failed charge ends FAILED.
+- ``approval``: one step that waits for an event named ``approval`` (SUSPENDED) until one
+  with ``"approved": true`` arrives.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from saga_core import (
     SagaDefinition,
     SagaOrchestrator,
     SagaStateMixin,
+    current_step,
 )
 
 
@@ -71,6 +74,25 @@ class Charge(BaseStep[OrderIn, ChargeOut]):
 class Ship(BaseStep[OrderIn, ShipOut]):
     async def execute(self, inp: OrderIn) -> ShipOut:
         return ShipOut(tracking=f"t-{inp.order_id}")
+
+
+class ApproveIn(BaseModel):
+    approved: bool = False
+
+
+class ApproveOut(BaseModel):
+    approved: bool
+
+
+class Approve(BaseStep[ApproveIn, ApproveOut]):
+    async def execute(self, inp: ApproveIn) -> ApproveOut:
+        if not inp.approved:
+            current_step().wait_for_event(name="approval")
+        return ApproveOut(approved=True)
+
+
+def approve_input(ctx: InputContext) -> dict[str, Any]:
+    return {"approved": bool((ctx.latest_event or {}).get("approved"))}
 
 
 def order_input(ctx: InputContext) -> dict[str, Any]:
@@ -143,6 +165,9 @@ def build(
     orch.register("order_fast", definition(charge_retry=NoRetry(), rollback=True))
     orch.register("order_manual", definition(charge_retry=NoRetry(), rollback=False))
     orch.register("order_parallel", parallel_definition())
+    approval = SagaBuilder()
+    approval.add_step(step=Approve(), input_map=approve_input, step_id="approve")
+    orch.register("approval", approval.build())
     return orch
 
 

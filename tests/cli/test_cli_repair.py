@@ -165,7 +165,16 @@ def test_notify_stale_token_exit_4(cli: CliFn, seeded: Seeded, get_saga: GetSaga
     before = get_saga(sid)
     r = cli("notify", str(sid), "--token", "00000000-0000-4000-8000-000000000000", "-r", "x", "-y")
     assert r.exit_code == 4 and "stale" in r.stderr
-    assert get_saga(sid).step_history == before.step_history
+    after = get_saga(sid)
+    assert after.step_history[:-1] == before.step_history, "only the refusal is recorded"
+    refusal = after.step_history[-1]
+    assert (refusal["status"], refusal["reason"], refusal["note"]) == (
+        "REFUSED",
+        "stale token",
+        "x",
+    )
+    assert after.step_execution_token == before.step_execution_token
+    assert after.updated_at == before.updated_at
     r = cli("notify", str(sid), "--token", "nope", "-r", "x", "-y")
     assert r.exit_code == 2
 

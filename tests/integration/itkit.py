@@ -581,3 +581,26 @@ def heal_probe(p: Probe) -> None:
     """Stop injecting failures."""
     p.fail.clear()
     p.fail_comp.clear()
+
+
+# --------------------------------------------------------------------------- refused deliveries
+
+
+def assert_refused(
+    before: SagaRow, after: SagaRow, *reasons: str, event: Any = None, name: str | None = None
+) -> list[dict[str, Any]]:
+    """``after`` is ``before`` plus one ``REFUSED`` history entry per reason (in order), and
+    nothing else changed (updated_at included); those entries."""
+    from dataclasses import replace
+
+    old = before.step_history or []
+    new = after.step_history or []
+    assert replace(after, step_history=None) == replace(before, step_history=None)
+    assert new[: len(old)] == old, "the history is only appended to"
+    added = new[len(old) :]
+    assert [(e["phase"], e["status"], e["reason"]) for e in added] == [
+        ("event", "REFUSED", r) for r in reasons
+    ]
+    for e in added:
+        assert e["attempt"] == 0 and e["event"] == event and e["event_name"] == name
+    return added

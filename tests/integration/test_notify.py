@@ -1,5 +1,6 @@
 """``notify``: accepted only for a SUSPENDED saga with its current token; the event is stored
-and seen by the step when it runs again; otherwise ``False`` and nothing changed."""
+and seen by the step when it runs again; otherwise ``False`` and nothing changed but a
+``REFUSED`` history entry."""
 
 from __future__ import annotations
 
@@ -7,7 +8,17 @@ import uuid
 from typing import Any
 
 import pytest
-from itkit import LONG_WAIT, Harness, Num, Worker, chain, define_standard, entries, reach
+from itkit import (
+    LONG_WAIT,
+    Harness,
+    Num,
+    Worker,
+    assert_refused,
+    chain,
+    define_standard,
+    entries,
+    reach,
+)
 
 from saga_core import FixedRetry, InputContext, SagaInputError, SagaNotFoundError
 
@@ -111,8 +122,10 @@ async def test_stale_or_wrong_token_is_refused(h: Harness) -> None:
     sid = await suspended(h, w)
     first = await h.row(sid)
     for token in (uuid.uuid4(), str(uuid.uuid4())):
+        before = await h.row(sid)
         assert not await w.orch.notify(saga_id=sid, token=token, event={"n": 1})  # type: ignore[arg-type]
-        assert await h.row(sid) == first
+        assert_refused(before, await h.row(sid), "stale token", event={"n": 1})
+    first = await h.row(sid)
 
     # The token is used up by the first accepted notify; the saga then suspends again.
     h.probe.fail["b"] = 1
@@ -121,7 +134,7 @@ async def test_stale_or_wrong_token_is_refused(h: Harness) -> None:
     again = await h.row(sid)
     assert again.status == "SUSPENDED"
     assert not await w.orch.notify(saga_id=sid, token=first.step_execution_token, event={"n": 2})
-    assert await h.row(sid) == again
+    assert_refused(again, await h.row(sid), "stale token", event={"n": 2})
 
 
 @pytest.mark.parametrize(
@@ -138,7 +151,17 @@ async def test_notify_refused_unless_suspended(h: Harness, case: str) -> None:
             saga_id=reached.saga_id, token=before.step_execution_token, event={"n": 1}
         )
         assert accepted is False
-        assert await h.row(reached.saga_id) == before
+        status = case.removesuffix("_LEASED")
+        if case == "RUNNING_LEASED":
+            # The worker holding it may checkpoint meanwhile: the refusal is still recorded.
+            after = await h.row(reached.saga_id)
+            assert entries(after.step_history or [], phase="event")[-1]["reason"] == (
+                f"saga is {status}"
+            )
+        else:
+            assert_refused(
+                before, await h.row(reached.saga_id), f"saga is {status}", event={"n": 1}
+            )
     finally:
         await reached.let_go()
 

@@ -379,3 +379,56 @@ def test_parallel_fingerprint_differs_from_the_sequential_one() -> None:
 
     assert build(True).fingerprint != build(False).fingerprint
     assert not build(False).parallel
+
+
+class NamedWait(BaseStep[Num, Out]):
+    """Waits for an event named ``name`` until one with ``{"kind": name}`` arrived."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    async def execute(self, inp: Num) -> Out:
+        if inp.n == 1:
+            return Out(n=1)
+        current_step().wait_for_event(name=self.name)
+
+
+def seen(kind: str) -> Any:
+    def input_map(ctx: InputContext) -> Num:
+        return Num(n=1 if any(e.get("kind") == kind for e in ctx.events) else 0)
+
+    return input_map
+
+
+async def test_branches_waiting_for_named_events_take_deliveries_by_correlation(
+    h: Harness,
+) -> None:
+    builder = SagaBuilder(parallel=True)
+    pay = builder.add_step(step=NamedWait("payment"), step_id="pay", input_map=seen("payment"))
+    ok = builder.add_step(step=NamedWait("approval"), step_id="ok", input_map=seen("approval"))
+    builder.add_step(step=Work(h.probe), step_id="d", input_map=both, depends_on=[pay, ok])
+    h.define("flow", builder.build())
+    w = await h.worker()
+    sid = await start(h)
+    row = await h.row(sid)
+    assert row.status == "SUSPENDED"
+    assert row.context["waiting"]["event_names"] == ["approval", "payment"]
+
+    assert not await w.orch.notify(aggregation_id="order-1", event_name="refund")
+    assert await w.orch.notify(
+        aggregation_id="order-1", event_name="payment", event={"kind": "payment"}
+    )
+    await w.drain()
+    row = await h.row(sid)
+    assert row.status == "SUSPENDED", "the approval branch waits again"
+    assert row.context["waiting"]["event_names"] == ["approval"]
+    assert {s["step_id"]: s["status"] for s in row.steps_state}["pay"] == "SUCCEEDED"
+
+    assert await w.orch.notify(
+        aggregation_id="order-1", event_name="approval", event={"kind": "approval"}
+    )
+    await w.drain()
+    row = await h.row(sid)
+    assert row.status == "COMPLETED"
+    refused = [e for e in row.step_history or [] if e.get("status") == "REFUSED"]
+    assert len(refused) == 1 and "refund" in refused[0]["reason"]

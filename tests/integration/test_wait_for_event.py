@@ -84,6 +84,7 @@ async def test_wait_without_timeout_then_notify_exactly_once(h: Harness) -> None
     assert [o for o in outcomes(done.step_history or []) if o[1] == "approve"] == [
         ("execute", "approve", "WAITING"),
         ("event", "approve", "RECEIVED"),
+        ("event", "approve", "REFUSED"),  # the duplicate: "saga is RUNNING"
         ("execute", "approve", "SUCCESS"),
     ]
     assert done.steps_state[1]["attempts"] == 1, "a wait is not an attempt"
@@ -138,6 +139,7 @@ async def test_a_timeout_is_a_failed_attempt_under_the_retry_policy(
         ("execute", "approve", "WAITING"),
         ("execute", "approve", "TIMEOUT"),
         ("execute", "approve", "WAITING"),
+        ("event", "approve", "REFUSED"),  # the stale notify
         ("execute", "approve", "TIMEOUT"),
     ]
     timeout = entries(hist, step_id="approve")[1]
