@@ -191,7 +191,9 @@ class RunSpan:
         self.worker = worker
         self.status = row.status
         """The saga's status as this run last saw it."""
+        self.last_error = row.last_error
         self.failed = False
+        """The span's status is already ERROR."""
 
     def interrupted(self, reason: str) -> None:
         """The run stopped without finishing its work (lease lost, cancelled)."""
@@ -212,13 +214,14 @@ class RunSpan:
         self.status = m.SagaStatus.FAILED.value
         self.span.set_attribute("saga.failure", label)
         self.span.set_status(Status(StatusCode.ERROR, reason))
+        self.failed = True
 
     def end(self) -> None:
         from opentelemetry.trace import Status, StatusCode
 
         self.span.set_attribute("saga.status", self.status)
         if self.status == m.SagaStatus.FAILED.value and not self.failed:
-            self.span.set_status(Status(StatusCode.ERROR, f"saga {self.status}"))
+            self.span.set_status(Status(StatusCode.ERROR, self.last_error or "saga FAILED"))
         self.span.end()
 
     def _start_step(self, step_id: str, phase: str, state: m.MachineState) -> Span:
@@ -271,7 +274,7 @@ class RunSpan:
             raise
         else:
             handle.finish(outcome[1])
-            self.status = outcome[0].state.status.value
+            self._saw(outcome)
             return outcome
         finally:
             _ACTIVE_STEP.reset(active)
@@ -286,8 +289,13 @@ class RunSpan:
         if isinstance(since, str):
             span.set_attribute("saga.waiting_since", since)
         StepSpan(span).finish(outcome[1])
-        self.status = outcome[0].state.status.value
+        self._saw(outcome)
         span.end()
+
+    def _saw(self, outcome: Outcome) -> None:
+        self.status = outcome[0].state.status.value
+        if outcome[2] is not None:
+            self.last_error = outcome[2]
 
 
 class StepSpan:

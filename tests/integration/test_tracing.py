@@ -14,7 +14,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from itkit import Harness, Num, Out, Work, Worker, chain, from_context, outcomes
+from itkit import (
+    Harness,
+    Num,
+    Out,
+    Work,
+    Worker,
+    chain,
+    eventually,
+    from_context,
+    outcomes,
+)
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -269,6 +279,86 @@ async def test_wait_for_event_ends_the_step_span_waiting_and_runs_share_the_trac
     assert attrs(resumed)["saga.status"] == "SUCCESS"
     # Waiting is not an attempt: the run after the event is attempt 1 again.
     assert attrs(waiting)["saga.attempt"] == attrs(resumed)["saga.attempt"] == 1
+
+
+async def test_timeouts_are_error_spans_with_status_timeout(
+    h: Harness, provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    b = SagaBuilder(compensate_on_failure=False)
+    b.add_step(
+        step=Work(h.probe),
+        step_id="slow",
+        input_map=from_context,
+        timeout=0.05,
+        retry_policy=NoRetry(),
+    )
+    h.define("flow", b.build())
+    h.probe.block("slow")  # never released: the step's own timeout ends it
+    w = await h.worker(tracer_provider=provider)
+    sid = await w.orch.start(saga_name="flow", initial_data={}, aggregation_id="o-9", inline=True)
+    row = await h.row(sid)
+    assert row.status == "FAILED"
+    slow = one(exporter.get_finished_spans(), "saga.step slow")
+    assert attrs(slow)["saga.status"] == "TIMEOUT"
+    assert attrs(slow)["error.type"] == "TimeoutError"
+    assert slow.status.status_code is StatusCode.ERROR
+    assert slow.status.description == "TimeoutError: no result within 0.05s"
+    run = one(exporter.get_finished_spans(), "saga.run flow")
+    assert attrs(run)["saga.status"] == "FAILED"
+    assert run.status.status_code is StatusCode.ERROR
+    assert run.status.description == row.last_error == "TimeoutError: no result within 0.05s"
+
+
+async def test_a_wait_that_timed_out_is_a_timeout_span(
+    h: Harness, provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    class Waits(BaseStep[Num, Out]):
+        async def execute(self, inp: Num) -> Out:
+            current_step().wait_for_event(timeout=0.2)
+
+    b = SagaBuilder(compensate_on_failure=False)
+    b.add_step(step=Waits(), step_id="approve", input_map=from_context, retry_policy=NoRetry())
+    h.define("flow", b.build())
+    w = await h.worker(tracer_provider=provider)
+    sid = await w.orch.start(saga_name="flow", initial_data={}, aggregation_id="o-10", inline=True)
+    row = await h.row(sid)
+    assert row.status == "SUSPENDED" and row.deadline_at is not None
+
+    async def timed_out() -> bool:
+        await w.orch.run_due()
+        return (await h.row(sid)).status == "FAILED"
+
+    await eventually(timed_out, what="the wait to time out")
+    spans = exporter.get_finished_spans()
+    waiting, timeout = named(spans, "saga.step approve")
+    run1, run2 = named(spans, "saga.run flow")
+    assert parent_of(waiting) == span_id(run1) and parent_of(timeout) == span_id(run2)
+    assert trace_of(run1) == trace_of(run2)
+    assert attrs(waiting)["saga.status"] == "WAITING"
+    assert attrs(timeout)["saga.status"] == "TIMEOUT"
+    assert attrs(timeout)["saga.attempt"] == 1
+    assert attrs(timeout)["saga.waiting_since"] == (row.context["waiting"]["since"])
+    assert timeout.status.status_code is StatusCode.ERROR
+    assert timeout.status.description == "TimeoutError: no event within 0.2s"
+    assert attrs(run2)["saga.status"] == "FAILED"
+
+
+async def test_a_saga_failed_for_an_operator_marks_the_run_span(
+    h: Harness, provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    starter = await h.worker(definitions={"flow": chain(h.probe, ["a", "b"])})
+    runner = await h.worker(
+        definitions={"flow": chain(h.probe, ["a", "x"])}, tracer_provider=provider
+    )
+    sid = await starter.orch.start(saga_name="flow", initial_data={}, aggregation_id="o-11")
+    assert await runner.orch.run_due() == 1
+    assert (await h.row(sid)).status == "FAILED"
+    (run,) = exporter.get_finished_spans()
+    assert run.name == "saga.run flow"
+    assert attrs(run)["saga.status"] == "FAILED"
+    assert attrs(run)["saga.failure"] == "DEFINITION_MISMATCH"
+    assert run.status.status_code is StatusCode.ERROR
+    assert "changed incompatibly" in (run.status.description or "")
 
 
 async def test_cancelled_run_ends_its_spans_interrupted(
