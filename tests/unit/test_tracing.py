@@ -356,3 +356,21 @@ def test_run_failed_for_an_operator(tracing: Tracing, exporter: InMemorySpanExpo
 def no_leaked_context() -> Iterator[None]:
     yield
     assert trace.get_current_span() is trace.INVALID_SPAN
+
+
+def test_sagad_rebinding_keeps_the_provider(provider: TracerProvider, tmp_path: Any) -> None:
+    from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
+
+    from saga_core import SagaOrchestrator
+    from sagad.apps import _rebind
+
+    orch: SagaOrchestrator[Any] = SagaOrchestrator(
+        session_maker=async_sessionmaker(
+            create_async_engine(f"sqlite+aiosqlite:///{tmp_path}/a.db")
+        ),
+        tracer_provider=provider,
+    )
+    assert orch.engine.tracing is not None and orch.engine.tracing.provider is provider
+    new = _rebind(orch, f"sqlite+aiosqlite:///{tmp_path}/b.db")
+    assert new is not orch
+    assert new.engine.tracing is orch.engine.tracing
