@@ -16,13 +16,16 @@ step's code runs, so spans the application creates there are its children.
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 import re
 import traceback
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ParamSpec
+
+from loguru import logger
 
 from saga_core import machine as m
 from saga_core.errors import SagaError
@@ -50,6 +53,26 @@ Outcome = tuple[m.Transition, dict[str, Any], str | None]
 """What the executor's ``_execute``/``_compensate`` return: transition, history entry, error."""
 
 _ACTIVE_STEP: ContextVar[StepSpan | None] = ContextVar("saga_trace_step", default=None)
+
+P = ParamSpec("P")
+
+
+def _broken(what: str, exc: Exception) -> None:
+    logger.warning("tracing: could not {}: {}: {}", what, type(exc).__name__, exc)
+
+
+def _never_raises(fn: Callable[P, None]) -> Callable[P, None]:
+    """Tracing must not break a saga: an error here (a custom provider, an exporter) is
+    logged and the saga goes on."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> None:
+        try:
+            fn(*args, **kwargs)
+        except Exception as exc:
+            _broken(f"record a span ({fn.__name__})", exc)
+
+    return wrapper
 
 
 def note_failure(exc: BaseException) -> None:
@@ -107,7 +130,12 @@ class Tracing:
         if not span_ctx.is_valid:
             return trace_id, {}
         carrier: dict[str, str] = {}
-        TraceContextTextMapPropagator().inject(carrier)
+        try:
+            TraceContextTextMapPropagator().inject(carrier)
+        except Exception as exc:
+            _broken("capture the current span", exc)
+        if "traceparent" not in carrier:
+            return trace_id, {}
         entries = {TRACE_PARENT_KEY: carrier["traceparent"]}
         if carrier.get("tracestate"):
             entries[TRACE_STATE_KEY] = carrier["tracestate"]
@@ -147,27 +175,35 @@ class Tracing:
         return trace.set_span_in_context(synthetic, Context())
 
     @contextmanager
-    def run_span(self, row: SagaRow, worker: str) -> Iterator[RunSpan]:
+    def run_span(self, row: SagaRow, worker: str) -> Iterator[RunSpan | None]:
         """``saga.run {saga_name}``: one claim of the saga by this worker, current while it
-        runs. Ends with the saga's status, or ``saga.interrupted`` when cancelled."""
+        runs. Ends with the saga's status, or ``saga.interrupted`` when cancelled. Yields
+        None (the run goes on untraced) if the span cannot be started."""
         from opentelemetry import context as otel_context
         from opentelemetry import trace
 
-        span = self.tracer.start_span(
-            f"saga.run {row.saga_name}",
-            context=self.parent_context(row),
-            kind=trace.SpanKind.INTERNAL,
-            attributes={
-                "saga.id": str(row.id),
-                "saga.name": row.saga_name,
-                "saga.aggregation_id": row.aggregation_id,
-                "saga.worker": worker,
-                "saga.trace_id": row.trace_id or "",
-                "saga.takeover_count": row.takeover_count,
-            },
-        )
-        handle = RunSpan(self, span, row, worker)
-        token = otel_context.attach(trace.set_span_in_context(span))
+        handle: RunSpan | None = None
+        try:
+            span = self.tracer.start_span(
+                f"saga.run {row.saga_name}",
+                context=self.parent_context(row),
+                kind=trace.SpanKind.INTERNAL,
+                attributes={
+                    "saga.id": str(row.id),
+                    "saga.name": row.saga_name,
+                    "saga.aggregation_id": row.aggregation_id,
+                    "saga.worker": worker,
+                    "saga.trace_id": row.trace_id or "",
+                    "saga.takeover_count": row.takeover_count,
+                },
+            )
+            handle = RunSpan(self, span, row, worker)
+        except Exception as exc:
+            _broken("start a run span", exc)
+        if handle is None:
+            yield None
+            return
+        token = otel_context.attach(trace.set_span_in_context(handle.span))
         try:
             yield handle
         except asyncio.CancelledError:
@@ -195,10 +231,12 @@ class RunSpan:
         self.failed = False
         """The span's status is already ERROR."""
 
+    @_never_raises
     def interrupted(self, reason: str) -> None:
         """The run stopped without finishing its work (lease lost, cancelled)."""
         self.span.set_attribute("saga.interrupted", reason)
 
+    @_never_raises
     def error(self, exc: BaseException, *, message: str | None = None) -> None:
         """The run stopped by an unexpected error."""
         from saga_core.executor import _error_text
@@ -207,6 +245,7 @@ class RunSpan:
         _record(self.span, type(exc).__name__, text, exc)
         self.failed = True
 
+    @_never_raises
     def failed_for_operator(self, label: str, reason: str) -> None:
         """The saga was set FAILED without running a step (quarantine, definition mismatch)."""
         from opentelemetry.trace import Status, StatusCode
@@ -216,6 +255,7 @@ class RunSpan:
         self.span.set_status(Status(StatusCode.ERROR, reason))
         self.failed = True
 
+    @_never_raises
     def end(self) -> None:
         from opentelemetry.trace import Status, StatusCode
 
@@ -254,20 +294,24 @@ class RunSpan:
         from opentelemetry import context as otel_context
         from opentelemetry import trace
 
-        span = self._start_step(step_id, phase, state)
+        try:
+            span = self._start_step(step_id, phase, state)
+        except Exception as exc:
+            _broken("start a step span", exc)
+            return await call
         handle = StepSpan(span)
         token = otel_context.attach(trace.set_span_in_context(span))
         active = _ACTIVE_STEP.set(handle)
         try:
             outcome = await call
         except asyncio.CancelledError:
-            span.set_attribute("saga.interrupted", "cancelled")
+            handle.interrupted("cancelled")
             raise
         except BaseException as exc:
             from saga_core.executor import LeaseLost
 
             if isinstance(exc, LeaseLost):
-                span.set_attribute("saga.interrupted", "lease lost")
+                handle.interrupted("lease lost")
             else:
                 handle.exc = exc
                 handle.finish({"status": "ERROR", "error_type": type(exc).__name__})
@@ -279,8 +323,9 @@ class RunSpan:
         finally:
             _ACTIVE_STEP.reset(active)
             otel_context.detach(token)
-            span.end()
+            handle.end()
 
+    @_never_raises
     def record(self, step_id: str, phase: str, state: m.MachineState, outcome: Outcome) -> None:
         """A span for an attempt the executor decided without running code (a wait for an
         event that timed out): started and ended now."""
@@ -305,6 +350,15 @@ class StepSpan:
         self.span = span
         self.exc: BaseException | None = None
 
+    @_never_raises
+    def interrupted(self, reason: str) -> None:
+        self.span.set_attribute("saga.interrupted", reason)
+
+    @_never_raises
+    def end(self) -> None:
+        self.span.end()
+
+    @_never_raises
     def finish(self, entry: dict[str, Any]) -> None:
         """Set the outcome from the attempt's history entry (not ended here)."""
         status = str(entry.get("status", ""))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import dataclasses
 import sys
 import uuid
 from collections.abc import Iterator
@@ -374,3 +375,43 @@ def test_sagad_rebinding_keeps_the_provider(provider: TracerProvider, tmp_path: 
     new = _rebind(orch, f"sqlite+aiosqlite:///{tmp_path}/b.db")
     assert new is not orch
     assert new.engine.tracing is orch.engine.tracing
+
+
+class _FlakyTracer:
+    """Starts run spans; refuses every other span (a broken custom provider)."""
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+
+    def start_span(self, name: str, **kwargs: Any) -> Any:
+        if name.startswith("saga.run") and "runs" not in name:
+            return self.real.start_span(name, **kwargs)
+        raise RuntimeError("provider broken")
+
+
+class _FlakyProvider:
+    def __init__(self, real: TracerProvider) -> None:
+        self.real = real
+
+    def get_tracer(self, *args: Any, **kwargs: Any) -> Any:
+        return _FlakyTracer(self.real.get_tracer(*args, **kwargs))
+
+
+async def test_a_broken_provider_never_breaks_a_run(
+    provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    tracing = Tracing(_FlakyProvider(provider))
+
+    async def attempt() -> Any:
+        return outcome("SUCCESS")
+
+    with tracing.run_span(make_row(), "w1") as run:
+        assert run is not None
+        res = await run.step("a", "execute", STATE, attempt())  # untraced, but it ran
+        assert res[1]["status"] == "SUCCESS"
+        run.record("a", "execute", STATE, outcome("TIMEOUT"))  # logged, not raised
+    assert [s.name for s in exporter.get_finished_spans()] == ["saga.run orders"]
+
+    row = dataclasses.replace(make_row(), saga_name="runs")  # its run span cannot start
+    with tracing.run_span(row, "w1") as none:
+        assert none is None
