@@ -181,16 +181,16 @@ class Executor:
                     if run.span is not None:
                         run.span.record(spec.step_id, "execute", state, (t, entry, error))
                 else:
-                    attempt = self._execute(run, spec, state, shape)
+                    call = self._execute(run, spec, state, shape)
                     if run.span is not None:
-                        attempt = run.span.step(spec.step_id, "execute", state, attempt)
-                    t, entry, error = await attempt
+                        call = run.span.step(spec.step_id, "execute", state, call)
+                    t, entry, error = await call
             elif state.status is m.SagaStatus.COMPENSATING:
                 spec = run.definition.steps[state.cursor]
-                attempt = self._compensate(run, spec, state, shape)
+                call = self._compensate(run, spec, state, shape)
                 if run.span is not None:
-                    attempt = run.span.step(spec.step_id, "compensate", state, attempt)
-                t, entry, error = await attempt
+                    call = run.span.step(spec.step_id, "compensate", state, call)
+                t, entry, error = await call
             else:
                 return
             upd = update_for(
