@@ -237,12 +237,11 @@ class RunSpan:
         self.span.set_attribute("saga.interrupted", reason)
 
     @_never_raises
-    def error(self, exc: BaseException, *, message: str | None = None) -> None:
+    def error(self, exc: BaseException) -> None:
         """The run stopped by an unexpected error."""
         from saga_core.executor import _error_text
 
-        text = message or _error_text(exc)
-        _record(self.span, type(exc).__name__, text, exc)
+        _record(self.span, type(exc).__name__, _error_text(exc), exc)
         self.failed = True
 
     @_never_raises
