@@ -197,6 +197,8 @@ class _Branches:
     # --- the loop ---------------------------------------------------------------------------
 
     async def _checkpoint(self, t: m.Transition) -> None:
+        if self.run.span is not None:
+            self.run.span.status = t.state.status.value
         self._save_waits()
         completed = t.state.status is m.SagaStatus.COMPLETED
         await self.ex._write(
@@ -211,8 +213,17 @@ class _Branches:
 
     def _launch(self, i: int, delay: float) -> None:
         attempt = self.state.steps[i].attempts + 1
-        coro = self.ex._attempt(self.run, self.specs[i], attempt, delay)
-        self.running[asyncio.ensure_future(coro)] = (i, attempt)
+        ex, run, spec = self.ex, self.run, self.specs[i]
+
+        async def branch() -> _Outcome:
+            if delay > 0:  # an in-place retry: wait under the lease, outside the step's span
+                await ex._sleep(run, delay)
+            call = ex._attempt(run, spec, attempt)
+            if run.span is not None:
+                return await run.span.branch(spec.step_id, attempt, call)  # type: ignore[no-any-return]
+            return await call
+
+        self.running[asyncio.ensure_future(branch())] = (i, attempt)
 
     async def _cancel_running(self, why: str) -> None:
         tasks = list(self.running)

@@ -25,6 +25,7 @@ from saga_core.definition import InputContext, SagaDefinition, StepSpec
 from saga_core.payload import check_size
 from saga_core.rows import machine_state, now_iso, shape_of, update_for
 from saga_core.store.base import Checkpoint, DeadlineChange, LeaseChange, RowUpdate, SagaRow
+from saga_core.tracing import RunSpan, note_failure
 
 if TYPE_CHECKING:
     from saga_core.orchestrator import SagaEngine
@@ -65,6 +66,8 @@ class _Run:
     _lost_fut: asyncio.Future[None] | None = None
     log: Any = None
     state: m.MachineState | None = None
+    span: RunSpan | None = None
+    """The run's tracing span; None when tracing is off."""
 
     def lost_future(self) -> asyncio.Future[None]:
         """One future per run that resolves when the lease is lost: steps race it without
@@ -105,6 +108,7 @@ def _error_text(exc: BaseException) -> str:
 
 def _record_failure(entry: dict[str, Any], exc: Exception, started: float) -> str:
     """Fill a history entry for a failed execution or compensation; the error text."""
+    note_failure(exc)
     timed_out = isinstance(exc, _StepTimeout)
     error = f"TimeoutError: {exc}" if timed_out else _error_text(exc)
     entry.update(
@@ -130,6 +134,14 @@ class Executor:
         Cancelling the task releases the lease (the saga is due at once for another worker)
         and re-raises: an interrupted step is not a failed attempt.
         """
+        tracing = self.engine.tracing
+        if tracing is None:
+            await self._drive(row, None)
+            return
+        with tracing.run_span(row, self.engine.worker_id) as span:
+            await self._drive(row, span)
+
+    async def _drive(self, row: SagaRow, span: RunSpan | None) -> None:
         eng = self.engine
         log = logger.bind(saga_id=str(row.id), saga_name=row.saga_name, worker=eng.worker_id)
         definition = eng.definition_for(row.saga_name, row.definition_version)
@@ -145,6 +157,7 @@ class Executor:
             context=dict(row.context),
             steps_state=[dict(s) for s in row.steps_state],
             log=log,
+            span=span,
         )
         keeper = asyncio.create_task(self._keep_lease(run))
         try:
@@ -155,12 +168,16 @@ class Executor:
             await self._loop(run)
         except LeaseLost:
             log.warning("lease lost: another worker or an operator took the saga over")
+            if span is not None:
+                span.interrupted("lease lost")
             eng.emit("lease_lost", saga_name=row.saga_name)
         except asyncio.CancelledError:
             await self._release(row.id, run.token, self._interrupted_note(run))
             raise
         except Exception as exc:
             log.opt(exception=exc).error("saga run stopped by an unexpected error: {}", exc)
+            if span is not None:
+                span.error(exc)
             # Noted in history: the step in flight (its outcome unrecorded) may run again.
             note = self._interrupted_note(run)
             note["reason"] = f"run stopped by an unexpected error ({_error_text(exc)}); released"
@@ -197,11 +214,19 @@ class Executor:
                 spec = run.definition.steps[state.cursor]
                 if WAITING_KEY in run.context:
                     t, entry, error = self._wait_timed_out(run, spec, state, shape)
+                    if run.span is not None:
+                        run.span.record(spec.step_id, "execute", state, (t, entry, error))
                 else:
-                    t, entry, error = await self._execute(run, spec, state, shape)
+                    call = self._execute(run, spec, state, shape)
+                    if run.span is not None:
+                        call = run.span.step(spec.step_id, "execute", state, call)
+                    t, entry, error = await call
             elif state.status is m.SagaStatus.COMPENSATING:
                 spec = run.definition.steps[state.cursor]
-                t, entry, error = await self._compensate(run, spec, state, shape)
+                call = self._compensate(run, spec, state, shape)
+                if run.span is not None:
+                    call = run.span.step(spec.step_id, "compensate", state, call)
+                t, entry, error = await call
             else:
                 return
             await self._write(
@@ -291,14 +316,10 @@ class Executor:
         self._store_output(run, spec, out)
         return m.step_succeeded(state, shape), entry, None
 
-    async def _attempt(
-        self, run: _Run, spec: StepSpec, attempt: int, delay: float = 0.0
-    ) -> _Outcome:
-        """One execution of ``spec`` (after waiting ``delay`` seconds, still under the
-        lease): build its input, call it under its timeout, validate its output. Every error
-        becomes a ``failure`` outcome; a lost lease or a cancellation propagates."""
-        if delay > 0:
-            await self._sleep(run, delay)
+    async def _attempt(self, run: _Run, spec: StepSpec, attempt: int) -> _Outcome:
+        """One execution of ``spec``: build its input, call it under its timeout, validate
+        its output. Every error becomes a ``failure`` outcome; a lost lease or a
+        cancellation propagates."""
         entry = self._entry(run, spec, "execute", attempt)
         started = time.monotonic()
         try:
@@ -660,6 +681,8 @@ class Executor:
         res = await self.engine.writer.write(Checkpoint(run.row.id, run.token, upd))
         if res is False:
             raise LeaseLost()
+        if run.span is not None:
+            run.span.failed_for_operator(label, reason)
         run.log.error(reason)
         self.engine.emit("finished", saga_name=run.row.saga_name, status=m.SagaStatus.FAILED.value)
 

@@ -34,6 +34,7 @@ from saga_core.rows import new_saga_values
 from saga_core.snapshot import SagaSnapshot
 from saga_core.state import SagaState, SagaStateMixin
 from saga_core.store import SagaRow, SagaStore, make_store
+from saga_core.tracing import Tracing
 from saga_core.versioning import DEFAULT_VERSION, Definitions, check_version
 
 __all__ = ["SagaEngine", "SagaOrchestrator"]
@@ -77,6 +78,7 @@ class SagaEngine(Generic[M]):
         max_payload_bytes: int,
         worker_id: str | None,
         max_recoveries: int | None = 5,
+        tracer_provider: Any = None,
     ) -> None:
         bind = session_maker.kw.get("bind")
         if not isinstance(bind, AsyncEngine):
@@ -107,6 +109,8 @@ class SagaEngine(Generic[M]):
         """Takeovers of one step in a row (its worker lost each time) before the saga is
         quarantined (FAILED); ``None``: unlimited."""
         self.worker_id = worker_id or default_worker_id()
+        self.tracing: Tracing | None = None if tracer_provider is None else Tracing(tracer_provider)
+        """OpenTelemetry spans of runs and attempts (``saga_core.tracing``); None: off."""
         self.store: SagaStore = make_store(bind, table, lease=execution_lease)
         self.definitions = Definitions()
         """name -> latest definition; every version through ``definition_for``."""
@@ -173,6 +177,9 @@ class SagaOrchestrator(Generic[M]):
         max_recoveries: a step whose worker was lost (crash, kill, host loss) this many times
             in a row is not run again: the next claim quarantines the saga as FAILED with the
             reason (a poison saga). ``None``: retry such a step forever.
+        tracer_provider: an OpenTelemetry ``TracerProvider`` (the application's own): spans
+            for every saga run, step attempt and compensation, in the trace current at
+            ``start`` (see ``saga_core.tracing``). Needs ``saga-core[otel]``. ``None``: off.
     """
 
     def __init__(
@@ -185,6 +192,7 @@ class SagaOrchestrator(Generic[M]):
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
         worker_id: str | None = None,
         max_recoveries: int | None = 5,
+        tracer_provider: Any = None,
     ) -> None:
         self.engine: SagaEngine[M] = SagaEngine(
             model_class=model_class,
@@ -194,6 +202,7 @@ class SagaOrchestrator(Generic[M]):
             max_payload_bytes=max_payload_bytes,
             worker_id=worker_id,
             max_recoveries=max_recoveries,
+            tracer_provider=tracer_provider,
         )
 
     # --- definitions ----------------------------------------------------------------------
@@ -249,7 +258,8 @@ class SagaOrchestrator(Generic[M]):
                 highest version registered for it.
             initial_data: a dict (or pydantic model) of JSON data, given to input maps.
             aggregation_id: the business key; at most one active saga per value.
-            trace_id: carried through history and ``current_step()``; generated if omitted.
+            trace_id: carried through history and ``current_step()``; generated if omitted
+                (with tracing on: the trace id of the span current here, if any).
             session: add the row to this session: it commits with the caller's transaction.
             inline: drive the saga in this task until it completes, suspends or ends.
             idempotency_key: a start repeated with the same key (1 to 200 characters)
@@ -288,9 +298,7 @@ class SagaOrchestrator(Generic[M]):
                 f"aggregation_id must be a non-empty string of at most 200 characters, got {aggregation_id!r}"
             )
         data = json_object(initial_data, "initial_data", eng.max_payload_bytes)
-        if trace_id is None:
-            trace_id = uuid.uuid4().hex
-        elif (
+        if trace_id is not None and (
             not isinstance(trace_id, str)
             or not trace_id
             or len(trace_id) > 128
@@ -299,6 +307,11 @@ class SagaOrchestrator(Generic[M]):
             raise SagaInputError(
                 f"trace_id must be a non-empty string of at most 128 characters, got {trace_id!r}"
             )
+        trace_entries: dict[str, str] = {}
+        if eng.tracing is not None:
+            trace_id, trace_entries = eng.tracing.capture(trace_id)
+        if trace_id is None:
+            trace_id = uuid.uuid4().hex
         if idempotency_key is not None and (
             not isinstance(idempotency_key, str)
             or not idempotency_key
@@ -334,6 +347,7 @@ class SagaOrchestrator(Generic[M]):
                 )
         values = new_saga_values(definition, saga_name, aggregation_id, data, trace_id)
         values["definition_version"] = eng.definitions.latest_version(saga_name)
+        values["context"].update(trace_entries)
         if idempotency_key is not None:
             values["idempotency_key"] = idempotency_key
         if due_at is not None:

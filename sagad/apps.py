@@ -83,6 +83,7 @@ def _rebind(orch: Orchestrator, url: str) -> Orchestrator:
         max_recoveries=eng.max_recoveries,
     )
     new.engine.definitions.update(eng.definitions)
+    new.engine.tracing = eng.tracing
     return new
 
 

@@ -7,7 +7,8 @@ work, so tests can count executions and check that none overlapped.
 Environment read by :func:`make` (the factory sagad calls with the database URL):
 ``ACCEPT_TABLE`` (saga table, default ``accept_saga``), ``ACCEPT_LEASE`` (execution lease in
 seconds, default 2), ``ACCEPT_RECORD_URL`` (where to record runs; default the saga database),
-``ACCEPT_MAX_SLEEP`` (caps every step's sleep).
+``ACCEPT_MAX_SLEEP`` (caps every step's sleep), ``ACCEPT_TRACE_FILE`` (when set: trace with an
+OpenTelemetry SDK provider that appends every finished span to that file as a JSON line).
 
 Sagas (all read optional ``sleep`` / ``sleep_<step>`` / ``comp_sleep`` seconds from their
 initial data):
@@ -20,6 +21,7 @@ initial data):
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -199,6 +201,7 @@ def build(
     record_url: str | None = None,
     engine_kwargs: dict[str, Any] | None = None,
     steps_v2: bool = False,
+    tracer_provider: Any = None,
 ) -> SagaOrchestrator[Any]:
     engine = create_async_engine(url, **(engine_kwargs or {}))
     rec_engine = create_async_engine(record_url) if record_url else engine
@@ -208,6 +211,7 @@ def build(
         model_class=model_for(table),
         session_maker=async_sessionmaker(engine),
         execution_lease=lease,
+        tracer_provider=tracer_provider,
     )
     orch.register("trivial", _definition(step, ["a", "b"]))
     orch.register("steps", _definition(step, ["a", "b", "c"]))
@@ -217,14 +221,45 @@ def build(
     return orch
 
 
+def json_lines_provider(path: str) -> Any:
+    """An SDK ``TracerProvider`` writing each finished span to ``path`` (one JSON object a
+    line: name, ids in hex, parent span id, attributes, status), as an application would
+    configure its exporter."""
+    from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
+
+    class JsonLines(SpanExporter):
+        def export(self, spans: Any) -> SpanExportResult:
+            with open(path, "a", encoding="utf-8") as f:
+                for span in spans:
+                    assert isinstance(span, ReadableSpan) and span.context is not None
+                    record = {
+                        "name": span.name,
+                        "trace_id": f"{span.context.trace_id:032x}",
+                        "span_id": f"{span.context.span_id:016x}",
+                        "parent_id": None if span.parent is None else f"{span.parent.span_id:016x}",
+                        "attributes": dict(span.attributes or {}),
+                        "status": span.status.status_code.name,
+                        "pid": os.getpid(),
+                    }
+                    f.write(json.dumps(record) + "\n")
+            return SpanExportResult.SUCCESS
+
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(JsonLines()))
+    return provider
+
+
 def make(url: str) -> SagaOrchestrator[Any]:
     """The factory sagad imports: ``--app app_sagas:make``."""
+    trace_file = os.environ.get("ACCEPT_TRACE_FILE")
     return build(
         url,
         table=os.environ.get("ACCEPT_TABLE", "accept_saga"),
         lease=float(os.environ.get("ACCEPT_LEASE", "2")),
         record_url=os.environ.get("ACCEPT_RECORD_URL") or None,
         steps_v2=bool(os.environ.get("ACCEPT_STEPS_V2")),
+        tracer_provider=json_lines_provider(trace_file) if trace_file else None,
     )
 
 
