@@ -181,7 +181,12 @@ class Executor:
             # Noted in history: the step in flight (its outcome unrecorded) may run again.
             note = self._interrupted_note(run)
             note["reason"] = f"run stopped by an unexpected error ({_error_text(exc)}); released"
-            await self._release(row.id, run.token, note, delay=timedelta(seconds=5))
+            # The lease owner is kept: the next claim counts a recovery, so a saga whose
+            # runs keep failing this way is quarantined (max_recoveries) instead of re-running
+            # its step forever.
+            await self._release(
+                row.id, run.token, note, delay=eng.unexpected_error_delay, keep_owner=True
+            )
         finally:
             keeper.cancel()
             await asyncio.gather(keeper, return_exceptions=True)
@@ -625,11 +630,12 @@ class Executor:
         note: dict[str, Any] | None,
         *,
         delay: timedelta = timedelta(0),
+        keep_owner: bool = False,
     ) -> None:
         upd = RowUpdate(
             deadline=DeadlineChange.AFTER,
             delay=delay,
-            lease=LeaseChange.RELEASE,
+            lease=LeaseChange.KEEP if keep_owner else LeaseChange.RELEASE,
             history=[note] if note else [],
         )
         try:
@@ -650,8 +656,9 @@ class Executor:
         step_id = row.steps_state[idx]["step_id"] if 0 <= idx < len(row.steps_state) else None
         what = "compensation of step" if state.phase is m.Phase.COMPENSATE else "step"
         reason = (
-            f"quarantined: the worker running {what} {step_id} was lost "
-            f"{row.recovery_count} times in a row (crash or kill); see history"
+            f"quarantined: the run of {what} {step_id} ended abnormally "
+            f"{row.recovery_count} times in a row (worker crashed or killed, or an unexpected "
+            "error); see history"
         )
         await self._fail_for_operator(run, "QUARANTINED", step_id, reason)
         return True

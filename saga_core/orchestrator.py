@@ -104,6 +104,9 @@ class SagaEngine(Generic[M]):
         self.sql_engine: AsyncEngine = bind
         self.execution_lease = execution_lease
         self.in_place_retry_max = in_place_retry_max
+        self.unexpected_error_delay = timedelta(seconds=5)
+        """How long a saga whose run stopped on an unexpected error (not a step's own
+        failure: those follow its retry policy) waits before a worker tries it again."""
         self.max_payload_bytes = max_payload_bytes
         self.max_recoveries = max_recoveries
         """Takeovers of one step in a row (its worker lost each time) before the saga is

@@ -76,8 +76,8 @@ async def test_poison_saga_is_quarantined_by_real_workers(
     assert row is not None
     n = MAX_RECOVERIES + 1
     assert row.last_error == (
-        f"quarantined: the worker running step b was lost {n} times in a row "
-        "(crash or kill); see history"
+        f"quarantined: the run of step b ended abnormally {n} times in a row "
+        "(worker crashed or killed, or an unexpected error); see history"
     )
     assert row.recovery_count == n and row.takeover_count == n
     assert row.lease_owner is None and row.deadline_at is None

@@ -9,6 +9,7 @@ outcome resets the count, so only consecutive losses of the same step count.
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 from itkit import Harness, Worker, chain, entries, eventually
@@ -53,8 +54,8 @@ async def test_poison_step_is_quarantined_after_max_recoveries(h: Harness) -> No
     assert row.recovery_count == max_recoveries + 1
     assert row.takeover_count == max_recoveries + 1
     assert row.last_error == (
-        f"quarantined: the worker running step b was lost {max_recoveries + 1} times in a row "
-        "(crash or kill); see history"
+        f"quarantined: the run of step b ended abnormally {max_recoveries + 1} times in a row "
+        "(worker crashed or killed, or an unexpected error); see history"
     )
     assert row.lease_owner is None and row.deadline_at is None
     (q,) = [e for e in row.step_history or [] if e.get("status") == "QUARANTINED"]
@@ -104,3 +105,41 @@ async def test_unlimited_and_invalid_settings(h: Harness) -> None:
                 SagaOrchestrator(session_maker=async_sessionmaker(sql), max_recoveries=bad)
     finally:
         await sql.dispose()
+
+
+async def test_a_run_that_keeps_stopping_on_an_unexpected_error_is_quarantined(
+    h: Harness,
+) -> None:
+    """A checkpoint refused for a reason the executor does not know (injected here into the
+    engine's checkpoint writer: step b's outcome can never be written) stops the run; the
+    saga is tried again after ``unexpected_error_delay`` with the lease owner kept, so each
+    such run counts as a recovery and the saga ends quarantined instead of re-running b
+    forever."""
+    from datetime import timedelta
+
+    h.define("flow", chain(h.probe))
+    max_recoveries = 2
+    w = await h.worker("w", max_recoveries=max_recoveries)
+    w.orch.engine.unexpected_error_delay = timedelta(0)
+    writer = w.orch.engine.writer
+    real_write = writer.write
+
+    async def refusing_write(cp: Any) -> Any:
+        steps = cp.update.steps_state or []
+        if any(s["step_id"] == "b" and s["status"] == "SUCCEEDED" for s in steps):
+            raise RuntimeError("checkpoint refused: injected")
+        return await real_write(cp)
+
+    writer.write = refusing_write  # type: ignore[method-assign]
+    sid = await w.orch.start(saga_name="flow", initial_data={}, aggregation_id="e-1")
+    for _ in range(max_recoveries + 2):
+        await w.orch.run_due()
+    row = await h.row(sid)
+    assert row.status == "FAILED", row.status
+    assert row.last_error is not None and row.last_error.startswith(
+        f"quarantined: the run of step b ended abnormally {max_recoveries + 1} times"
+    )
+    assert h.probe.effects["b"] == max_recoveries + 1, "b ran once per run, then no more"
+    stopped = [e for e in row.step_history or [] if e.get("status") == "INTERRUPTED"]
+    assert len(stopped) == max_recoveries + 1
+    assert all("checkpoint refused: injected" in e["reason"] for e in stopped)
