@@ -66,6 +66,10 @@ class BaseStep(Generic[InT, OutT]):
 
     input_model: ClassVar[type[BaseModel] | None] = None
     output_model: ClassVar[type[BaseModel] | None] = None
+    transactional: ClassVar[bool] = False
+    """``True``: the step's only effect is writes to the saga table's database through
+    ``current_step().session``, whose transaction also commits the step's checkpoint (see
+    "Transactional steps" in the README)."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -141,6 +145,8 @@ class StepSpec:
     compensation_timeout: timedelta | None
     compensation_retry_policy: RetryPolicy
     has_compensation: bool
+    transactional: bool = False
+    """``execute`` and ``compensate`` run in a transaction that commits their checkpoint."""
 
     @property
     def step_class(self) -> str:
@@ -333,6 +339,12 @@ class SagaBuilder:
                 InputContext if p.depends_on is None else p.depends_on.output_model
             )
             _check_input_map(p.step_id, p.input_map, expected_arg, p.input_model)
+            transactional = getattr(p.step, "transactional", False)
+            if not isinstance(transactional, bool):
+                raise SagaDefinitionError(
+                    f"step {p.step_id!r}: {type(p.step).__name__}.transactional must be True or "
+                    f"False, got {transactional!r}"
+                )
             specs.append(
                 StepSpec(
                     step_id=p.step_id,
@@ -347,6 +359,7 @@ class SagaBuilder:
                     compensation_timeout=p.compensation_timeout,
                     compensation_retry_policy=p.compensation_retry_policy,
                     has_compensation=type(p.step).has_compensation(),
+                    transactional=transactional,
                 )
             )
         return SagaDefinition(
