@@ -18,6 +18,7 @@ from loguru import logger
 from pydantic import BaseModel
 
 from saga_core import machine as m
+from saga_core import txstep
 from saga_core.checkpoint import is_transient
 from saga_core.context import _CURRENT, StepContext, WaitForEvent
 from saga_core.definition import InputContext, SagaDefinition, StepSpec
@@ -58,6 +59,8 @@ class _Run:
     _lost_fut: asyncio.Future[None] | None = None
     log: Any = None
     state: m.MachineState | None = None
+    tx: txstep.StepTransaction | None = None
+    """The open transaction of the transactional step in flight (see txstep)."""
 
     def lost_future(self) -> asyncio.Future[None]:
         """One future per run that resolves when the lease is lost: steps race it without
@@ -130,7 +133,10 @@ class Executor:
                 return
             if not await self._check_definition(run):
                 return
-            await self._loop(run)
+            try:
+                await self._loop(run)
+            finally:
+                await txstep.discard(run)  # before a release: on SQLite it holds the write lock
         except LeaseLost:
             log.warning("lease lost: another worker or an operator took the saga over")
             eng.emit("lease_lost", saga_name=row.saga_name)
@@ -179,7 +185,12 @@ class Executor:
             )
             if upd.deadline is DeadlineChange.LEASE:
                 run.lease_renewed_at = time.monotonic()
-            res = await eng.writer.write(Checkpoint(run.row.id, run.token, upd))
+            res = await txstep.write_checkpoint(
+                eng,
+                run,
+                Checkpoint(run.row.id, run.token, upd),
+                succeeded=entry["status"] == "SUCCESS",
+            )
             if res is False:
                 raise LeaseLost()
             run.steps_state = upd.steps_state or run.steps_state
@@ -420,6 +431,7 @@ class Executor:
     ) -> Any:
         """Run user code in its own task (with ``current_step()`` set) under its timeout,
         racing the lease: a lost lease cancels it."""
+        factory, ctx = await txstep.begin(self.engine, run, factory, ctx)
 
         async def guarded() -> Any:
             if timeout is None:
