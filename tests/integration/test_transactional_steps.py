@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator, Callable
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -27,7 +28,8 @@ from itkit import (
     from_context,
     outcomes,
 )
-from sqlalchemy import Integer, String, func, insert, select, text
+from pydantic import BaseModel
+from sqlalchemy import Integer, String, delete, func, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -62,8 +64,14 @@ class Biz:
             attempt: Mapped[int] = mapped_column(Integer)
             worker: Mapped[str] = mapped_column(String(200))
 
+        class Stock(Base):
+            __tablename__ = f"stock_{uuid.uuid4().hex[:10]}"
+            sku: Mapped[str] = mapped_column(String(40), primary_key=True)
+            reserved: Mapped[int] = mapped_column(Integer)
+
         self.base = Base
         self.model = Reservation
+        self.stock = Stock
         self.table = Reservation.__table__
         self.sql: AsyncEngine = h.sql_engine()
 
@@ -614,3 +622,98 @@ def _children() -> Any:
     from saga_core.store import SagaFilter
 
     return SagaFilter(saga_names=["child"])
+
+
+# --------------------------------------------------------------------------- the README's example
+
+
+class ReserveIn(BaseModel):
+    sku: str
+    quantity: int
+
+
+class ReserveOut(BaseModel):
+    sku: str
+
+
+class ReserveStock(BaseStep[ReserveIn, ReserveOut]):
+    """The README's example: an ORM read with a row lock, a change to it, a new row."""
+
+    transactional = True
+
+    def __init__(self, biz: Biz) -> None:
+        self.biz = biz
+
+    async def execute(self, inp: ReserveIn) -> ReserveOut:
+        ctx = current_step()
+        session = ctx.session
+        item = await session.get(self.biz.stock, inp.sku, with_for_update=True)
+        assert item is not None
+        item.reserved += inp.quantity  # flushed after the step returns
+        session.add(
+            self.biz.model(
+                saga_id=str(ctx.saga_id), step_id=ctx.step_id, kind="reserve", attempt=1, worker=""
+            )
+        )
+        return ReserveOut(sku=inp.sku)
+
+    async def compensate(self, inp: ReserveIn, out: ReserveOut) -> None:
+        ctx = current_step()
+        session = ctx.session
+        item = await session.get(self.biz.stock, inp.sku, with_for_update=True)
+        assert item is not None
+        item.reserved -= inp.quantity
+        t = self.biz.table
+        await session.execute(delete(t).where(t.c.saga_id == str(ctx.saga_id)))
+
+
+@pytest.mark.parametrize("fails_after", [False, True], ids=["completed", "compensated"])
+async def test_the_readme_example(h: Harness, biz: Biz, fails_after: bool) -> None:
+    p = h.probe
+    async with biz.sql.begin() as conn:
+        await conn.execute(insert(biz.stock.__table__).values(sku="sku-1", reserved=0))
+    builder = SagaBuilder()
+    builder.add_step(
+        step=ReserveStock(biz),
+        input_map=lambda ctx: ReserveIn(sku="sku-1", quantity=3),
+        compensation_retry_policy=FixedRetry(3, 0),
+    )
+    builder.add_step(step=Work(p), step_id="b", input_map=from_context)
+    h.define("flow", builder.build())
+    if fails_after:
+        p.fail["b"] = -1
+    w = await h.worker()
+    sid = await start(w, inline=True)
+
+    assert (await h.row(sid)).status == ("COMPENSATED" if fails_after else "COMPLETED")
+    async with biz.sql.connect() as conn:
+        reserved = (await conn.execute(select(biz.stock.__table__.c.reserved))).scalar_one()
+    assert reserved == (0 if fails_after else 3)
+    assert await biz.count(sid) == (0 if fails_after else 1)
+
+
+async def test_checkpoint_times_are_taken_when_it_is_written(h: Harness, biz: Biz) -> None:
+    """PostgreSQL's now() is the start of the step's transaction; the checkpoint's times
+    (here finished_at, likewise a renewed lease's expiry) are those of the checkpoint."""
+    p = h.probe
+    builder = SagaBuilder()
+    builder.add_step(step=Reserve(h, biz), step_id="a", input_map=from_context)
+    h.define("flow", builder.build())
+    late: list[datetime] = []
+
+    async def wait_a_little(ctx: StepContext) -> None:
+        first = await h.db_now()
+
+        async def later() -> datetime | None:
+            now = await h.db_now()
+            return now if now > first + timedelta(milliseconds=200) else None
+
+        late.append(await eventually(later, what="the database clock to move on"))
+
+    p.hooks["a"] = wait_a_little
+    w = await h.worker()
+    sid = await start(w, inline=True)
+    row = await h.row(sid)
+    assert row.status == "COMPLETED"
+    assert row.finished_at is not None and row.finished_at >= late[0]
+    assert row.updated_at >= late[0]
