@@ -57,8 +57,8 @@ class StepTransaction:
         self._stack = stack
         self._root: SessionTransaction | None = None
         self._committing = False
-        self.refused: str | None = None
-        """Set when the step tried to commit the session (the commit was refused)."""
+        self.commit_refused = False
+        """The step tried to commit the session (the commit raised)."""
         event.listen(session.sync_session, "before_commit", self._before_commit)
 
     def _before_commit(self, session: Session) -> None:
@@ -66,7 +66,7 @@ class StepTransaction:
         # commits together with the checkpoint.
         if self._committing or session.in_nested_transaction():
             return
-        self.refused = "commit"
+        self.commit_refused = True
         raise SagaError(
             f"transactional step {self.step_id!r} must not commit its session: it commits "
             "together with the step's checkpoint when the step returns"
@@ -77,7 +77,7 @@ class StepTransaction:
         self._root = self.session.sync_session.get_transaction()
 
     def _check_intact(self) -> None:
-        if self.refused is not None:
+        if self.commit_refused:
             raise SagaError(
                 f"transactional step {self.step_id!r} tried to commit its session (refused); "
                 "its writes are rolled back. Let the checkpoint commit them"
