@@ -30,7 +30,8 @@ from itkit import (
 )
 from pydantic import BaseModel
 from sqlalchemy import Integer, String, delete, func, insert, select, text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from saga_core import (
@@ -717,3 +718,36 @@ async def test_checkpoint_times_are_taken_when_it_is_written(h: Harness, biz: Bi
     assert row.status == "COMPLETED"
     assert row.finished_at is not None and row.finished_at >= late[0]
     assert row.updated_at >= late[0]
+
+
+async def test_sqlite_step_holds_the_write_lock_from_its_start(h: Harness, biz: Biz) -> None:
+    """SQLite: the step's transaction is BEGIN IMMEDIATE, so it holds the database's write
+    lock before the step has written anything (its reads are inside the transaction too);
+    another connection cannot begin a write until the checkpoint commits."""
+    only_on_sqlite(h)
+    p = h.probe
+    tx_flow(h, biz, flush=False)  # the row stays a pending ORM add until the step returns
+    w = await h.worker()
+    gate = p.block("a")
+    sid = await start(w)
+    runner = w.spawn(w.orch.run_due())
+    await p.wait_started("a")
+    other = create_async_engine(h.url, connect_args={"timeout": 0.2})
+    try:
+        with pytest.raises(OperationalError, match="database is locked"):
+            async with other.connect() as conn:
+                await conn.exec_driver_sql("BEGIN IMMEDIATE")
+        gate.set()
+        await asyncio.wait_for(runner, 20)
+        async with other.connect() as conn:
+            await conn.exec_driver_sql("BEGIN IMMEDIATE")  # free again
+            await conn.exec_driver_sql("ROLLBACK")
+    finally:
+        await other.dispose()
+    assert (await h.row(sid)).status == "COMPLETED"
+    assert await biz.count(sid) == 1
+
+
+def only_on_sqlite(h: Harness) -> None:
+    if h.is_pg:
+        pytest.skip("about SQLite's database-wide write lock")
