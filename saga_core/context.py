@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import uuid
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Literal, NoReturn
+from typing import TYPE_CHECKING, Literal, NoReturn
 
 from saga_core.errors import SagaError, SagaInputError
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncSession
 
 __all__ = ["StepContext", "WaitForEvent", "current_step"]
 
@@ -74,6 +77,24 @@ class StepContext:
     """Stable across retries of this step (or of its compensation) of this saga: pass it to
     downstream services to deduplicate."""
     worker: str
+    _session: AsyncSession | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def session(self) -> AsyncSession:
+        """The open transaction of a transactional step (``transactional = True`` on its
+        class): write the step's rows through it; it commits together with the step's
+        checkpoint. Never commit or roll it back yourself.
+
+        Raises:
+            SagaError: the step is not transactional.
+        """
+        if self._session is None:
+            raise SagaError(
+                f"current_step().session is only available in a transactional step; step "
+                f"{self.step_id!r} is not one: set `transactional = True` on its class (only "
+                "for a step whose sole effect is writes to the saga table's database)"
+            )
+        return self._session
 
     def wait_for_event(
         self, timeout: timedelta | float | None = None, *, name: str | None = None

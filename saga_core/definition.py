@@ -66,6 +66,10 @@ class BaseStep(Generic[InT, OutT]):
 
     input_model: ClassVar[type[BaseModel] | None] = None
     output_model: ClassVar[type[BaseModel] | None] = None
+    transactional: ClassVar[bool] = False
+    """``True``: the step's only effect is writes to the saga table's database through
+    ``current_step().session``, whose transaction also commits the step's checkpoint (see
+    "Transactional steps" in the README)."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -148,6 +152,8 @@ class StepSpec:
     context_input: bool = False
     """Parallel sagas: the ``input_map`` takes an :class:`InputContext` although the step has
     ``depends_on`` (its one parameter is annotated so): it gets the context, not outputs."""
+    transactional: bool = False
+    """``execute`` and ``compensate`` run in a transaction that commits their checkpoint."""
 
     @property
     def step_class(self) -> str:
@@ -358,6 +364,18 @@ class SagaBuilder:
             )
             _check_input_map(p.step_id, p.input_map, expected, p.input_model)
             dep_ids = tuple(self._pending[d].step_id for d in dep_idx)
+            transactional = getattr(p.step, "transactional", False)
+            if not isinstance(transactional, bool):
+                raise SagaDefinitionError(
+                    f"step {p.step_id!r}: {type(p.step).__name__}.transactional must be True or "
+                    f"False, got {transactional!r}"
+                )
+            if transactional and self.parallel:
+                raise SagaDefinitionError(
+                    f"step {p.step_id!r}: transactional steps are not supported in a parallel "
+                    "saga yet (its branches share one lease and run concurrently); use a "
+                    "sequential SagaBuilder for sagas with transactional steps"
+                )
             specs.append(
                 StepSpec(
                     step_id=p.step_id,
@@ -374,6 +392,7 @@ class SagaBuilder:
                     has_compensation=type(p.step).has_compensation(),
                     dependencies=dep_ids,
                     context_input=context_input,
+                    transactional=transactional,
                 )
             )
         return SagaDefinition(

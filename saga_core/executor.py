@@ -18,6 +18,7 @@ from loguru import logger
 from pydantic import BaseModel
 
 from saga_core import machine as m
+from saga_core import txstep
 from saga_core.branches import run_branches
 from saga_core.checkpoint import is_transient
 from saga_core.context import _CURRENT, StepContext, WaitForEvent
@@ -68,6 +69,8 @@ class _Run:
     state: m.MachineState | None = None
     span: RunSpan | None = None
     """The run's tracing span; None when tracing is off."""
+    tx: txstep.StepTransaction | None = None
+    """The open transaction of the transactional step in flight (see txstep)."""
 
     def lost_future(self) -> asyncio.Future[None]:
         """One future per run that resolves when the lease is lost: steps race it without
@@ -165,7 +168,10 @@ class Executor:
                 return
             if not await self._check_definition(run):
                 return
-            await self._loop(run)
+            try:
+                await self._loop(run)
+            finally:
+                await txstep.discard(run)  # before a release: on SQLite it holds the write lock
         except LeaseLost:
             log.warning("lease lost: another worker or an operator took the saga over")
             if span is not None:
@@ -240,6 +246,7 @@ class Executor:
                 [entry],
                 last_error=error,
                 set_last_error=error is not None or state.phase is m.Phase.EXECUTE,
+                succeeded=entry["status"] == "SUCCESS",
             )
             self._emit_step(run, entry)
             state = t.state
@@ -268,9 +275,11 @@ class Executor:
         *,
         last_error: str | None = None,
         set_last_error: bool = False,
+        succeeded: bool = False,
     ) -> None:
         """Checkpoint transition ``t`` with ``history``, fenced by the run's token; raises
-        LeaseLost when the token no longer matches."""
+        LeaseLost when the token no longer matches. The checkpoint of a transactional step
+        that ``succeeded`` commits with the step's own transaction."""
         upd = update_for(
             t,
             run.steps_state,
@@ -282,7 +291,9 @@ class Executor:
         )
         if upd.deadline is DeadlineChange.LEASE:
             run.lease_renewed_at = time.monotonic()
-        res = await self.engine.writer.write(Checkpoint(run.row.id, run.token, upd))
+        res = await txstep.write_checkpoint(
+            self.engine, run, Checkpoint(run.row.id, run.token, upd), succeeded=succeeded
+        )
         if res is False:
             raise LeaseLost()
         run.steps_state = upd.steps_state or run.steps_state
@@ -546,6 +557,7 @@ class Executor:
     ) -> Any:
         """Run user code in its own task (with ``current_step()`` set) under its timeout,
         racing the lease: a lost lease cancels it."""
+        factory, ctx = await txstep.begin(self.engine, run, factory, ctx)
 
         async def guarded() -> Any:
             if timeout is None:

@@ -218,6 +218,15 @@ class SagaStore(ABC):
         when it has none)."""
 
     @abstractmethod
+    async def saga_checkpoint_in(
+        self, session: AsyncSession, checkpoint: Checkpoint
+    ) -> datetime | bool | None:
+        """Apply one fenced update in the caller's open transaction (a transactional step's
+        session), without committing: ``False`` when the token no longer matched (nothing
+        written), else the row's deadline after the update. The caller commits or rolls
+        back; on SQLite it must hold the store's write lock."""
+
+    @abstractmethod
     async def saga_renew_lease(self, saga_id: uuid.UUID, token: uuid.UUID) -> datetime | None:
         """Extend the lease; the new expiry, or ``None`` when the token no longer matches."""
 

@@ -31,6 +31,14 @@ class PostgresSagaStore(SqlSagaStore):
     def _now_plus(self, delta: timedelta) -> ColumnElement[datetime]:
         return (func.now() + bindparam(None, delta, type_=Interval)).cast(UTCDateTime)
 
+    def _statement_now(self) -> ColumnElement[datetime]:
+        return func.statement_timestamp(type_=UTCDateTime)
+
+    def _statement_now_plus(self, delta: timedelta) -> ColumnElement[datetime]:
+        return (func.statement_timestamp() + bindparam(None, delta, type_=Interval)).cast(
+            UTCDateTime
+        )
+
     def _new_token_sql(self) -> ColumnElement[Any]:
         return func.gen_random_uuid()
 

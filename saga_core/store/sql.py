@@ -100,6 +100,15 @@ class SqlSagaStore(SagaStore):
         """A context manager serialising write transactions where the database needs it."""
         raise NotImplementedError
 
+    def step_transaction_lock(self) -> AbstractAsyncContextManager[Any]:
+        """Held by a transactional step from the start of its transaction to its commit or
+        rollback: SQLite's write lock of this process (nothing on PostgreSQL)."""
+        return self._write_lock()
+
+    async def begin_step_transaction(self, session: AsyncSession) -> None:
+        """Begin ``session``'s transaction for a transactional step."""
+        await session.connection()
+
     async def _insert_in_session(self, session: AsyncSession, stmt: Any) -> None:
         """Insert a new saga in the caller's transaction."""
         # A savepoint keeps the caller's transaction usable when the insert is refused.
@@ -109,9 +118,19 @@ class SqlSagaStore(SagaStore):
 
     # --- helpers --------------------------------------------------------------------------
 
-    def _values(self, upd: RowUpdate) -> dict[str, Any]:
+    def _statement_now(self) -> ColumnElement[datetime]:
+        """The database clock when the statement runs, even late in a long transaction
+        (PostgreSQL's ``now()`` is the transaction's start)."""
+        return self._now()
+
+    def _statement_now_plus(self, delta: timedelta) -> ColumnElement[datetime]:
+        return self._now_plus(delta)
+
+    def _values(self, upd: RowUpdate, *, statement_clock: bool = False) -> dict[str, Any]:
         t = self.table
-        v: dict[str, Any] = {"updated_at": self._now()}
+        clock = self._statement_now() if statement_clock else self._now()
+        now_plus = self._statement_now_plus if statement_clock else self._now_plus
+        v: dict[str, Any] = {"updated_at": clock}
         for name in (
             "status",
             "phase",
@@ -132,13 +151,13 @@ class SqlSagaStore(SagaStore):
         if upd.deadline is DeadlineChange.CLEAR:
             v["deadline_at"] = null()
         elif upd.deadline is DeadlineChange.AFTER:
-            v["deadline_at"] = self._now_plus(upd.delay)
+            v["deadline_at"] = now_plus(upd.delay)
         elif upd.deadline is DeadlineChange.LEASE:
-            v["deadline_at"] = self._now_plus(self.lease)
+            v["deadline_at"] = now_plus(self.lease)
         if upd.lease is LeaseChange.RELEASE:
             v["lease_owner"] = null()
         if upd.finished:
-            v["finished_at"] = self._now()
+            v["finished_at"] = clock
         if upd.new_token is not None:
             v["step_execution_token"] = upd.new_token
         del t
@@ -313,19 +332,31 @@ class SqlSagaStore(SagaStore):
     ) -> list[datetime | bool | None]:
         if not checkpoints:
             return []
-        t = self.table
         results: list[datetime | bool | None] = []
         async with self._write_lock(), self.engine.begin() as conn:
             for cp in checkpoints:
-                stmt = (
-                    update(t)
-                    .where(t.c.id == cp.saga_id, t.c.step_execution_token == cp.token)
-                    .values(**self._values(cp.update))
-                    .returning(t.c.deadline_at)
-                )
-                row = (await conn.execute(stmt)).first()
+                row = (await conn.execute(self._checkpoint_stmt(cp))).first()
                 results.append(False if row is None else row[0])
         return results
+
+    def _checkpoint_stmt(self, cp: Checkpoint, *, statement_clock: bool = False) -> Any:
+        """The fenced UPDATE of one checkpoint, returning the row's deadline."""
+        t = self.table
+        return (
+            update(t)
+            .where(t.c.id == cp.saga_id, t.c.step_execution_token == cp.token)
+            .values(**self._values(cp.update, statement_clock=statement_clock))
+            .returning(t.c.deadline_at)
+        )
+
+    async def saga_checkpoint_in(
+        self, session: AsyncSession, checkpoint: Checkpoint
+    ) -> datetime | bool | None:
+        # The statement of saga_checkpoint, on the session's connection (both backends: the
+        # PostgreSQL fast path has connections of its own).
+        stmt = self._checkpoint_stmt(checkpoint, statement_clock=True)
+        row = (await session.execute(stmt)).first()
+        return False if row is None else row[0]
 
     async def saga_renew_lease(self, saga_id: uuid.UUID, token: uuid.UUID) -> datetime | None:
         t = self.table

@@ -16,6 +16,8 @@ from typing import Any
 from sqlalchemy import ColumnElement, event, func, literal
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
+from saga_core.context import _CURRENT
+from saga_core.errors import SagaError
 from saga_core.state import UTCDateTime, utcnow
 from saga_core.store.sql import SqlSagaStore
 
@@ -77,7 +79,26 @@ class SqliteSagaStore(SqlSagaStore):
         # undoes only itself in SQLite, so the caller's transaction stays usable without one.
         await session.execute(stmt)
 
+    async def begin_step_transaction(self, session: AsyncSession) -> None:
+        # IMMEDIATE: the database's write lock from the start, so the step's reads and writes
+        # and its checkpoint form one serialisable transaction (pysqlite would begin lazily,
+        # at the first write, leaving earlier reads outside it). Skipped when the engine
+        # already begins transactions itself (SQLAlchemy's pysqlite "begin" recipe).
+        conn = await session.connection()
+        raw = await conn.get_raw_connection()
+        if not getattr(raw.driver_connection, "in_transaction", False):
+            await conn.exec_driver_sql("BEGIN IMMEDIATE")
+
     def _write_lock(self) -> asyncio.Lock:
+        ctx = _CURRENT.get()
+        if ctx is not None and ctx._session is not None and ctx._session.bind is self.engine:
+            # The step's transaction holds this lock until the step's checkpoint: waiting for
+            # it here would wait for ourselves.
+            raise SagaError(
+                f"transactional step {ctx.step_id!r}: on SQLite, saga writes other than through "
+                "its session wait for the step's own transaction to end; pass "
+                "session=current_step().session (start), or do this in another step"
+            )
         key = self.engine.sync_engine
         lock = _LOCKS.get(key)
         if lock is None:

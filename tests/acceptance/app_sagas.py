@@ -16,6 +16,9 @@ initial data):
 - ``trivial``: steps a, b doing nothing but recording.
 - ``steps``: steps a, b, c.
 - ``rollback``: steps a, b, then c fails once and for all: b and a are compensated.
+- ``ledger``: steps a, p, c; p is transactional: it inserts a ``post`` row into
+  ``<table>_ledger`` through ``current_step().session`` (its compensation a ``reverse`` row).
+- ``ledger_rollback``: the same, then c fails: p and a are compensated.
 """
 
 from __future__ import annotations
@@ -161,6 +164,58 @@ class Work(BaseStep[StepIn, StepOut]):
             await asyncio.sleep(min(inp.comp_sleep, MAX_SLEEP))
 
 
+class Post(BaseStep[StepIn, StepOut]):
+    """Transactional: one ledger row per execution (``reverse`` per compensation), written
+    through the step's session, so it commits with the step's checkpoint; sleeps inside the
+    transaction. Runs are recorded like ``Work``'s (test instrumentation, committed apart)."""
+
+    transactional = True
+
+    def __init__(self, recorder: Recorder, table: str) -> None:
+        self.rec = recorder
+        self.sql = f"INSERT INTO {table}_ledger (saga_id, step_id, kind) VALUES (:s, :st, :k)"
+
+    async def _post(self, kind: str, sleep: float) -> None:
+        ctx = current_step()
+        async with self.rec.run():
+            await ctx.session.execute(
+                text(self.sql),
+                {
+                    "s": ctx.saga_id if self.rec.pg else str(ctx.saga_id),
+                    "st": ctx.step_id,
+                    "k": kind,
+                },
+            )
+            await asyncio.sleep(min(sleep, MAX_SLEEP))
+
+    async def execute(self, inp: StepIn) -> StepOut:
+        await self._post("post", inp.sleep)
+        return StepOut()
+
+    async def compensate(self, inp: StepIn, out: StepOut) -> None:
+        await self._post("reverse", inp.comp_sleep)
+
+
+def ledger_ddl(dialect: str, table: str) -> str:
+    serial, uuid_type = ("BIGSERIAL", "UUID") if dialect == "postgresql" else ("INTEGER", "TEXT")
+    return (
+        f"CREATE TABLE IF NOT EXISTS {table}_ledger (id {serial} PRIMARY KEY, "
+        f"saga_id {uuid_type} NOT NULL, step_id TEXT NOT NULL, kind TEXT NOT NULL)"
+    )
+
+
+def _ledger(work: Work, post: Post, failing: str | None = None) -> SagaDefinition:
+    b = SagaBuilder()
+    for sid in ["a", "p", "c"]:
+        b.add_step(
+            step=post if sid == "p" else work,
+            input_map=_input_for(sid, fail=sid == failing),
+            step_id=sid,
+            retry_policy=None if sid == failing else FixedRetry(max_attempts=5, delay=0.2),
+        )
+    return b.build()
+
+
 def _input_for(step_id: str, *, fail: bool = False) -> Callable[[InputContext], StepIn]:
     def input_map(ctx: InputContext) -> StepIn:
         data: dict[str, Any] = ctx.initial_data
@@ -218,6 +273,9 @@ def build(
     orch.register("rollback", _definition(step, ["a", "b", "c"], failing="c"))
     if steps_v2:  # a second version of "steps", with one more step
         orch.register("steps", _definition(step, ["a", "b", "c", "d"]), version=2)
+    post = Post(recorder, table)
+    orch.register("ledger", _ledger(step, post))
+    orch.register("ledger_rollback", _ledger(step, post, failing="c"))
     return orch
 
 

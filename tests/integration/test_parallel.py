@@ -432,3 +432,17 @@ async def test_branches_waiting_for_named_events_take_deliveries_by_correlation(
     assert row.status == "COMPLETED"
     refused = [e for e in row.step_history or [] if e.get("status") == "REFUSED"]
     assert len(refused) == 1 and "refund" in refused[0]["reason"]
+
+
+class Ledger(BaseStep[Num, Out]):
+    transactional = True
+
+    async def execute(self, inp: Num) -> Out:
+        return Out(n=inp.n)
+
+
+def test_a_parallel_saga_refuses_transactional_steps() -> None:
+    builder = SagaBuilder(parallel=True)
+    builder.add_step(step=Ledger(), step_id="post", input_map=from_context)
+    with pytest.raises(SagaDefinitionError, match="transactional steps are not supported"):
+        builder.build()

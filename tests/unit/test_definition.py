@@ -976,3 +976,35 @@ def test_fingerprint_changes_when_a_step_gains_a_compensation() -> None:
 
     assert version(False) == version(False)
     assert version(True) != version(False)
+
+
+# --- transactional steps ------------------------------------------------------------------
+
+
+class TxReserve(BaseStep[OrderIn, OrderOut]):
+    transactional = True
+
+    async def execute(self, inp: OrderIn) -> OrderOut:
+        raise NotImplementedError
+
+
+def test_transactional_is_off_by_default_and_carried_into_the_spec() -> None:
+    assert BaseStep.transactional is False
+    b = SagaBuilder()
+    b.add_step(step=Reserve(), input_map=lambda ctx: OrderIn(order_id="o"), step_id="plain")
+    b.add_step(step=TxReserve(), input_map=lambda ctx: OrderIn(order_id="o"), step_id="tx")
+    plain, tx = b.build().steps
+    assert (plain.transactional, tx.transactional) == (False, True)
+
+
+@pytest.mark.parametrize("value", ["yes", 1, None])
+def test_transactional_must_be_a_bool(value: Any) -> None:
+    class Odd(BaseStep[OrderIn, OrderOut]):
+        async def execute(self, inp: OrderIn) -> OrderOut:
+            raise NotImplementedError
+
+    Odd.transactional = value
+    b = SagaBuilder()
+    b.add_step(step=Odd(), input_map=lambda ctx: OrderIn(order_id="o"))
+    with pytest.raises(SagaDefinitionError, match=r"Odd\.transactional must be True or False"):
+        b.build()
