@@ -290,40 +290,16 @@ class RunSpan:
     async def branch(self, step_id: str, attempt: int, call: Awaitable[Any]) -> Any:
         """Await ``call``, one attempt of a branch of a parallel saga (the executor's
         ``_Outcome``, with its history ``entry``), under its own span, current meanwhile."""
-        from opentelemetry import context as otel_context
-        from opentelemetry import trace
 
-        try:
-            span = self._start_step(step_id, "execute", None, attempt)
-        except Exception as exc:
-            _broken("start a step span", exc)
-            return await call
-        handle = StepSpan(span)
-        token = otel_context.attach(trace.set_span_in_context(span))
-        active = _ACTIVE_STEP.set(handle)
-        try:
-            outcome = await call
-        except asyncio.CancelledError:
-            handle.interrupted("cancelled")
-            raise
-        except BaseException as exc:
-            from saga_core.executor import LeaseLost
-
-            if isinstance(exc, LeaseLost):
-                handle.interrupted("lease lost")
-            else:
-                handle.exc = exc
-                handle.finish({"status": "ERROR", "error_type": type(exc).__name__})
-            raise
-        else:
-            handle.finish(outcome.entry)
+        def seen(outcome: Any) -> dict[str, Any]:
             if outcome.error is not None:
                 self.last_error = outcome.error
-            return outcome
-        finally:
-            _ACTIVE_STEP.reset(active)
-            otel_context.detach(token)
-            handle.end()
+            entry: dict[str, Any] = outcome.entry
+            return entry
+
+        return await self._attempt(
+            lambda: self._start_step(step_id, "execute", None, attempt), call, seen
+        )
 
     async def step(
         self, step_id: str, phase: str, state: m.MachineState, call: Awaitable[Outcome]
@@ -331,11 +307,29 @@ class RunSpan:
         """Await ``call`` (one attempt of ``step_id`` in ``phase``) under its span, current
         meanwhile (the step's task inherits it), and record the outcome from its history
         entry: ``saga.status`` SUCCESS, ERROR, TIMEOUT or WAITING."""
+
+        def seen(outcome: Outcome) -> dict[str, Any]:
+            self._saw(outcome)
+            return outcome[1]
+
+        result: Outcome = await self._attempt(
+            lambda: self._start_step(step_id, phase, state), call, seen
+        )
+        return result
+
+    async def _attempt(
+        self,
+        start: Callable[[], Span],
+        call: Awaitable[Any],
+        seen: Callable[[Any], dict[str, Any]],
+    ) -> Any:
+        """Await ``call`` under the span ``start`` opens, current meanwhile; ``seen`` takes
+        the outcome into account and gives the history entry the span's outcome comes from."""
         from opentelemetry import context as otel_context
         from opentelemetry import trace
 
         try:
-            span = self._start_step(step_id, phase, state)
+            span = start()
         except Exception as exc:
             _broken("start a step span", exc)
             return await call
@@ -357,8 +351,7 @@ class RunSpan:
                 handle.finish({"status": "ERROR", "error_type": type(exc).__name__})
             raise
         else:
-            handle.finish(outcome[1])
-            self._saw(outcome)
+            handle.finish(seen(outcome))
             return outcome
         finally:
             _ACTIVE_STEP.reset(active)

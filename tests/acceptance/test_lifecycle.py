@@ -185,7 +185,7 @@ async def test_missing_schema_exits_78_and_check_reports_it(
     ok = sagad.run("check", *args, env={"ACCEPT_TABLE": "checked_table"})
     assert ok.returncode == 0, ok.stderr
     assert "schema: ok (checked_table, saga_workers)" in ok.stdout
-    assert "sagas: rollback, steps, trivial" in ok.stdout
+    assert "sagas: ledger, ledger_rollback, rollback, steps, trivial" in ok.stdout
 
 
 async def test_sighup_reloads_log_level_and_concurrency(

@@ -60,7 +60,15 @@ async def test_v1_worker_leaves_v2_saga_alone_orphans_reports_it(
     registered = await saga_db.fetch(
         "SELECT saga_versions FROM saga_workers WHERE pid = :p", p=only_v1.pid
     )
-    assert registered[0][0] == {saga_db.table: {"rollback": [1], "steps": [1], "trivial": [1]}}
+    assert registered[0][0] == {
+        saga_db.table: {
+            "ledger": [1],
+            "ledger_rollback": [1],
+            "rollback": [1],
+            "steps": [1],
+            "trivial": [1],
+        }
+    }
 
     data = orphans(saga_db)
     assert data["live_workers"] >= 1
