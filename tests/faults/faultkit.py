@@ -142,6 +142,43 @@ class Report:
 STEPS = ("a", "b", "c")
 
 
+async def _settled_sagas(
+    rep: Report, db: FaultDb, saga_name: str, runs_db: FaultDb | None = None
+) -> list[tuple[Any, list[dict[str, Any]], dict[str, Any], list[Any]]]:
+    """Every saga named ``saga_name`` counted in ``rep``; those that ended COMPLETED or
+    COMPENSATED as (row, history, plan, runs oldest first). One not finished is stuck; a
+    FAILED one is quarantined or a problem."""
+    rows = await db.fetch(
+        "SELECT id, status, last_error, takeover_count, step_history, steps_state, context "
+        "FROM {t} WHERE saga_name = :name",
+        name=saga_name,
+    )
+    runs_by: dict[Any, list[Any]] = defaultdict(list)
+    for r in await (runs_db or db).fetch(
+        "SELECT saga_id, step_id, phase, attempt, pid, started_at, ended_at, outcome "
+        "FROM {t}_runs ORDER BY started_at, id"
+    ):
+        runs_by[r.saga_id].append(r)
+    out = []
+    for row in rows:
+        rep.sagas += 1
+        rep.statuses[row.status] += 1
+        runs = runs_by.get(row.id, [])
+        rep._all[row.id] = (row, runs)
+        if row.status not in TERMINAL:
+            rep.stuck += 1
+            rep.problem(row.id, f"not finished: {row.status}")
+        elif row.status == "FAILED":
+            if (row.last_error or "").startswith("quarantined:"):
+                rep.quarantined += 1
+            else:
+                rep.problem(row.id, f"FAILED: {row.last_error or '(no reason)'}")
+        else:
+            plan = (row.context.get("initial_data") or {}).get("plan") or {}
+            out.append((row, row.step_history or [], plan, runs))
+    return out
+
+
 async def check_invariants(
     db: FaultDb, kill_times: dict[int, datetime], runs_db: FaultDb | None = None
 ) -> Report:
@@ -150,37 +187,8 @@ async def check_invariants(
     ``kill_times``: pid of each SIGKILLed worker -> a database time just after it died (the
     end of any run of that pid left open)."""
     rep = Report()
-    rows = await db.fetch(
-        "SELECT id, status, last_error, takeover_count, step_history, context "
-        "FROM {t} WHERE saga_name = 'chaos'"
-    )
-    runs_by: dict[Any, list[Any]] = defaultdict(list)
-    for r in await (runs_db or db).fetch(
-        "SELECT saga_id, step_id, phase, attempt, pid, started_at, ended_at, outcome "
-        "FROM {t}_runs ORDER BY started_at, id"
-    ):
-        runs_by[r.saga_id].append(r)
-    for row in rows:
-        rep.sagas += 1
-        rep.statuses[row.status] += 1
+    for row, history, plan, runs in await _settled_sagas(rep, db, "chaos", runs_db):
         sid = row.id
-        history: list[dict[str, Any]] = row.step_history or []
-        plan: dict[str, Any] = (row.context.get("initial_data") or {}).get("plan") or {}
-        runs = runs_by.get(sid, [])
-        rep._all[sid] = (row, runs)
-        if row.status not in TERMINAL:
-            rep.stuck += 1
-            rep.problem(sid, f"not finished: {row.status}")
-            continue
-        if row.status == "FAILED":
-            if not row.last_error:
-                rep.problem(sid, "FAILED without a reason")
-            if (row.last_error or "").startswith("quarantined:"):
-                rep.quarantined += 1
-            else:
-                rep.problem(sid, f"FAILED: {row.last_error}")
-            continue
-
         # No two runs of this saga overlap (its steps run one at a time, each at most once at
         # a time); a run left open ended when its process was killed.
         last_end: datetime | None = None
@@ -233,33 +241,7 @@ async def check_invariants(
         else:
             rep.problem(sid, f"unexpected status {row.status}")
 
-        # Re-executions (one attempt run more than once) only where a crash or a lost lease
-        # explains them.
-        per_attempt = Counter((r.step_id, r.phase, r.attempt) for r in runs)
-        again = sum(n - 1 for n in per_attempt.values() if n > 1)
-        if again:
-            rep.reexecutions += again
-            interrupted = any(e.get("status") == "INTERRUPTED" for e in history)
-            if not (row.takeover_count > 0 or interrupted):
-                rep.unexplained_reexecutions += again
-                rep.problem(sid, f"{again} re-execution(s) without takeover or interruption")
-
-        # History agrees with the runs: every recorded outcome was a real run with that result.
-        for e in history:
-            if e.get("phase") not in ("execute", "compensate") or e.get("status") not in (
-                "SUCCESS",
-                "ERROR",
-            ):
-                continue  # INTERRUPTED: a release, not a run's outcome
-            want = "ok" if e.get("status") == "SUCCESS" else "error"
-            if not any(
-                r.step_id == e["step_id"]
-                and r.phase == e["phase"]
-                and r.attempt == e["attempt"]
-                and r.outcome == want
-                for r in runs
-            ):
-                rep.problem(sid, f"history entry {e['phase']}/{e['step_id']} has no such run")
+        _check_reruns_and_history(rep, row, history, runs, ("INTERRUPTED",))
         succ = Counter(
             e["step_id"]
             for e in history
@@ -281,34 +263,8 @@ async def check_fork_invariants(db: FaultDb, kill_times: dict[int, datetime]) ->
     exactly when every step succeeded; COMPENSATED with every succeeded step compensated,
     newest first by the order they finished; re-executions explained; history agrees."""
     rep = Report()
-    rows = await db.fetch(
-        "SELECT id, status, last_error, takeover_count, step_history, steps_state, context "
-        "FROM {t} WHERE saga_name = 'fork'"
-    )
-    runs_by: dict[Any, list[Any]] = defaultdict(list)
-    for r in await db.fetch(
-        "SELECT saga_id, step_id, phase, attempt, pid, started_at, ended_at, outcome "
-        "FROM {t}_runs ORDER BY started_at, id"
-    ):
-        runs_by[r.saga_id].append(r)
-    for row in rows:
-        rep.sagas += 1
-        rep.statuses[row.status] += 1
+    for row, history, plan, runs in await _settled_sagas(rep, db, "fork"):
         sid = row.id
-        history: list[dict[str, Any]] = row.step_history or []
-        plan: dict[str, Any] = (row.context.get("initial_data") or {}).get("plan") or {}
-        runs = runs_by.get(sid, [])
-        rep._all[sid] = (row, runs)
-        if row.status not in TERMINAL:
-            rep.stuck += 1
-            rep.problem(sid, f"not finished: {row.status}")
-            continue
-        if row.status == "FAILED":
-            if (row.last_error or "").startswith("quarantined:"):
-                rep.quarantined += 1
-            else:
-                rep.problem(sid, f"FAILED: {row.last_error}")
-            continue
 
         def end_of(r: Any) -> datetime:
             return r.ended_at or kill_times.get(r.pid) or _FAR
@@ -374,30 +330,44 @@ async def check_fork_invariants(db: FaultDb, kill_times: dict[int, datetime]) ->
                 rep.problem(sid, "a step that never succeeded was compensated")
         else:
             rep.problem(sid, f"unexpected status {row.status}")
-        per_attempt = Counter((r.step_id, r.phase, r.attempt) for r in runs)
-        again = sum(n - 1 for n in per_attempt.values() if n > 1)
-        if again:
-            rep.reexecutions += again
-            interrupted = any(e.get("status") in ("INTERRUPTED", "CANCELLED") for e in history)
-            if not (row.takeover_count > 0 or interrupted):
-                rep.unexplained_reexecutions += again
-                rep.problem(sid, f"{again} re-execution(s) without takeover or interruption")
-        for e in history:
-            if e.get("phase") not in ("execute", "compensate") or e.get("status") not in (
-                "SUCCESS",
-                "ERROR",
-            ):
-                continue
-            want = "ok" if e.get("status") == "SUCCESS" else "error"
-            if not any(
-                r.step_id == e["step_id"]
-                and r.phase == e["phase"]
-                and r.attempt == e["attempt"]
-                and r.outcome == want
-                for r in runs
-            ):
-                rep.problem(sid, f"history entry {e['phase']}/{e['step_id']} has no such run")
+        # A cancelled branch is interrupted too: its attempt runs again.
+        _check_reruns_and_history(rep, row, history, runs, ("INTERRUPTED", "CANCELLED"))
     return rep
+
+
+def _check_reruns_and_history(
+    rep: Report,
+    row: Any,
+    history: list[dict[str, Any]],
+    runs: list[Any],
+    interruptions: tuple[str, ...],
+) -> None:
+    """Re-executions (one attempt run more than once) only where a takeover or an
+    interruption explains them; every outcome in history was a real run with that result."""
+    sid = row.id
+    per_attempt = Counter((r.step_id, r.phase, r.attempt) for r in runs)
+    again = sum(n - 1 for n in per_attempt.values() if n > 1)
+    if again:
+        rep.reexecutions += again
+        interrupted = any(e.get("status") in interruptions for e in history)
+        if not (row.takeover_count > 0 or interrupted):
+            rep.unexplained_reexecutions += again
+            rep.problem(sid, f"{again} re-execution(s) without takeover or interruption")
+    for e in history:
+        if e.get("phase") not in ("execute", "compensate") or e.get("status") not in (
+            "SUCCESS",
+            "ERROR",
+        ):
+            continue  # INTERRUPTED, CANCELLED: a release, not a run's outcome
+        want = "ok" if e.get("status") == "SUCCESS" else "error"
+        if not any(
+            r.step_id == e["step_id"]
+            and r.phase == e["phase"]
+            and r.attempt == e["attempt"]
+            and r.outcome == want
+            for r in runs
+        ):
+            rep.problem(sid, f"history entry {e['phase']}/{e['step_id']} has no such run")
 
 
 def _ok(r: Any, step: str, phase: str) -> bool:
