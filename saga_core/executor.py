@@ -345,7 +345,13 @@ class Executor:
             check_size(inp_json, f"input of step {spec.step_id!r}", self.engine.max_payload_bytes)
             entry["input"] = inp_json
             ctx = self._step_context(run, spec, "execute", attempt)
-            out = await self._call(run, lambda: spec.step.execute(inp), spec.timeout, ctx)
+            out = await self._call(
+                run,
+                lambda: spec.step.execute(inp),
+                spec.timeout,
+                ctx,
+                transactional=spec.transactional,
+            )
             out_model = self._validate_output(spec, out)
             out_json = out_model.model_dump(mode="json")
             check_size(out_json, f"output of step {spec.step_id!r}", self.engine.max_payload_bytes)
@@ -427,7 +433,11 @@ class Executor:
             entry["output"] = raw_out
             ctx = self._step_context(run, spec, "compensate", attempt)
             await self._call(
-                run, lambda: spec.step.compensate(inp, out), spec.compensation_timeout, ctx
+                run,
+                lambda: spec.step.compensate(inp, out),
+                spec.compensation_timeout,
+                ctx,
+                transactional=spec.transactional,
             )
         except (LeaseLost, asyncio.CancelledError):
             raise
@@ -554,10 +564,14 @@ class Executor:
         factory: Callable[[], Coroutine[Any, Any, Any]],
         timeout: timedelta | None,
         ctx: StepContext,
+        *,
+        transactional: bool = False,
     ) -> Any:
         """Run user code in its own task (with ``current_step()`` set) under its timeout,
-        racing the lease: a lost lease cancels it."""
-        factory, ctx = await txstep.begin(self.engine, run, factory, ctx)
+        racing the lease: a lost lease cancels it. A ``transactional`` step gets its session
+        (see ``txstep``)."""
+        if transactional:
+            factory, ctx = await txstep.begin(self.engine, run, factory, ctx)
 
         async def guarded() -> Any:
             if timeout is None:

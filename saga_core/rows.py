@@ -100,7 +100,11 @@ def steps_json(row_steps: list[dict[str, Any]], state: m.MachineState) -> list[d
     # The counters StepState leaves out when zero must not survive from the old entry.
     return [
         {
-            **{k: v for k, v in old.items() if k not in _OPTIONAL_STEP_KEYS},
+            **(
+                {k: v for k, v in old.items() if k not in _OPTIONAL_STEP_KEYS}
+                if "failures" in old or "seq" in old
+                else old
+            ),
             **st.to_json(str(old["step_id"])),
         }
         for old, st in zip(row_steps, state.steps, strict=True)

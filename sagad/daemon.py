@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -241,6 +242,7 @@ class _Daemon:
                 async with asyncio.timeout(LISTENER_READY_WAIT_S):
                     await asyncio.gather(*(lst.listening.wait() for lst in listeners))
         await self.registry.beat()
+        _tune_gc()
         self.heartbeat = asyncio.create_task(
             self.registry.run(settings.heartbeat_interval), name="sagad-heartbeat"
         )
@@ -403,3 +405,18 @@ async def _flush(engines: list[SagaEngine[Any]], force: asyncio.Event) -> None:
             flush.cancel()
     finally:
         forced.cancel()
+
+
+GC_GEN0_THRESHOLD = 10_000
+
+
+def _tune_gc() -> None:
+    """Start-up is over (the application, its definitions and clients are loaded): move what
+    exists into the permanent generation, which collections no longer scan, and collect the
+    young generation every 10,000 allocations instead of every 700. A worker allocates many
+    short-lived objects per step (dicts, models, tasks); measured on the burn-down benchmark
+    this takes about 10% off the worker's CPU per saga. Cycles are still collected."""
+    gc.collect()
+    gc.freeze()
+    _, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(GC_GEN0_THRESHOLD, gen1, gen2)
