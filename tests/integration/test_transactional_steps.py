@@ -750,4 +750,6 @@ async def test_sqlite_step_holds_the_write_lock_from_its_start(h: Harness, biz: 
 
 def only_on_sqlite(h: Harness) -> None:
     if h.is_pg:
-        pytest.skip("about SQLite's database-wide write lock")
+        pytest.skip(
+            "PostgreSQL: this test is about SQLite's database-wide write lock (no such lock here)"
+        )
