@@ -137,10 +137,15 @@ class SagaEngine(Generic[M]):
                 logger.warning("saga listener {!r} failed: {}", listener, exc)
 
     async def claim(
-        self, limit: int, *, saga_ids: Sequence[uuid.UUID] | None = None
+        self,
+        limit: int,
+        *,
+        saga_ids: Sequence[uuid.UUID] | None = None,
+        suspects: bool | None = None,
     ) -> list[SagaRow]:
         """Claim up to ``limit`` due sagas this engine can run (registered (name, version)
-        pairs only)."""
+        pairs only). ``suspects``: only (``True``) or none of (``False``) the sagas whose
+        worker was lost at least twice in a row while they ran, to be run on their own."""
         if not self.definitions:
             return []
         return await self.store.saga_claim(
@@ -150,6 +155,7 @@ class SagaEngine(Generic[M]):
             saga_names=sorted(self.definitions),
             saga_ids=saga_ids,
             versions=self.definitions.pairs(),
+            suspects=suspects,
         )
 
     def definition_for(self, name: str, version: int) -> SagaDefinition | None:
@@ -375,10 +381,20 @@ class SagaOrchestrator(Generic[M]):
         return saga_id
 
     async def run_due(self, *, limit: int = 100) -> int:
-        """Claim up to ``limit`` due sagas and drive them concurrently; how many it claimed."""
-        rows = await self.engine.claim(limit)
+        """Claim up to ``limit`` due sagas and drive them concurrently; how many it claimed.
+
+        A saga whose worker was lost at least twice in a row while it ran (a *suspect*: it
+        may be the one killing its workers) is not run beside others: once the batch is done,
+        one suspect is claimed and run on its own (within this call; calls running
+        concurrently in one process do not isolate it from each other)."""
+        eng = self.engine
+        rows = await eng.claim(limit, suspects=False)
         if rows:
-            await asyncio.gather(*(self.engine.drive(r) for r in rows))
+            await asyncio.gather(*(eng.drive(r) for r in rows))
+        if len(rows) < limit:
+            for row in await eng.claim(1, suspects=True):
+                await eng.drive(row)
+                return len(rows) + 1
         return len(rows)
 
     async def notify(

@@ -7,6 +7,14 @@ full batch means more may be waiting: claim again at once. Otherwise sleep until
 
 Draining stops claiming, lets in-flight steps finish, then cancels the rest; ``drive``
 releases a cancelled saga's lease so another worker takes it at once.
+
+Suspects (sagas whose worker was lost at least twice in a row while they ran) never share
+the process with other sagas: ordinary claims leave them out; about once a second the loop
+tries to claim one, and when it gets one it stops claiming, lets its in-flight sagas stop
+after their current step (released to any worker, as when draining), keeps the suspect's
+lease meanwhile, and runs the suspect alone.
+A poison saga then only takes itself down (and is quarantined after ``max_recoveries``),
+while the sagas that happened to share its dead workers finish normally.
 """
 
 from __future__ import annotations
@@ -25,6 +33,10 @@ from saga_core.store import SagaRow
 __all__ = ["Counters", "Worker"]
 
 MAX_CLAIM_BACKOFF_S = 10.0
+SUSPECT_PROBE_S = 1.0
+"""How often the loop tries to claim a suspect to run alone."""
+SUSPECT_PAUSE_S = 30.0
+"""After a failed claim of a suspect, how long the loop leaves suspects alone."""
 CLAIM_TIMEOUT_S = 20.0
 """A claim is one indexed statement; one hanging this long is on a dead connection (a network
 partition never reports itself): give up and back off like any database error. Should its
@@ -66,6 +78,11 @@ class Worker:
         self._tick = time.monotonic()
         self._waiting = False
         self._turn = 0
+        self._reserved: tuple[SagaEngine[Any], SagaRow, float] | None = None
+        """A suspect claimed to run alone, waiting for the in-flight sagas to finish."""
+        self._isolated: asyncio.Task[None] | None = None
+        """The suspect running alone."""
+        self._next_probe = 0.0
         for eng in engines:
             eng.listeners.append(self._on_event)
 
@@ -103,6 +120,12 @@ class Worker:
         backoff = 0.0
         while not self._stopping.is_set():
             self._tick = time.monotonic()
+            try:
+                if await self._isolation_turn():
+                    continue
+            except Exception as exc:  # a failed suspect claim: go on with ordinary work
+                logger.warning("claim of a suspect saga failed: {}", exc)
+                self._next_probe = time.monotonic() + SUSPECT_PAUSE_S
             free = self.concurrency - len(self.tasks)
             if free <= 0:
                 self._saturated = True
@@ -132,6 +155,64 @@ class Worker:
                 await asyncio.sleep(0)  # let the new tasks start; then claim again
                 continue
             await self._idle(self.poll_interval)
+        if self._reserved is not None:  # stopping: give the suspect back at once
+            eng, row, _ = self._reserved
+            self._reserved = None
+            await self._release_unstarted(eng, [row])
+
+    async def _isolation_turn(self) -> bool:
+        """Run suspects alone. True when this turn was spent on that (no ordinary claim)."""
+        if self._isolated is not None:
+            if not self._isolated.done():
+                await self._idle(None)  # woken when it ends
+                return True
+            self._isolated = None
+            self._yield_between_steps(False)
+        now = time.monotonic()
+        if self._reserved is not None:
+            eng, row, renewed = self._reserved
+            if not self.tasks:
+                self._reserved = None
+                logger.bind(saga_id=str(row.id), saga_name=row.saga_name).warning(
+                    "running saga alone: its worker was lost {} times in a row while it ran",
+                    row.recovery_count,
+                )
+                self._spawn(eng, row)
+                self._isolated = next(t for t, r in self.tasks.items() if r is row)
+                return True
+            if now - renewed > eng.execution_lease.total_seconds() / 3:
+                # Still waiting for in-flight steps: keep the suspect's lease (never released
+                # here: a release would hide that it is a suspect).
+                if await eng.store.saga_renew_lease(row.id, row.step_execution_token) is None:
+                    self._reserved = None  # taken from us (an operator acted)
+                    self._yield_between_steps(False)
+                    return False
+                self._reserved = (eng, row, now)
+            await self._idle(min(self.poll_interval, 0.5))  # woken as sagas finish
+            return True
+        if now < self._next_probe:
+            return False
+        self._next_probe = now + SUSPECT_PROBE_S
+        for eng in self.engines:
+            async with asyncio.timeout(CLAIM_TIMEOUT_S):
+                rows = await eng.claim(1, suspects=True)
+            if rows:
+                if self.on_claim is not None:
+                    self.on_claim(eng, rows)
+                self.counters.claims += 1
+                self.counters.claimed += 1
+                self._reserved = (eng, rows[0], now)
+                # In-flight sagas stop after their current step (released to any worker),
+                # so the suspect waits for steps, not for whole sagas.
+                self._yield_between_steps(True)
+                return True
+        return False
+
+    def _yield_between_steps(self, on: bool) -> None:
+        if self._draining:
+            return  # shutting down: they stay stopped
+        for eng in self.engines:
+            eng.draining = on
 
     async def _claim_round(self, free: int) -> bool:
         """One claim per engine (rotating who goes first); whether any batch came back full."""
@@ -146,7 +227,7 @@ class Worker:
                 full = True
                 break
             async with asyncio.timeout(CLAIM_TIMEOUT_S):
-                rows = await eng.claim(want)
+                rows = await eng.claim(want, suspects=False)
             self.counters.claims += 1
             self.counters.claimed += len(rows)
             if self.on_claim is not None:
@@ -191,7 +272,7 @@ class Worker:
                 logger.bind(saga_id=str(row.id), saga_name=row.saga_name).opt(exception=exc).error(
                     "saga task ended with an unexpected error: {}", exc
                 )
-        if self._saturated:
+        if self._saturated or self._reserved is not None or task is self._isolated:
             self.wake()
 
     async def _release_unstarted(self, eng: SagaEngine[Any], rows: list[SagaRow]) -> None:

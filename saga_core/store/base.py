@@ -75,6 +75,13 @@ class DeadlineChange(StrEnum):
     """now + the store's lease length (a renewal)."""
 
 
+SUSPECT_SQL = "(lease_owner IS NOT NULL AND recovery_count >= 1)"
+"""A *suspect*: due because its lease expired (its worker was lost while it ran) after an
+earlier recovery that recorded nothing, i.e. lost at least twice in a row. It may be the
+poison that kills its workers, or a bystander that shared the dead workers with it: workers
+run suspects on their own, so only the poison keeps being lost (and is quarantined)."""
+
+
 class LeaseChange(StrEnum):
     KEEP = "keep"
     RELEASE = "release"
@@ -204,10 +211,13 @@ class SagaStore(ABC):
         saga_names: Sequence[str] | None = None,
         saga_ids: Sequence[uuid.UUID] | None = None,
         versions: Sequence[tuple[str, int]] | None = None,
+        suspects: bool | None = None,
     ) -> list[SagaRow]:
         """Claim up to ``limit`` due rows (or expired leases) in one statement: rotate each
         token, set the lease owner and expiry. Rows another transaction holds are skipped.
-        ``versions``: only rows whose (saga_name, definition_version) is one of these."""
+        ``versions``: only rows whose (saga_name, definition_version) is one of these.
+        ``suspects``: ``True`` only, ``False`` none of, the sagas whose worker was lost at
+        least twice in a row while they ran (see ``SUSPECT``); ``None``: no filter."""
 
     @abstractmethod
     async def saga_checkpoint(

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from saga_core.errors import ActiveSagaAlreadyExistsError
 from saga_core.state import UTCDateTime
-from saga_core.store.base import Checkpoint, LeaseChange, SagaRow
+from saga_core.store.base import SUSPECT_SQL, Checkpoint, LeaseChange, SagaRow
 from saga_core.store.sql import SqlSagaStore
 
 WAKEUP_CHANNEL = "saga_wakeup"
@@ -88,8 +88,12 @@ _RETURN_COLS = (
 _DEADLINE_MODE = {"keep": 0, "clear": 1, "after": 2, "lease": 3}
 
 
-def _claim_sql(table: str, by_ids: bool, by_versions: bool = False) -> str:
+def _claim_sql(
+    table: str, by_ids: bool, by_versions: bool = False, suspects: bool | None = None
+) -> str:
     extra = "AND id = ANY($5::uuid[])" if by_ids else ""
+    if suspects is not None:
+        extra += f" AND {'' if suspects else 'NOT '}{SUSPECT_SQL}"
     if by_versions:
         # Parallel arrays of the (name, version) pairs this worker has registered.
         n = 6 if by_ids else 5
@@ -164,10 +168,7 @@ class FastPostgresSagaStore(PostgresSagaStore):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         q = self.engine.dialect.identifier_preparer.format_table(self.table)
-        self._sql_claim = _claim_sql(q, by_ids=False)
-        self._sql_claim_ids = _claim_sql(q, by_ids=True)
-        self._sql_claim_v = _claim_sql(q, by_ids=False, by_versions=True)
-        self._sql_claim_ids_v = _claim_sql(q, by_ids=True, by_versions=True)
+        self._sql_claims: dict[tuple[bool, bool, bool | None], str] = {}
         self._sql_checkpoint = _checkpoint_sql(q)
         self._quoted = q
         self._insert_sql: dict[tuple[str, ...], str] = {}
@@ -258,6 +259,7 @@ class FastPostgresSagaStore(PostgresSagaStore):
         saga_names: Sequence[str] | None = None,
         saga_ids: Sequence[uuid.UUID] | None = None,
         versions: Sequence[tuple[str, int]] | None = None,
+        suspects: bool | None = None,
     ) -> list[SagaRow]:
         if limit <= 0:
             return []
@@ -269,11 +271,14 @@ class FastPostgresSagaStore(PostgresSagaStore):
                 saga_names=None,
                 saga_ids=saga_ids,
                 versions=versions,
+                suspects=suspects,
             )
         args: list[Any] = [list(saga_names), limit, owner, lease.total_seconds()]
-        sql = self._sql_claim if versions is None else self._sql_claim_v
+        key = (saga_ids is not None, versions is not None, suspects)
+        sql = self._sql_claims.get(key)
+        if sql is None:
+            sql = self._sql_claims[key] = _claim_sql(self._quoted, *key)
         if saga_ids is not None:
-            sql = self._sql_claim_ids if versions is None else self._sql_claim_ids_v
             args.append(list(saga_ids))
         if versions is not None:
             args += [[n for n, _ in versions], [v for _, v in versions]]

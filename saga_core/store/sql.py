@@ -19,6 +19,7 @@ from sqlalchemy import (
     func,
     insert,
     literal,
+    not_,
     null,
     or_,
     select,
@@ -290,6 +291,7 @@ class SqlSagaStore(SagaStore):
         saga_names: Sequence[str] | None = None,
         saga_ids: Sequence[uuid.UUID] | None = None,
         versions: Sequence[tuple[str, int]] | None = None,
+        suspects: bool | None = None,
     ) -> list[SagaRow]:
         if limit <= 0:
             return []
@@ -306,6 +308,9 @@ class SqlSagaStore(SagaStore):
             due = due.where(self._versions_cond(versions))
         if saga_ids is not None:
             due = due.where(t.c.id.in_(list(saga_ids)))
+        if suspects is not None:
+            suspect = and_(t.c.lease_owner.is_not(None), t.c.recovery_count >= 1)
+            due = due.where(suspect if suspects else not_(suspect))
         due = self._claim_subquery(due.order_by(t.c.deadline_at).limit(limit))
         stmt = (
             update(t)

@@ -143,3 +143,63 @@ async def test_a_run_that_keeps_stopping_on_an_unexpected_error_is_quarantined(
     stopped = [e for e in row.step_history or [] if e.get("status") == "INTERRUPTED"]
     assert len(stopped) == max_recoveries + 1
     assert all("checkpoint refused: injected" in e["reason"] for e in stopped)
+
+
+async def test_a_bystander_of_a_poison_saga_runs_alone_and_is_not_quarantined(
+    h: Harness,
+) -> None:
+    """A saga that shared each dead worker with a poison saga (in flight on it at every
+    crash) becomes a suspect like the poison, and suspects run on their own: the bystander
+    then finishes, and only the poison is quarantined."""
+    from itkit import SAFETY_TIMEOUT
+
+    from saga_core import StepContext
+
+    p = h.probe
+    h.define("poison", chain(p, ("a", "b")))
+    h.define("slow", chain(p, ("s",)))
+    max_recoveries = 2
+    crashed: dict[str, asyncio.Event] = {}
+
+    async def poison_hook(ctx: StepContext) -> None:
+        crashed[ctx.worker].set()  # the step brings its worker down
+        await asyncio.Event().wait()
+
+    async def bystander_hook(ctx: StepContext) -> None:
+        # A step that takes a while: when the poison shares its worker, the worker dies
+        # under it; alone, it finishes.
+        try:
+            await asyncio.wait_for(crashed[ctx.worker].wait(), timeout=1.0)
+        except TimeoutError:
+            return
+        await asyncio.Event().wait()
+
+    p.hooks["b"] = poison_hook
+    p.hooks["s"] = bystander_hook
+    starter = await h.worker("starter")
+    poison = await starter.orch.start(saga_name="poison", initial_data={}, aggregation_id="p")
+    slow = await starter.orch.start(saga_name="slow", initial_data={}, aggregation_id="s")
+    for i in range(2 * max_recoveries + 4):
+        if (await h.row(poison)).status == "FAILED" and (await h.row(slow)).status != "RUNNING":
+            break
+        w = await h.worker(f"w{i}", lease=1.0, max_recoveries=max_recoveries)
+        crashed[w.id] = asyncio.Event()
+        runner = w.spawn(w.orch.run_due())
+        dead = asyncio.ensure_future(crashed[w.id].wait())
+        await asyncio.wait({runner, dead}, timeout=SAFETY_TIMEOUT, return_when="FIRST_COMPLETED")
+        dead.cancel()
+        if crashed[w.id].is_set():
+            w.crash()
+            runner.cancel()
+            await asyncio.gather(runner, return_exceptions=True)
+            for sid in (poison, slow):
+                row = await h.row(sid)
+                if row.lease_owner == w.id:
+                    await h.wait_lease_expired(sid)
+    bystander = await h.row(slow)
+    assert bystander.status == "COMPLETED", bystander.last_error
+    assert bystander.recovery_count == 0
+    assert p.effects["s"] >= 2, "it was lost with the poison before running alone"
+    row = await h.row(poison)
+    assert row.status == "FAILED"
+    assert row.last_error is not None and row.last_error.startswith("quarantined:")
