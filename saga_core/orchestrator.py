@@ -384,17 +384,15 @@ class SagaOrchestrator(Generic[M]):
         """Claim up to ``limit`` due sagas and drive them concurrently; how many it claimed.
 
         A saga whose worker was lost at least twice in a row while it ran (a *suspect*: it
-        may be the one killing its workers) is not run beside others: once the batch is done,
-        one suspect is claimed and run on its own (within this call; calls running
+        may be the one killing its workers) is not run beside others: when nothing else is
+        due, one suspect is claimed and run on its own (within this call; calls running
         concurrently in one process do not isolate it from each other)."""
         eng = self.engine
         rows = await eng.claim(limit, suspects=False)
+        if not rows:
+            rows = await eng.claim(1, suspects=True)
         if rows:
             await asyncio.gather(*(eng.drive(r) for r in rows))
-        if len(rows) < limit:
-            for row in await eng.claim(1, suspects=True):
-                await eng.drive(row)
-                return len(rows) + 1
         return len(rows)
 
     async def notify(
