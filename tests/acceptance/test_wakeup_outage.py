@@ -89,22 +89,45 @@ async def test_database_outage_while_running_loses_nothing(
             rows = await saga_db.fetch("SELECT count(*) FROM {t}_runs WHERE outcome = 'ok'")
             return int(rows[0][0])
 
-        await wait_until(lambda: _at_least(ok_runs, 10), timeout=30, what="some steps done")
+        async def open_runs() -> int:
+            rows = await saga_db.fetch("SELECT count(*) FROM {t}_runs WHERE ended_at IS NULL")
+            return int(rows[0][0])
+
+        async def steps_done_and_running() -> bool:
+            # Cut while steps run: the sagas move in waves (same step length), and a cut in
+            # the gap between two waves would leave no step to finish offline.
+            return await ok_runs() >= 10 and await open_runs() > 0
+
+        await wait_until(steps_done_and_running, timeout=30, what="some steps done, some running")
         await proxy.cut()
         cut_at = await ok_runs()
+        running_at_cut = await open_runs()
+
+        state: dict[str, Any] = {}
 
         async def all_steps_done_offline() -> bool:
             # Every step in flight at the cut has finished (recorded directly), so its
             # checkpoint can only be in sagad's memory; and the writer has retried a while.
-            rows = await saga_db.fetch("SELECT count(*) FROM {t}_runs WHERE ended_at IS NULL")
+            state.update(
+                open_runs=await open_runs(),
+                new_ok_runs=await ok_runs() - cut_at,
+                retried="retrying in 0.80s" in worker.log,
+                listener_noticed="wake-up listener" in worker.log,
+            )
             return (
-                rows[0][0] == 0
-                and await ok_runs() > cut_at
-                and "retrying in 0.80s" in worker.log
-                and "wake-up listener" in worker.log
+                state["open_runs"] == 0
+                # Steps running at the cut finished offline (when the cut missed every step,
+                # in the instant between two waves, there is none to wait for).
+                and (state["new_ok_runs"] > 0 or running_at_cut == 0)
+                and state["retried"]
+                and state["listener_noticed"]
             )
 
-        await wait_until(all_steps_done_offline, timeout=30, what="sagad blocked on the outage")
+        try:
+            await wait_until(all_steps_done_offline, timeout=60, what="sagad blocked on the outage")
+        except AssertionError as exc:
+            tail = "\n".join(worker.log.splitlines()[-30:])
+            raise AssertionError(f"{exc}; conditions: {state}; sagad log tail:\n{tail}") from None
         assert worker.running()
         await proxy.restore()
 
