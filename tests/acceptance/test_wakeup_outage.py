@@ -141,7 +141,3 @@ async def test_database_outage_while_running_loses_nothing(
         assert await worker.stop() == 0
     finally:
         await proxy.close()
-
-
-async def _at_least(probe: Any, n: int) -> bool:
-    return bool(await probe() >= n)
