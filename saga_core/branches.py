@@ -178,19 +178,12 @@ class _Branches:
         for i in sorted(i for i, t in self.wait_held.items() if t <= now):
             del self.wait_held[i]
             self.wait_names.pop(i, None)
-            spec = self.specs[i]
-            entry = self.ex._entry(self.run, spec, "execute", self.state.steps[i].attempts + 1)
-            entry.update(
-                status="TIMEOUT",
-                error_type="TimeoutError",
-                error="TimeoutError: no event in time",
-                duration_ms=0.0,
-            )
-            from saga_core.executor import _Outcome
-
-            out = _Outcome("failure", entry, error=entry["error"])
+            marker = self.run.context.get(self.waiting_key)
+            since = marker.get("since") if isinstance(marker, dict) else None
+            attempt = self.state.steps[i].attempts + 1
+            out = self.ex._wait_timeout(self.run, self.specs[i], attempt, {"since": since})
             self._fail(i, out)
-            self.history.append(entry)
+            self.history.append(out.entry)
         if not self.wait_held and self.waiting_key in self.run.context:
             self.run.context = {k: v for k, v in self.run.context.items() if k != self.waiting_key}
 

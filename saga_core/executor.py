@@ -464,6 +464,21 @@ class Executor:
         marker = run.context.get(WAITING_KEY) or {}
         run.context = {k: v for k, v in run.context.items() if k != WAITING_KEY}
         attempt = state.steps[state.cursor].attempts + 1
+        out = self._wait_timeout(run, spec, attempt, marker)
+        delay = spec.retry_policy.next_delay(state.retry_counter + 1)
+        if delay is not None:
+            out.entry["retry_in_s"] = round(delay.total_seconds(), 3)
+        t = m.step_failed(state, shape, delay, in_place_threshold=self.engine.in_place_retry_max)
+        run.log.bind(step=spec.step_id, attempt=attempt).warning(
+            "step {} timed out waiting for an event (attempt {})", spec.step_id, attempt
+        )
+        return t, out.entry, out.error
+
+    def _wait_timeout(
+        self, run: _Run, spec: StepSpec, attempt: int, marker: dict[str, Any]
+    ) -> _Outcome:
+        """The failed attempt (TIMEOUT) of a step whose wait for an event (``marker``: since,
+        timeout) ended without one."""
         entry = self._entry(run, spec, "execute", attempt)
         timeout_s = marker.get("timeout_s")
         error = (
@@ -478,14 +493,7 @@ class Executor:
             duration_ms=0.0,
             waiting_since=marker.get("since"),
         )
-        delay = spec.retry_policy.next_delay(state.retry_counter + 1)
-        if delay is not None:
-            entry["retry_in_s"] = round(delay.total_seconds(), 3)
-        t = m.step_failed(state, shape, delay, in_place_threshold=self.engine.in_place_retry_max)
-        run.log.bind(step=spec.step_id, attempt=attempt).warning(
-            "step {} timed out waiting for an event (attempt {})", spec.step_id, attempt
-        )
-        return t, entry, error
+        return _Outcome("failure", entry, error=error)
 
     # --- pieces ----------------------------------------------------------------------------
 
