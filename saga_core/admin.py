@@ -21,7 +21,7 @@ from saga_core import machine as m
 from saga_core.errors import SagaConflictError, SagaInputError, SagaNotFoundError, SagaStateError
 from saga_core.executor import RETRY_AT_KEY, WAITING_KEY
 from saga_core.orchestrator import SagaEngine
-from saga_core.payload import check_size, to_json_data
+from saga_core.payload import check_note_text, check_size, to_json_data
 from saga_core.rows import machine_state, now_iso, shape_of, update_for
 from saga_core.snapshot import SagaAdminSnapshot, SagaSnapshot
 from saga_core.state import SagaStateMixin
@@ -253,8 +253,8 @@ class SagaAdmin(Generic[M]):
         actor: str | None,
         extra: dict[str, Any] | None = None,
     ) -> SagaAdminSnapshot:
-        _check_text(reason, "reason")
-        _check_text(actor, "actor")
+        check_note_text(reason, "reason")
+        check_note_text(actor, "actor")
         sid = await self.resolve_id(saga_id)
         who = actor or self.actor
 
@@ -408,21 +408,4 @@ class SagaAdmin(Generic[M]):
             lambda row, now: (m.admin_abort(machine_state(row)), None),
             reason,
             actor,
-        )
-
-
-MAX_REASON_CHARS = 2000
-
-
-def _check_text(value: str | None, what: str) -> None:
-    """An operator's ``reason`` or ``actor``: recorded in history, so it must be storable."""
-    if value is None:
-        return
-    if not isinstance(value, str):
-        raise SagaInputError(f"{what} must be a string, got {type(value).__name__}")
-    if "\x00" in value:
-        raise SagaInputError(f"{what} must not contain NUL characters (\\x00)")
-    if len(value) > MAX_REASON_CHARS:
-        raise SagaInputError(
-            f"{what} is {len(value)} characters long; at most {MAX_REASON_CHARS} are kept"
         )

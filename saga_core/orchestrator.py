@@ -29,7 +29,7 @@ from saga_core.errors import (
 )
 from saga_core.events import REFUSALS_KEPT, Delivering, Delivery
 from saga_core.executor import Executor
-from saga_core.payload import DEFAULT_MAX_PAYLOAD_BYTES, json_object
+from saga_core.payload import DEFAULT_MAX_PAYLOAD_BYTES, check_note_text, json_object
 from saga_core.rows import new_saga_values
 from saga_core.snapshot import SagaSnapshot
 from saga_core.state import SagaState, SagaStateMixin
@@ -463,9 +463,8 @@ class SagaOrchestrator(Generic[M]):
             raise SagaInputError(_FORMS_MESSAGE)
         if by_name and (aggregation_id is None or event_name is None):
             raise SagaInputError(_FORMS_MESSAGE)
-        for value, what in ((actor, "actor"), (reason, "reason")):
-            if value is not None and (not isinstance(value, str) or "\x00" in value):
-                raise SagaInputError(f"{what} must be a string without NUL, got {value!r}")
+        check_note_text(actor, "actor")
+        check_note_text(reason, "reason")
         ev = None if event is None else json_object(event, "event", eng.max_payload_bytes)
         if by_token:
             decide = Delivering(

@@ -68,3 +68,21 @@ def json_object(value: Any, what: str, limit: int) -> dict[str, Any]:
         )
     check_size(data, what, limit)
     return data
+
+
+MAX_NOTE_CHARS = 2000
+
+
+def check_note_text(value: str | None, what: str) -> None:
+    """An operator's ``reason`` or ``actor`` (admin actions, ``notify``): recorded in
+    history, so it must be storable; raises SagaInputError."""
+    if value is None:
+        return
+    if not isinstance(value, str):
+        raise SagaInputError(f"{what} must be a string, got {type(value).__name__}")
+    if "\x00" in value:
+        raise SagaInputError(f"{what} must be text without NUL characters (\\x00)")
+    if len(value) > MAX_NOTE_CHARS:
+        raise SagaInputError(
+            f"{what} is {len(value)} characters long; at most {MAX_NOTE_CHARS} are kept"
+        )
