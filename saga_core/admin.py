@@ -17,12 +17,22 @@ from typing import Any, Generic, TypeVar
 
 from pydantic import ValidationError
 
+from saga_core import history as h
 from saga_core import machine as m
+from saga_core import waits
+from saga_core.engine import SagaEngine
 from saga_core.errors import SagaConflictError, SagaInputError, SagaNotFoundError, SagaStateError
-from saga_core.executor import RETRY_AT_KEY, WAITING_KEY
-from saga_core.orchestrator import SagaEngine
 from saga_core.payload import check_note_text, check_size, to_json_data
-from saga_core.rows import machine_state, now_iso, shape_of, update_for
+from saga_core.rows import (
+    STEP_OUTPUTS_KEY,
+    machine_state,
+    rotate_token,
+    shape_of,
+    update_for,
+    waits_of,
+    with_tokens,
+    without_holds,
+)
 from saga_core.snapshot import SagaAdminSnapshot, SagaSnapshot
 from saga_core.state import SagaStateMixin
 from saga_core.store import RowUpdate, SagaFilter, SagaRow, WorkerRow
@@ -194,6 +204,55 @@ class SagaAdmin(Generic[M]):
     async def db_now(self) -> datetime:
         return await self.store.db_now()
 
+    async def preview_delivery(
+        self,
+        *,
+        saga_id: uuid.UUID | str | None = None,
+        token: uuid.UUID | None = None,
+        aggregation_id: str | None = None,
+        event_name: str | None = None,
+        event: dict[str, Any] | None = None,
+    ) -> waits.Delivery:
+        """What ``notify`` with these arguments would do now (accepted, queued, or why it
+        would be refused), without writing anything. By ``saga_id`` and ``token``, or by
+        ``aggregation_id`` and ``event_name`` (the active saga of it, else its newest).
+
+        Raises:
+            SagaNotFoundError: no such saga.
+            SagaInputError: not exactly one of the two forms.
+        """
+        if (saga_id is None) == (aggregation_id is None) or (
+            (saga_id is None) != (token is None) or (aggregation_id is None) != (event_name is None)
+        ):
+            raise SagaInputError(
+                "preview_delivery needs saga_id= and token=, or aggregation_id= and event_name="
+            )
+        if saga_id is not None:
+            row = await self.store.saga_get(await self.resolve_id(saga_id), with_history=False)
+        else:
+            found = await self.store.saga_list(
+                SagaFilter(
+                    aggregation_id=aggregation_id,
+                    statuses=sorted(s.value for s in m.ACTIVE_STATUSES),
+                ),
+                limit=1,
+            ) or await self.store.saga_list(SagaFilter(aggregation_id=aggregation_id), limit=1)
+            row = found[0] if found else None
+        if row is None:
+            raise SagaNotFoundError(
+                f"no saga with id {saga_id}"
+                if saga_id is not None
+                else f"no saga with aggregation_id {aggregation_id!r}"
+            )
+        decide = waits.Delivering(
+            event=event,
+            token=token,
+            aggregation_id=aggregation_id,
+            event_name=event_name,
+            max_inbox_bytes=4 * self.engine.max_payload_bytes,
+        )
+        return decide.preview(row, await self.store.db_now())
+
     # --- retention -------------------------------------------------------------------------
 
     async def purge(
@@ -261,25 +320,47 @@ class SagaAdmin(Generic[M]):
         def apply(row: SagaRow, now: datetime) -> RowUpdate:
             t, context = compute(row, now)
             base = row.context if context is None else context
-            if WAITING_KEY in base or RETRY_AT_KEY in base:
-                # An operator ends an event wait (it never times out) and retry waits of
-                # parallel branches: what runs next runs now.
-                context = {k: v for k, v in base.items() if k not in (WAITING_KEY, RETRY_AT_KEY)}
+            # An operator ends every event wait (its token is spent) and the retry waits of
+            # parallel branches: what runs next runs now.
+            steps = with_tokens(row)
+            for step_id in waits_of(base):
+                index = next((i for i, s in enumerate(steps) if s["step_id"] == step_id), None)
+                if index is not None:
+                    steps = rotate_token(steps, index)
+            ctx = without_holds(base)
+            at = now.isoformat()
             idx = row.current_step_index
-            entry: dict[str, Any] = {
-                "at": now_iso(),
-                "phase": "admin",
-                "step_id": row.steps_state[idx]["step_id"] if idx < len(row.steps_state) else None,
-                "status": action,
-                "attempt": 0,
-                "actor": who,
-                "reason": reason,
-                "from_status": row.status,
-                "to_status": t.state.status.value,
+            entry = h.admin(
+                at=at,
+                step_id=str(steps[idx]["step_id"]) if idx < len(steps) else None,
+                status=action,
+                reason=reason,
+                actor=who,
+                from_status=row.status,
+                to_status=t.state.status.value,
                 **(extra or {}),
-            }
-            upd = update_for(t, row.steps_state, history=[entry], context=context)
-            upd.new_token = uuid.uuid4()
+            )
+            # Events waiting in the inbox for steps this action finished are dropped.
+            settled = waits.settle_inbox(
+                t.state,
+                shape_of(row),
+                ctx,
+                steps,
+                list(row.inbox or []),
+                at=at,
+                now=now,
+                consume_events=False,
+            )
+            upd = update_for(
+                t,
+                steps,
+                at=at,
+                history=[entry, *settled.history],
+                context=None if ctx is row.context else ctx,
+            )
+            upd.new_lease_token = uuid.uuid4()
+            if settled.history:
+                upd.inbox, upd.set_inbox = settled.inbox, True
             if action == "RETRY":
                 upd.set_last_error = False
             return upd
@@ -361,20 +442,20 @@ class SagaAdmin(Generic[M]):
             raise SagaInputError(
                 "mock_output only applies to a forward step, not to a compensation"
             )
-        expected = (state.phase, state.cursor, row.step_execution_token)
+        expected = (state.phase, state.cursor, row.lease_token)
 
         def compute(current: SagaRow, _now: datetime) -> tuple[m.Transition, dict[str, Any] | None]:
             cs = machine_state(current)
-            if (cs.phase, cs.cursor, current.step_execution_token) != expected:
+            if (cs.phase, cs.cursor, current.lease_token) != expected:
                 raise SagaConflictError(
                     f"saga {sid} moved on while the skip was being prepared; look again"
                 )
             t = m.admin_skip(cs, shape_of(current))
             ctx = None
             if out_json is not None:
-                outputs = dict(current.context.get("step_outputs") or {})
+                outputs = dict(current.context.get(STEP_OUTPUTS_KEY) or {})
                 outputs[step_id] = out_json
-                ctx = {**current.context, "step_outputs": outputs}
+                ctx = {**current.context, STEP_OUTPUTS_KEY: outputs}
             return t, ctx
 
         extra = {"mock_output": out_json} if out_json is not None else None

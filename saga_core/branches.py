@@ -6,7 +6,10 @@ A branch that exhausts its retries cancels its running siblings (recorded as ``C
 not a failed attempt) and the saga rolls back every finished step, newest first. A branch
 that waits for a retry time or an event is held while the others go on; the saga suspends
 once nothing else can run. A new step starts only after the checkpoint that made it ready
-has committed.
+has committed. Retry times and wait timeouts are kept in database time (``run.clock``), so a
+worker whose wall clock is off changes nothing. Events that arrive for a waiting branch while
+its siblings run wait in the inbox, which the loop looks at after each checkpoint and at
+least every :data:`INBOX_POLL_S` while a branch waits.
 """
 
 from __future__ import annotations
@@ -14,39 +17,39 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from datetime import datetime, timedelta
+from typing import Any
 
+from saga_core import attempt as a
+from saga_core import history as h
 from saga_core import machine as m
-from saga_core.rows import now_iso
+from saga_core import waits
+from saga_core.lease import LeaseLost
+from saga_core.rows import RETRY_AT_KEY, rotate_token, waits_of, with_waits
+from saga_core.run import Run
 
-if TYPE_CHECKING:
-    from saga_core.executor import Executor, _Outcome, _Run
-
-__all__ = ["run_branches"]
+__all__ = ["INBOX_POLL_S", "run_branches"]
 
 FOREVER = math.inf
+INBOX_POLL_S = 1.0
+"""While a branch waits for an event and others run: how often the inbox is looked at."""
 
 
-def _parse(at: Any) -> float | None:
-    """An ISO time from the context as a UNIX time; None when unreadable."""
+def _parse(at: Any) -> datetime | None:
     try:
-        return datetime.fromisoformat(str(at)).timestamp()
+        return datetime.fromisoformat(str(at))
     except ValueError:
         return None
 
 
 class _Branches:
-    def __init__(self, ex: Executor, run: _Run, state: m.MachineState, shape: m.Shape) -> None:
-        from saga_core.executor import RETRY_AT_KEY, WAITING_KEY
-
-        self.ex = ex
+    def __init__(self, run: Run) -> None:
         self.run = run
-        self.state = state
-        self.shape = shape
+        self.state = run.state
+        self.shape = run.shape
         self.specs = run.definition.steps
         self.index = {spec.step_id: spec.index for spec in self.specs}
-        self.running: dict[asyncio.Task[_Outcome], tuple[int, int]] = {}
+        self.running: dict[asyncio.Task[a.Outcome], tuple[int, int]] = {}
         """Branch task -> (step index, attempt)."""
         self.history: list[dict[str, Any]] = []
         """Entries of outcomes applied but not checkpointed yet."""
@@ -56,165 +59,155 @@ class _Branches:
         """Step -> monotonic time from which it may run again (a retry wait)."""
         self.wait_held: dict[int, float] = {}
         """Step -> monotonic time its event wait times out (inf: never)."""
-        self.wait_names: dict[int, str] = {}
-        """Waiting step -> the event name it waits for (named waits only)."""
         self.relaunch: list[tuple[int, float]] = []
         """In-place retries to start once the failure is checkpointed: (step, delay)."""
-        self.retry_key = RETRY_AT_KEY
-        self.waiting_key = WAITING_KEY
+        self.check_inbox = False
+        """Look at the inbox before going on (a branch began to wait, a poll saw events)."""
         self._restore()
 
     # --- carried over from the previous run -------------------------------------------------
 
     def _restore(self) -> None:
-        ctx = self.run.context
-        wall, mono = time.time(), time.monotonic()
-        for step_id, at in dict(ctx.get(self.retry_key) or {}).items():
+        clock = self.run.clock
+        now = clock.now()
+        for step_id, at in dict(self.run.context.get(RETRY_AT_KEY) or {}).items():
             when = _parse(at)
-            if step_id in self.index and when is not None and when > wall:
-                self.retry_held[self.index[step_id]] = mono + (when - wall)
-        marker = ctx.get(self.waiting_key)
-        if isinstance(marker, dict):
-            since = _parse(marker.get("since"))
-            timeout_s = marker.get("timeout_s")
-            if isinstance(timeout_s, int | float) and since is not None:
-                ends = mono + (since + float(timeout_s) - wall)
-            else:
-                ends = FOREVER
-            names = marker.get("branch_event_names") or {}
-            if marker.get("event_name") is not None and not names:
-                names = {marker.get("step_id"): marker["event_name"]}
-            for step_id in marker.get("branches") or [marker.get("step_id")]:
-                if step_id in self.index:
-                    self.wait_held[self.index[step_id]] = ends
-                    if names.get(step_id) is not None:
-                        self.wait_names[self.index[step_id]] = str(names[step_id])
+            if step_id in self.index and when is not None and when > now:
+                self.retry_held[self.index[step_id]] = clock.to_mono(when)
+        for step_id, wait in waits_of(self.run.context).items():
+            if step_id in self.index:
+                until = wait.until_dt()
+                self.wait_held[self.index[step_id]] = (
+                    FOREVER if until is None else clock.to_mono(until)
+                )
+        if self.wait_held:
+            self.check_inbox = True
 
-    def _save_waits(self) -> None:
-        """Mirror the held steps into the context: retry times, and the event wait marker."""
-        ctx = {
-            k: v for k, v in self.run.context.items() if k not in (self.retry_key, self.waiting_key)
-        }
-        wall, mono = time.time(), time.monotonic()
+    def _save_holds(self) -> None:
+        """Mirror the held steps into the context: retry times (database time) and the
+        waits of the steps still waiting."""
+        run = self.run
+        ctx = {k: v for k, v in run.context.items() if k != RETRY_AT_KEY}
         if self.retry_held:
-            ctx[self.retry_key] = {
-                self.specs[i].step_id: datetime.fromtimestamp(wall + (t - mono), UTC).isoformat()
+            ctx[RETRY_AT_KEY] = {
+                self.specs[i].step_id: run.clock.from_mono(t).isoformat()
                 for i, t in sorted(self.retry_held.items())
             }
-        if self.wait_held:
-            first = min(self.wait_held, key=lambda i: (self.wait_held[i], i))
-            ends = self.wait_held[first]
-            old = self.run.context.get(self.waiting_key)
-            since = old.get("since") if isinstance(old, dict) else None
-            since = since or now_iso()
-            since_wall = _parse(since) or wall
-            marker: dict[str, Any] = {
-                "step_id": self.specs[first].step_id,
-                "since": since,
-                "timeout_s": None
-                if ends == FOREVER
-                else round(wall + (ends - mono) - since_wall, 3),
-                "branches": [self.specs[i].step_id for i in sorted(self.wait_held)],
-            }
-            names = {
-                self.specs[i].step_id: self.wait_names[i]
-                for i in sorted(self.wait_held)
-                if i in self.wait_names
-            }
-            if names:  # named waits: deliverable by correlation to any of these names
-                if first in self.wait_names:
-                    marker["event_name"] = self.wait_names[first]
-                marker["event_names"] = sorted(set(names.values()))
-                marker["branch_event_names"] = names
-            ctx[self.waiting_key] = marker
-        self.run.context = ctx
+        markers = waits_of(ctx)
+        keep = {self.specs[i].step_id for i in self.wait_held}
+        run.context = with_waits(ctx, {sid: w for sid, w in markers.items() if sid in keep})
+
+    def _in_flight(self) -> frozenset[int]:
+        return frozenset(i for i, _ in self.running.values())
+
+    def _released(self, settled: waits.Settled | None) -> None:
+        """Steps a consumed event released run again now."""
+        if settled is None:
+            return
+        for i in settled.released:
+            self.wait_held.pop(i, None)
+            self.retry_held.pop(i, None)
 
     # --- outcomes ---------------------------------------------------------------------------
 
-    def _apply(self, i: int, out: _Outcome) -> None:
+    def _apply(self, i: int, out: a.Outcome) -> None:
         spec = self.specs[i]
-        ex, run = self.ex, self.run
+        run = self.run
         if out.kind == "success":
             self.state = m.branch_succeeded(self.state, self.shape, i)
-            ex._store_output(run, spec, out)
+            run.store_output(spec, out.output, out.entry["input"])
         elif out.kind == "wait":
-            old = run.context.get(self.waiting_key)
-            if not isinstance(old, dict):
-                run.context = {**run.context, self.waiting_key: {"since": out.entry["at"]}}
             timeout = out.wait_timeout
-            if out.wait_name is not None:
-                self.wait_names[i] = out.wait_name
-            else:
-                self.wait_names.pop(i, None)
-            self.wait_held[i] = (
-                FOREVER if timeout is None else time.monotonic() + timeout.total_seconds()
-            )
+            seconds = None if timeout is None else timeout.total_seconds()
+            marker = waits.wait_marker(run.clock.now(), seconds, out.wait_name)
+            run.context = with_waits(run.context, {**waits_of(run.context), spec.step_id: marker})
+            self.wait_held[i] = FOREVER if seconds is None else time.monotonic() + seconds
+            self.check_inbox = True
             run.log.bind(step=spec.step_id).info("step {} waits for an event", spec.step_id)
         else:
             self._fail(i, out)
         self.history.append(out.entry)
-        ex._emit_step(run, out.entry)
+        run.emit_step(out.entry)
 
-    def _fail(self, i: int, out: _Outcome) -> None:
+    def _fail(self, i: int, out: a.Outcome) -> None:
         spec = self.specs[i]
-        delay = spec.retry_policy.next_delay(self.state.steps[i].failures + 1)
+        delay = out.retry_delay
         self.state = m.branch_failed(self.state, self.shape, i)
-        self.ex._note_failure(self.run, spec, out, delay)
+        log = self.run.log.bind(step=spec.step_id, attempt=out.entry["attempt"])
+        log.log(
+            "WARNING" if delay is None else "INFO",
+            "step {} failed (attempt {}){}: {}",
+            spec.step_id,
+            out.entry["attempt"],
+            ", retries exhausted" if delay is None else "",
+            out.error,
+        )
         self.error = out.error
         if delay is None:
             if self.failed is None:
                 self.failed = i
-        elif delay <= self.ex.engine.in_place_retry_max:
+        elif delay <= self.run.deps.settings.in_place_retry_max:
             self.relaunch.append((i, delay.total_seconds()))
         else:
             self.retry_held[i] = time.monotonic() + delay.total_seconds()
 
     def _expire(self) -> None:
         """Retry waits that are over release their step; event waits that are over are a
-        failed attempt (TIMEOUT) of their step."""
+        failed attempt (TIMEOUT) of their step, whose token is then spent."""
         now = time.monotonic()
         for i in [i for i, t in self.retry_held.items() if t <= now]:
             del self.retry_held[i]
+        run = self.run
+        markers = waits_of(run.context)
         for i in sorted(i for i, t in self.wait_held.items() if t <= now):
             del self.wait_held[i]
-            self.wait_names.pop(i, None)
-            marker = self.run.context.get(self.waiting_key)
-            since = marker.get("since") if isinstance(marker, dict) else None
-            attempt = self.state.steps[i].attempts + 1
-            out = self.ex._wait_timeout(self.run, self.specs[i], attempt, {"since": since})
+            spec = self.specs[i]
+            wait = markers.pop(spec.step_id, None) or waits.wait_marker(run.clock.now(), None, None)
+            step = self.state.steps[i]
+            out = a.wait_timed_out(run, spec, step.attempts + 1, step.failures + 1, wait)
+            run.steps = rotate_token(run.steps, i)
+            run.span.record(spec.step_id, h.EXECUTE, out.entry["attempt"], out)
             self._fail(i, out)
             self.history.append(out.entry)
-        if not self.wait_held and self.waiting_key in self.run.context:
-            self.run.context = {k: v for k, v in self.run.context.items() if k != self.waiting_key}
+            run.emit_step(out.entry)
+        run.context = with_waits(run.context, markers)
 
     # --- the loop ---------------------------------------------------------------------------
 
     async def _checkpoint(self, t: m.Transition) -> None:
-        if self.run.span is not None:
-            self.run.span.status = t.state.status.value
-        self._save_waits()
+        run = self.run
+        self._save_holds()
         completed = t.state.status is m.SagaStatus.COMPLETED
-        await self.ex._write(
-            self.run,
+        settled = await run.checkpoint(
             t,
             self.history,
             last_error=None if completed else self.error,
             set_last_error=self.error is not None or completed,
+            in_flight=self._in_flight(),
         )
         self.history, self.error = [], None
-        self.run.state = t.state
+        run.span.saw(t.state.status.value)
+        self._released(settled)
+
+    async def _look_at_inbox(self) -> None:
+        """Consume events for branches that are not running (a waiting branch runs again)."""
+        self.check_inbox = False
+        if self.history:  # what ended so far goes in first
+            await self._checkpoint(m.Transition(self.state, m.Schedule.hold()))
+        self._save_holds()
+        settled = await self.run.settle_inbox(in_flight=self._in_flight())
+        self._released(settled)
 
     def _launch(self, i: int, delay: float) -> None:
-        attempt = self.state.steps[i].attempts + 1
-        ex, run, spec = self.ex, self.run, self.specs[i]
+        step = self.state.steps[i]
+        attempt, failures = step.attempts + 1, step.failures + 1
+        run, spec = self.run, self.specs[i]
 
-        async def branch() -> _Outcome:
+        async def branch() -> a.Outcome:
             if delay > 0:  # an in-place retry: wait under the lease, outside the step's span
-                await ex._sleep(run, delay)
-            call = ex._attempt(run, spec, attempt)
-            if run.span is not None:
-                return await run.span.branch(spec.step_id, attempt, call)  # type: ignore[no-any-return]
-            return await call
+                await run.lease.sleep(delay)
+            call = a.execute(run, spec, attempt, failures)
+            return await run.span.attempt(spec.step_id, h.EXECUTE, attempt, call)
 
         self.running[asyncio.ensure_future(branch())] = (i, attempt)
 
@@ -225,8 +218,8 @@ class _Branches:
         await asyncio.gather(*tasks, return_exceptions=True)
         for task in tasks:
             i, attempt = self.running.pop(task)
-            entry = self.ex._entry(self.run, self.specs[i], "execute", attempt)
-            entry.update(status="CANCELLED", duration_ms=0.0, reason=why)
+            entry = self.run.entry(self.specs[i], h.EXECUTE, attempt)
+            entry.update(status=h.CANCELLED, duration_ms=0.0, reason=why)
             self.history.append(entry)
 
     def _next_wake(self) -> float | None:
@@ -234,14 +227,16 @@ class _Branches:
         return min(ends) - time.monotonic() if ends else None
 
     async def go(self) -> m.Transition | None:
-        ex = self.ex
+        run = self.run
         self._expire()
         try:
             while True:
+                if self.check_inbox:
+                    await self._look_at_inbox()
                 starts: list[tuple[int, float]] = []
-                if self.failed is None and not ex.engine.draining:
+                if self.failed is None and not run.should_stop():
                     busy = frozenset(
-                        {i for i, _ in self.running.values()}
+                        self._in_flight()
                         | set(self.retry_held)
                         | set(self.wait_held)
                         | {i for i, _ in self.relaunch}
@@ -255,6 +250,10 @@ class _Branches:
                 if self.failed is None and (self.running or starts):
                     if self.history:
                         await self._checkpoint(m.Transition(self.state, m.Schedule.hold()))
+                    if starts:
+                        run.lease.check()
+                        if run.lease.needs_renewal():
+                            await run.lease.renew()
                     for i, delay in starts:
                         self._launch(i, delay)
                     await self._wait_some()
@@ -269,25 +268,35 @@ class _Branches:
                 self.running.clear()
 
     async def _wait_some(self) -> None:
-        """Wait for a branch to end (or a held step's time to come), and apply what ended."""
-        from saga_core.executor import LeaseLost
-
-        lost = self.run.lost_future()
+        """Wait for a branch to end, a held step's time to come, or the next look at the
+        inbox; apply what ended."""
+        run = self.run
+        lost = run.lease.lost_future()
         wake = self._next_wake()
+        poll = INBOX_POLL_S if self.wait_held and self.running else None
+        limits = [x for x in (wake, poll) if x is not None]
         waiting: set[asyncio.Future[Any]] = {*self.running, lost}
         done, _ = await asyncio.wait(
             waiting,
-            timeout=None if wake is None else max(wake, 0.0),
+            timeout=max(min(limits), 0.0) if limits else None,
             return_when=asyncio.FIRST_COMPLETED,
         )
-        if self.run.lost.is_set():
+        if run.lease.is_lost:
             raise LeaseLost()
         for task in [t for t in self.running if t in done]:
             i, _ = self.running.pop(task)
             self._apply(i, task.result())  # LeaseLost from a branch propagates
+        expiring = any(t <= time.monotonic() for t in self.wait_held.values())
+        if not done and self.wait_held and not expiring:
+            self.check_inbox = self.check_inbox or await run.deps.store.saga_inbox_pending(
+                run.saga_id
+            )
+        if expiring:
+            await self._look_at_inbox()  # an event that made it in time wins over the timeout
         self._expire()
 
     async def _settle(self) -> m.Transition | None:
+        run = self.run
         if self.failed is not None:  # the rollback comes first: nothing waits any more
             self.retry_held.clear()
             self.wait_held.clear()
@@ -304,20 +313,16 @@ class _Branches:
             due_in=None if wake is None else timedelta(seconds=max(wake, 0.0)),
             focus=focus,
         )
-        if t is None:  # ready steps, but the worker is draining: hand them over
+        if t is None:  # ready steps, but the worker is stopping: hand them over
             if self.history:
                 await self._checkpoint(m.Transition(self.state, m.Schedule.hold()))
-            await self.ex._release(
-                self.run.row.id, self.run.token, self.ex._interrupted_note(self.run, drained=True)
-            )
+            await run.release(run.interrupted_note("worker draining: released between steps"))
             return None
         await self._checkpoint(t)
         return t
 
 
-async def run_branches(
-    ex: Executor, run: _Run, state: m.MachineState, shape: m.Shape
-) -> m.Transition | None:
+async def run_branches(run: Run) -> m.Transition | None:
     """Run a parallel saga forward until no branch runs; the settling transition (written),
     or None when the saga was released to another worker."""
-    return await _Branches(ex, run, state, shape).go()
+    return await _Branches(run).go()

@@ -1,17 +1,25 @@
 """Group commit of checkpoints: outcomes arriving together from many sagas share one
-transaction. Each saga still waits for its own checkpoint before its next step begins."""
+transaction. Each saga still waits for its own checkpoint before its next step begins.
+
+A batch the database refuses for a reason of its own (not a lost connection) is written again
+one checkpoint at a time, so that one unstorable row fails alone: the others are written and
+their sagas go on.
+"""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from datetime import datetime
 
 from loguru import logger
 
-from saga_core.store.base import Checkpoint, SagaStore
+from saga_core.store.base import Applied, Checkpoint, SagaStore
 
-CheckpointResult = datetime | None | bool
+__all__ = ["CheckpointResult", "CheckpointWriter", "is_transient"]
+
+CheckpointResult = Applied | None
+"""What a checkpoint came to: written (``Applied``), or ``None`` when its lease token no
+longer matched (nothing written)."""
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -59,6 +67,9 @@ def is_transient(exc: BaseException) -> bool:
     }
 
 
+Outcome = CheckpointResult | BaseException
+
+
 class CheckpointWriter:
     """Batches concurrent checkpoints into one store call; retries transient database
     errors with backoff so a finished step's checkpoint is never dropped while the process
@@ -70,11 +81,14 @@ class CheckpointWriter:
         self.max_backoff = max_backoff
         self._queue: list[tuple[Checkpoint, asyncio.Future[CheckpointResult]]] = []
         self._flusher: asyncio.Task[None] | None = None
-        self.batches = 0
-        self.written = 0
 
     async def write(self, checkpoint: Checkpoint) -> CheckpointResult:
-        """Persist ``checkpoint``: ``False`` when its fencing token no longer matched."""
+        """Persist ``checkpoint``: ``None`` when its fencing token no longer matched.
+
+        Raises:
+            Exception: the database refused this very checkpoint (not a lost connection:
+                those are retried until they go through).
+        """
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[CheckpointResult] = loop.create_future()
         self._queue.append((checkpoint, fut))
@@ -104,20 +118,38 @@ class CheckpointWriter:
                 else:
                     fut.set_result(res)
 
-    async def _write_batch(
-        self, batch: Sequence[Checkpoint]
-    ) -> Sequence[CheckpointResult | BaseException]:
+    async def _write_batch(self, batch: Sequence[Checkpoint]) -> Sequence[Outcome]:
+        try:
+            return await self._write_retrying(batch)
+        except Exception as exc:
+            if len(batch) == 1:
+                logger.opt(exception=exc).error("checkpoint write failed: {}", exc)
+                return [exc]
+        # Refused as a whole: find which checkpoints the database refuses, one by one.
+        logger.warning(
+            "a batch of {} checkpoints was refused; writing them one at a time", len(batch)
+        )
+        out: list[Outcome] = []
+        for cp in batch:
+            try:
+                (res,) = await self._write_retrying([cp])
+                out.append(res)
+            except Exception as exc:
+                logger.opt(exception=exc).error(
+                    "checkpoint of saga {} refused: {}", cp.saga_id, exc
+                )
+                out.append(exc)
+        return out
+
+    async def _write_retrying(self, batch: Sequence[Checkpoint]) -> list[CheckpointResult]:
+        """Write ``batch`` in one transaction, retrying transient errors; others raise."""
         backoff = 0.05
         while True:
             try:
-                results = await self.store.saga_checkpoint(batch)
-                self.batches += 1
-                self.written += len(batch)
-                return results
+                return await self.store.saga_checkpoint(batch)
             except Exception as exc:
                 if not is_transient(exc):
-                    logger.opt(exception=exc).error("checkpoint write failed: {}", exc)
-                    return [exc] * len(batch)
+                    raise
                 logger.warning(
                     "database unavailable while writing {} checkpoint(s), retrying in {:.2f}s: {}",
                     len(batch),

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextvars
 import uuid
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Literal, NoReturn
 
-from saga_core.errors import SagaError, SagaInputError
+from saga_core.errors import SagaError
+from saga_core.payload import check_text
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession
@@ -47,16 +49,12 @@ class WaitForEvent(Exception):
 
 
 def check_event_name(name: object, what: str) -> str:
-    """An event name: a non-empty string of at most 200 characters without NUL.
+    """An event name: a non-empty string of at most 200 characters, storable.
 
     Raises:
         SagaInputError: otherwise (``what`` says which argument it was).
     """
-    if not isinstance(name, str) or not name or len(name) > 200 or "\x00" in name:
-        raise SagaInputError(
-            f"{what} must be a non-empty string of at most 200 characters without NUL, got {name!r}"
-        )
-    return name
+    return check_text(name, what)
 
 
 @dataclass(frozen=True)
@@ -71,13 +69,20 @@ class StepContext:
     attempt: int
     """The first execution is 1."""
     token: uuid.UUID
-    """The saga's current fencing token (also its callback token for ``notify``)."""
+    """This step's token: hand it to whoever answers with an event (``notify``). It stays
+    the same across retries of the step and worker takeovers, until a wait of the step
+    consumes an event or times out, or an operator acts on the saga."""
     trace_id: str | None
     idempotency_key: str
     """Stable across retries of this step (or of its compensation) of this saga: pass it to
     downstream services to deduplicate."""
     worker: str
     _session: AsyncSession | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def session_if_transactional(self) -> AsyncSession | None:
+        """The step's transaction session, or ``None`` for a step that is not transactional."""
+        return self._session
 
     @property
     def session(self) -> AsyncSession:
@@ -108,6 +113,19 @@ class StepContext:
 
 
 _CURRENT: ContextVar[StepContext | None] = ContextVar("saga_current_step", default=None)
+
+
+def active_step() -> StepContext | None:
+    """The context of the step being run in this task, or ``None`` outside steps."""
+    return _CURRENT.get()
+
+
+def run_with_step(ctx: StepContext) -> contextvars.Context:
+    """A copy of the current context in which ``current_step()`` returns ``ctx`` (the step's
+    task runs in it)."""
+    cv = contextvars.copy_context()
+    cv.run(_CURRENT.set, ctx)
+    return cv
 
 
 def current_step() -> StepContext:

@@ -14,6 +14,7 @@ from datetime import timedelta
 from enum import StrEnum
 from typing import Any
 
+from saga_core import history as h
 from saga_core.errors import SagaStateError
 
 __all__ = [
@@ -193,13 +194,7 @@ def _require(state: MachineState, allowed: Sequence[SagaStatus], action: str) ->
 
 
 def _note(shape: Shape, index: int, status: str, reason: str) -> dict[str, Any]:
-    return {
-        "phase": Phase.COMPENSATE.value,
-        "step_id": shape.step_ids[index],
-        "status": status,
-        "attempt": 0,
-        "reason": reason,
-    }
+    return h.rollback_note(shape.step_ids[index], status, reason)
 
 
 def _rollback_from(state: MachineState, shape: Shape, start: int) -> Transition:
@@ -227,12 +222,12 @@ def _rollback_from(state: MachineState, shape: Shape, start: int) -> Transition:
                 return Transition(new, Schedule.hold(), tuple(notes))
             steps[index] = replace(st, status=StepStatus.NOT_COMPENSATED)
             notes.append(
-                _note(shape, index, "NOTHING_TO_COMPENSATE", "the step defines no compensate")
+                _note(shape, index, h.NOTHING_TO_COMPENSATE, "the step defines no compensate")
             )
         elif st.status is StepStatus.SKIPPED:
             steps[index] = replace(st, status=StepStatus.NOT_COMPENSATED)
             notes.append(
-                _note(shape, index, "NOT_COMPENSATED", "the step was skipped by an operator")
+                _note(shape, index, h.NOT_COMPENSATED, "the step was skipped by an operator")
             )
     new = replace(
         state,

@@ -1,25 +1,20 @@
-"""``SagaOrchestrator`` (the application's entry point) and ``SagaEngine`` (the runtime
-underneath it, shared with ``sagad`` and ``SagaAdmin``)."""
+"""``SagaOrchestrator``: the application's entry point (register, start, notify, run_due,
+wait). The runtime underneath it is ``SagaEngine`` (``orchestrator.engine``)."""
 
 from __future__ import annotations
 
 import asyncio
-import os
-import socket
 import time
 import uuid
-from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, TypeVar
 
-from loguru import logger
-from sqlalchemy import Table
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from saga_core import machine as m
-from saga_core.checkpoint import CheckpointWriter
 from saga_core.context import check_event_name
 from saga_core.definition import SagaDefinition
+from saga_core.engine import SagaEngine
 from saga_core.errors import (
     SagaConflictError,
     SagaDefinitionError,
@@ -27,15 +22,12 @@ from saga_core.errors import (
     SagaInputError,
     SagaNotFoundError,
 )
-from saga_core.events import REFUSALS_KEPT, Delivering, Delivery
-from saga_core.executor import Executor
-from saga_core.payload import DEFAULT_MAX_PAYLOAD_BYTES, check_note_text, json_object
+from saga_core.payload import DEFAULT_MAX_PAYLOAD_BYTES, check_note_text, check_text, json_object
 from saga_core.rows import new_saga_values
 from saga_core.snapshot import SagaSnapshot
 from saga_core.state import SagaState, SagaStateMixin
-from saga_core.store import SagaRow, SagaStore, make_store
-from saga_core.tracing import Tracing
-from saga_core.versioning import DEFAULT_VERSION, Definitions, check_version
+from saga_core.versioning import DEFAULT_VERSION, check_version
+from saga_core.waits import REFUSALS_KEPT, Delivering, Delivery
 
 __all__ = ["SagaEngine", "SagaOrchestrator"]
 
@@ -51,121 +43,11 @@ WAIT_STATUSES = frozenset(
     }
 )
 
-Listener = Callable[[str, dict[str, Any]], None]
-
-
-def default_worker_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-
 
 def _as_timedelta(value: timedelta | float | int, name: str) -> timedelta:
     if isinstance(value, bool) or not isinstance(value, timedelta | int | float):
         raise SagaError(f"{name} must be a timedelta or a number of seconds, got {value!r}")
     return value if isinstance(value, timedelta) else timedelta(seconds=value)
-
-
-class SagaEngine(Generic[M]):
-    """The runtime of one saga table: store, registered definitions, executor and the
-    checkpoint writer. Reach it as ``orchestrator.engine``."""
-
-    def __init__(
-        self,
-        *,
-        model_class: type[M],
-        session_maker: async_sessionmaker[AsyncSession],
-        execution_lease: timedelta,
-        in_place_retry_max: timedelta,
-        max_payload_bytes: int,
-        worker_id: str | None,
-        max_recoveries: int | None = 5,
-        tracer_provider: Any = None,
-    ) -> None:
-        bind = session_maker.kw.get("bind")
-        if not isinstance(bind, AsyncEngine):
-            raise SagaError(
-                "session_maker must be an async_sessionmaker bound to an AsyncEngine "
-                "(async_sessionmaker(create_async_engine(url)))"
-            )
-        table = getattr(model_class, "__table__", None)
-        if not isinstance(table, Table) or "step_execution_token" not in table.c:
-            raise SagaError(f"{model_class!r} is not a mapped model that mixes in SagaStateMixin")
-        if execution_lease < timedelta(seconds=1):
-            raise SagaError(f"execution_lease must be at least 1 second, got {execution_lease}")
-        if max_payload_bytes < 1:
-            raise SagaError("max_payload_bytes must be positive")
-        if max_recoveries is not None and (
-            isinstance(max_recoveries, bool)
-            or not isinstance(max_recoveries, int)
-            or max_recoveries < 0
-        ):
-            raise SagaError(f"max_recoveries must be None or an int >= 0, got {max_recoveries!r}")
-        self.model_class = model_class
-        self.session_maker = session_maker
-        self.sql_engine: AsyncEngine = bind
-        self.execution_lease = execution_lease
-        self.in_place_retry_max = in_place_retry_max
-        self.unexpected_error_delay = timedelta(seconds=5)
-        """How long a saga whose run stopped on an unexpected error (not a step's own
-        failure: those follow its retry policy) waits before a worker tries it again."""
-        self.max_payload_bytes = max_payload_bytes
-        self.max_recoveries = max_recoveries
-        """Takeovers of one step in a row (its worker lost each time) before the saga is
-        quarantined (FAILED); ``None``: unlimited."""
-        self.worker_id = worker_id or default_worker_id()
-        self.tracing: Tracing | None = None if tracer_provider is None else Tracing(tracer_provider)
-        """OpenTelemetry spans of runs and attempts (``saga_core.tracing``); None: off."""
-        self.store: SagaStore = make_store(bind, table, lease=execution_lease)
-        self.definitions = Definitions()
-        """name -> latest definition; every version through ``definition_for``."""
-        self.writer = CheckpointWriter(self.store)
-        self.executor = Executor(self)
-        self.listeners: list[Listener] = []
-        self.draining = False
-        """Set by a worker shutting down: sagas stop after their current step's checkpoint
-        and are released for another worker."""
-
-    @property
-    def table_name(self) -> str:
-        return self.store.table_name
-
-    def emit(self, event: str, **fields: Any) -> None:
-        """Tell listeners (metrics) what happened; a failing listener is logged, not raised."""
-        for listener in self.listeners:
-            try:
-                listener(event, fields)
-            except Exception as exc:  # a metrics bug must not break a saga
-                logger.warning("saga listener {!r} failed: {}", listener, exc)
-
-    async def claim(
-        self,
-        limit: int,
-        *,
-        saga_ids: Sequence[uuid.UUID] | None = None,
-        suspects: bool | None = None,
-    ) -> list[SagaRow]:
-        """Claim up to ``limit`` due sagas this engine can run (registered (name, version)
-        pairs only). ``suspects``: only (``True``) or none of (``False``) the sagas whose
-        worker was lost at least twice in a row while they ran, to be run on their own."""
-        if not self.definitions:
-            return []
-        return await self.store.saga_claim(
-            owner=self.worker_id,
-            lease=self.execution_lease,
-            limit=limit,
-            saga_names=sorted(self.definitions),
-            saga_ids=saga_ids,
-            versions=self.definitions.pairs(),
-            suspects=suspects,
-        )
-
-    def definition_for(self, name: str, version: int) -> SagaDefinition | None:
-        """The definition a saga of ``name`` started under ``version`` runs with, or
-        ``None`` when this engine has not registered that version."""
-        return self.definitions.get_version(name, version)
-
-    async def drive(self, row: SagaRow) -> None:
-        """Run one claimed saga until it stops being held by this worker."""
-        await self.executor.drive(row)
 
 
 class SagaOrchestrator(Generic[M]):
@@ -297,39 +179,17 @@ class SagaOrchestrator(Generic[M]):
         if definition is None:
             known = ", ".join(self.saga_names) or "none"
             raise SagaInputError(f"unknown saga name {saga_name!r}; registered: {known}")
-        if (
-            not isinstance(aggregation_id, str)
-            or not aggregation_id
-            or len(aggregation_id) > 200
-            or "\x00" in aggregation_id  # PostgreSQL text cannot hold NUL
-        ):
-            raise SagaInputError(
-                f"aggregation_id must be a non-empty string of at most 200 characters, got {aggregation_id!r}"
-            )
+        check_text(aggregation_id, "aggregation_id")
         data = json_object(initial_data, "initial_data", eng.max_payload_bytes)
-        if trace_id is not None and (
-            not isinstance(trace_id, str)
-            or not trace_id
-            or len(trace_id) > 128
-            or "\x00" in trace_id
-        ):
-            raise SagaInputError(
-                f"trace_id must be a non-empty string of at most 128 characters, got {trace_id!r}"
-            )
+        if trace_id is not None:
+            check_text(trace_id, "trace_id", max_chars=128)
         trace_entries: dict[str, str] = {}
         if eng.tracing is not None:
             trace_id, trace_entries = eng.tracing.capture(trace_id)
         if trace_id is None:
             trace_id = uuid.uuid4().hex
-        if idempotency_key is not None and (
-            not isinstance(idempotency_key, str)
-            or not idempotency_key
-            or len(idempotency_key) > 200
-            or "\x00" in idempotency_key
-        ):
-            raise SagaInputError(
-                f"idempotency_key must be a non-empty string of at most 200 characters, got {idempotency_key!r}"
-            )
+        if idempotency_key is not None:
+            check_text(idempotency_key, "idempotency_key")
         due_in: timedelta | None = None
         due_at: datetime | None = None
         if run_at is not None:
@@ -389,11 +249,13 @@ class SagaOrchestrator(Generic[M]):
         concurrently in one process do not isolate it from each other)."""
         eng = self.engine
         rows = await eng.claim(limit, suspects=False)
-        if not rows:
-            rows = await eng.claim(1, suspects=True)
         if rows:
             await asyncio.gather(*(eng.drive(r) for r in rows))
-        return len(rows)
+            return len(rows)
+        suspects = await eng.claim(1, suspects=True)
+        for row in suspects:
+            await eng.drive(row, isolated=True)
+        return len(suspects)
 
     async def notify(
         self,
@@ -408,28 +270,38 @@ class SagaOrchestrator(Generic[M]):
     ) -> bool:
         """Deliver an event; ``True`` when it was accepted. Two forms, exactly one of them:
 
-        - ``saga_id`` and ``token``: accepted when the saga is SUSPENDED and ``token`` is its
-          current token (any wait, and a retry wait too);
-        - ``aggregation_id`` and ``event_name`` (correlation, no token needed): accepted when
-          the active saga of that aggregation id waits for an event of exactly that name
-          (``wait_for_event(name=...)``); never for an unnamed wait or a retry wait.
+        - ``saga_id`` and ``token``: the token a step handed out (``current_step().token``).
+          It names that step's wait and stays valid across claims, worker takeovers,
+          retries of the step and sibling branches, until the wait consumes an event or
+          times out, the step finishes, or an operator acts on the saga;
+        - ``aggregation_id`` and ``event_name`` (correlation, no token needed): for the
+          active saga of that aggregation id, to a step that waits for an event of exactly
+          that name (``wait_for_event(name=...)``).
 
-        Accepting makes the saga RUNNING, due now, with a new token; the event is appended to
-        ``events`` and becomes ``latest_event``; history gets ``RECEIVED``; the current step
-        runs again and sees it. The decision and its write are one locked transaction, so of
-        concurrent deliveries to one wait exactly one is accepted.
+        Accepted when that step is pending in forward execution (RUNNING or SUSPENDED, for
+        an event wait or a retry wait) and no other event for it is pending. When no worker
+        holds the saga, the event is consumed at once: appended to ``events``, it becomes
+        ``latest_event``, the step's wait ends (its token is replaced) and the saga is
+        RUNNING and due now, so the step runs again and sees it (the retry counter is kept).
+        When a worker holds the saga (the step is still running: the other side answered
+        before the step began to wait; or a sibling branch runs), the event is kept in the
+        saga's inbox and consumed, exactly once, the moment the step waits; a step that
+        finishes without waiting leaves it ``UNUSED``. History: ``RECEIVED`` (``queued``
+        for the inbox), then ``CONSUMED`` or ``UNUSED``. The decision and its write are one
+        locked transaction: of concurrent deliveries to one wait exactly one is accepted.
 
         Anything else is refused: ``False``, and the only change is a ``REFUSED`` history
         entry on the saga concerned (for correlation: the active saga of the aggregation id,
-        else its newest saga) with the reason, the event and ``event_name``. After 100
-        recorded refusals a saga counts further ones in one ``REFUSALS_UNRECORDED`` entry.
-        ``actor`` and ``reason``, when given, are recorded with the delivery (an operator
-        delivering it by hand, as ``sagactl notify`` does); see :meth:`deliver` for why a
-        delivery was refused.
+        else its newest saga), a bounded summary with the reason (never the whole event).
+        After 100 recorded refusals a saga counts further ones in one
+        ``REFUSALS_UNRECORDED`` entry. ``actor`` and ``reason``, when given, are recorded
+        with the delivery (an operator delivering it by hand, as ``sagactl notify`` does);
+        see :meth:`deliver` for why a delivery was refused.
 
         Raises:
             SagaInputError: not exactly one of the two forms; a malformed id, token,
-                aggregation id or event name; an event that is not a JSON object or too large.
+                aggregation id or event name; an event that is not a JSON object, not
+                storable text, or too large.
             SagaNotFoundError: no saga with that id, or no saga ever had that aggregation id.
         """
         result = await self.deliver(
@@ -472,25 +344,18 @@ class SagaOrchestrator(Generic[M]):
                 token=_as_uuid(token, "token"),
                 actor=actor,
                 note=reason,
+                max_inbox_bytes=4 * eng.max_payload_bytes,
             )
             target: dict[str, Any] = {"saga_id": _as_uuid(saga_id, "saga_id")}
         else:
-            if (
-                not isinstance(aggregation_id, str)
-                or not aggregation_id
-                or len(aggregation_id) > 200
-                or "\x00" in aggregation_id
-            ):
-                raise SagaInputError(
-                    "aggregation_id must be a non-empty string of at most 200 characters, "
-                    f"got {aggregation_id!r}"
-                )
+            check_text(aggregation_id, "aggregation_id")
             decide = Delivering(
                 event=ev,
                 aggregation_id=aggregation_id,
                 event_name=check_event_name(event_name, "event_name"),
                 actor=actor,
                 note=reason,
+                max_inbox_bytes=4 * eng.max_payload_bytes,
             )
             target = {"aggregation_id": aggregation_id}
         for attempt in range(3):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import math
+import re
 from typing import Any
 
 from pydantic import BaseModel
@@ -13,9 +13,34 @@ from saga_core.errors import SagaInputError
 DEFAULT_MAX_PAYLOAD_BYTES = 1_000_000
 
 
-def _reject_nan(obj: Any) -> None:
-    if isinstance(obj, float) and not math.isfinite(obj):
-        raise ValueError(f"{obj!r} is not valid JSON")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _not_unicode(what: str, text: str) -> SagaInputError:
+    where = _SURROGATE.search(text)
+    at = (
+        ""
+        if where is None
+        else f" (a lone surrogate {where.group()!a} at character {where.start()})"
+    )
+    return SagaInputError(
+        f"{what} contains text that is not valid Unicode{at}, which cannot be stored: decode "
+        "bytes with a real encoding (not surrogateescape) or replace such characters"
+    )
+
+
+def check_text(value: Any, what: str, *, max_chars: int = 200) -> str:
+    """A short identifier-like string (aggregation id, idempotency key, trace id, event
+    name): non-empty, at most ``max_chars`` characters, storable (no NUL, no lone
+    surrogates). Raises SagaInputError."""
+    if not isinstance(value, str) or not value or len(value) > max_chars or "\x00" in value:
+        raise SagaInputError(
+            f"{what} must be a non-empty string of at most {max_chars} characters without NUL, "
+            f"got {value!r}"
+        )
+    if _SURROGATE.search(value):
+        raise _not_unicode(what, value)
+    return value
 
 
 def to_json_data(value: Any, what: str) -> Any:
@@ -50,7 +75,13 @@ def check_size(value: Any, what: str, limit: int) -> int:
     # json.dumps escapes NUL as \u0000: look for that first, walk the value only on a hit.
     if "\\u0000" in text and _find_nul(value):
         raise SagaInputError(f"{what} contains a NUL character (\\u0000), which cannot be stored")
-    size = len(text) if text.isascii() else len(text.encode())
+    if text.isascii():
+        size = len(text)
+    else:
+        try:
+            size = len(text.encode())
+        except UnicodeEncodeError:
+            raise _not_unicode(what, text) from None
     if size > limit:
         raise SagaInputError(
             f"{what} is {size} bytes of JSON, over the limit of {limit} bytes "
@@ -82,6 +113,8 @@ def check_note_text(value: str | None, what: str) -> None:
         raise SagaInputError(f"{what} must be a string, got {type(value).__name__}")
     if "\x00" in value:
         raise SagaInputError(f"{what} must be text without NUL characters (\\x00)")
+    if _SURROGATE.search(value):
+        raise _not_unicode(what, value)
     if len(value) > MAX_NOTE_CHARS:
         raise SagaInputError(
             f"{what} is {len(value)} characters long; at most {MAX_NOTE_CHARS} are kept"

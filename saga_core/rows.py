@@ -1,28 +1,224 @@
-"""Conversions between stored rows and the pure state machine, shared by the executor and
-the admin and notify paths."""
+"""Stored rows and the pure state machine: conversions both ways, the context keys, the step
+tokens, and the one definition of which rows a worker may claim.
+
+Shared by the executor, event delivery, operator actions and every store query.
+"""
 
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
+from saga_core import history as h
 from saga_core import machine as m
 from saga_core.definition import SagaDefinition
 from saga_core.store.base import DeadlineChange, LeaseChange, RowUpdate, SagaRow
 
+__all__ = [
+    "CLAIMABLE_SQL",
+    "CLAIMABLE_STATUSES",
+    "EVENTS_KEY",
+    "LATEST_EVENT_KEY",
+    "RETRY_AT_KEY",
+    "STEP_INPUTS_KEY",
+    "STEP_OUTPUTS_KEY",
+    "SUSPECT_SQL",
+    "WAITS_KEY",
+    "Wait",
+    "machine_state",
+    "new_saga_values",
+    "shape_of",
+    "update_for",
+]
 
-def now_iso() -> str:
-    return datetime.now(UTC).isoformat()
+# --- which rows a worker claims ----------------------------------------------------------
+
+CLAIMABLE_STATUSES: tuple[str, ...] = (
+    m.SagaStatus.RUNNING.value,
+    m.SagaStatus.SUSPENDED.value,
+    m.SagaStatus.COMPENSATING.value,
+)
+"""Statuses of rows a worker may claim once their ``deadline_at`` has passed (the due time,
+or the expiry of the lease of the worker holding it). FAILED waits for an operator."""
+
+_IN = ", ".join(f"'{s}'" for s in CLAIMABLE_STATUSES)
+CLAIMABLE_SQL = f"status IN ({_IN}) AND deadline_at IS NOT NULL"
+"""The rows of the due index: claimable once ``deadline_at <= now()``."""
+
+SUSPECT_MIN_RECOVERIES = 1
+SUSPECT_SQL = f"(lease_owner IS NOT NULL AND recovery_count >= {SUSPECT_MIN_RECOVERIES})"
+"""A *suspect*: due because its lease expired (its worker was lost while it ran) after an
+earlier recovery that recorded nothing, i.e. lost at least twice in a row. It may be the
+poison that kills its workers, or a bystander that shared the dead workers with it: workers
+run suspects on their own, so only the poison keeps being lost (and is quarantined)."""
+
+
+def is_suspect(row: SagaRow) -> bool:
+    return row.lease_owner is not None and row.recovery_count >= SUSPECT_MIN_RECOVERIES
+
+
+# --- context keys --------------------------------------------------------------------------
+
+INITIAL_DATA_KEY = "initial_data"
+STEP_OUTPUTS_KEY = "step_outputs"
+STEP_INPUTS_KEY = "step_inputs"
+EVENTS_KEY = "events"
+LATEST_EVENT_KEY = "latest_event"
+OPTIONS_KEY = "options"
+NOTED_FINGERPRINT_KEY = "noted_fingerprint"
+WAITS_KEY = "waits"
+"""Steps waiting for an event: step id -> ``{"since", "until", "name"}`` (times by the
+database clock; ``until`` None: no timeout; ``name``: also deliverable by correlation).
+Deliveries and operator actions remove a step's entry; a claim that finds one past its
+``until`` records the wait's timeout as a failed attempt of the step."""
+LEGACY_WAITING_KEY = "waiting"
+"""The single wait marker of earlier versions (read, converted, never written)."""
+RETRY_AT_KEY = "retry_at"
+"""Parallel sagas: when each branch that failed may run again (step id -> ISO time by the
+database clock), so that a saga woken for one branch does not run another one early.
+Operator actions remove it."""
+
+
+class Wait:
+    """One step's wait for an event, as stored under ``WAITS_KEY``."""
+
+    __slots__ = ("name", "since", "until")
+
+    def __init__(self, since: str | None, until: str | None, name: str | None) -> None:
+        self.since = since
+        self.until = until
+        self.name = name
+
+    def to_json(self) -> dict[str, Any]:
+        return {"since": self.since, "until": self.until, "name": self.name}
+
+    def until_dt(self) -> datetime | None:
+        return _parse(self.until)
+
+    def since_dt(self) -> datetime | None:
+        return _parse(self.since)
+
+    def timed_out(self, now: datetime) -> bool:
+        until = self.until_dt()
+        return until is not None and until <= now
+
+
+def _parse(at: Any) -> datetime | None:
+    if not isinstance(at, str):
+        return None
+    try:
+        return datetime.fromisoformat(at)
+    except ValueError:
+        return None
+
+
+def waits_of(context: dict[str, Any]) -> dict[str, Wait]:
+    """The waits recorded in ``context`` (earlier versions' single marker converted)."""
+    out: dict[str, Wait] = {}
+    raw = context.get(WAITS_KEY)
+    if isinstance(raw, dict):
+        for step_id, w in raw.items():
+            if isinstance(w, dict):
+                out[str(step_id)] = Wait(w.get("since"), w.get("until"), w.get("name"))
+    legacy = context.get(LEGACY_WAITING_KEY)
+    if isinstance(legacy, dict):
+        since = legacy.get("since")
+        timeout = legacy.get("timeout_s")
+        until = None
+        start = _parse(since)
+        if start is not None and isinstance(timeout, int | float):
+            from datetime import timedelta
+
+            until = (start + timedelta(seconds=float(timeout))).isoformat()
+        names = legacy.get("branch_event_names") or {}
+        for step_id in legacy.get("branches") or [legacy.get("step_id")]:
+            if isinstance(step_id, str) and step_id not in out:
+                name = names.get(step_id) if names else legacy.get("event_name")
+                out[step_id] = Wait(since if isinstance(since, str) else None, until, name)
+    return out
+
+
+def with_waits(context: dict[str, Any], waits: dict[str, Wait]) -> dict[str, Any]:
+    """``context`` recording exactly ``waits`` (the legacy marker dropped)."""
+    ctx = {k: v for k, v in context.items() if k not in (WAITS_KEY, LEGACY_WAITING_KEY)}
+    if waits:
+        ctx[WAITS_KEY] = {sid: w.to_json() for sid, w in sorted(waits.items())}
+    return ctx
+
+
+def without_holds(context: dict[str, Any]) -> dict[str, Any]:
+    """``context`` with every event wait and retry wait ended (operator actions)."""
+    drop = (WAITS_KEY, LEGACY_WAITING_KEY, RETRY_AT_KEY)
+    if not any(k in context for k in drop):
+        return context
+    return {k: v for k, v in context.items() if k not in drop}
+
+
+# --- step tokens ----------------------------------------------------------------------------
+
+
+def new_token() -> str:
+    return str(uuid.uuid4())
+
+
+def with_tokens(row: SagaRow) -> list[dict[str, Any]]:
+    """The row's per-step state, every step carrying its token. Sagas stored by earlier
+    versions had one token, the ``step_execution_token`` column: the step at the cursor
+    keeps it (it is what that step handed out), the others get new ones."""
+    steps = row.steps_state
+    if all("token" in s for s in steps):
+        return [dict(s) for s in steps]
+    out = []
+    for i, s in enumerate(steps):
+        s = dict(s)
+        if "token" not in s:
+            s["token"] = (
+                str(row.step_execution_token) if i == row.current_step_index else new_token()
+            )
+        out.append(s)
+    return out
+
+
+def token_of(steps: list[dict[str, Any]], index: int) -> uuid.UUID | None:
+    if not 0 <= index < len(steps):
+        return None
+    raw = steps[index].get("token")
+    try:
+        return uuid.UUID(str(raw)) if raw is not None else None
+    except ValueError:
+        return None
+
+
+def step_with_token(steps: list[dict[str, Any]], token: uuid.UUID) -> int | None:
+    text = str(token)
+    for i, s in enumerate(steps):
+        if s.get("token") == text:
+            return i
+    return None
+
+
+def rotate_token(steps: list[dict[str, Any]], index: int) -> list[dict[str, Any]]:
+    """``steps`` with a new token for step ``index`` (its old one is spent)."""
+    out = list(steps)
+    out[index] = {**out[index], "token": new_token()}
+    return out
+
+
+# --- new sagas --------------------------------------------------------------------------------
 
 
 def initial_steps_state(definition: SagaDefinition) -> list[dict[str, Any]]:
     """Per-step state at start; carries what admin actions (and ``sagactl show``) need
-    without the definition: whether a step compensates and, in a parallel saga, the steps it
-    waits for (``after``)."""
+    without the definition: whether a step compensates, its token and, in a parallel saga,
+    the steps it waits for (``after``)."""
     out = []
     for s in definition.steps:
-        entry = {**m.StepState().to_json(s.step_id), "compensates": s.has_compensation}
+        entry = {
+            **m.StepState().to_json(s.step_id),
+            "compensates": s.has_compensation,
+            "token": new_token(),
+        }
         if definition.parallel:
             entry["after"] = list(s.dependencies)
         out.append(entry)
@@ -37,6 +233,7 @@ def new_saga_values(
     trace_id: str | None,
 ) -> dict[str, Any]:
     """The row of a new saga, due now (the store sets the due time by the database clock)."""
+    steps = initial_steps_state(definition)
     return {
         "id": uuid.uuid4(),
         "saga_name": saga_name,
@@ -44,15 +241,15 @@ def new_saga_values(
         "status": m.SagaStatus.RUNNING.value,
         "phase": m.Phase.EXECUTE.value,
         "current_step_index": 0,
-        "steps_state": initial_steps_state(definition),
-        "step_execution_token": uuid.uuid4(),
+        "steps_state": steps,
+        "step_execution_token": uuid.UUID(steps[0]["token"]),
         "context": {
-            "initial_data": initial_data,
-            "step_outputs": {},
-            "step_inputs": {},
-            "events": [],
-            "latest_event": None,
-            "options": {
+            INITIAL_DATA_KEY: initial_data,
+            STEP_OUTPUTS_KEY: {},
+            STEP_INPUTS_KEY: {},
+            EVENTS_KEY: [],
+            LATEST_EVENT_KEY: None,
+            OPTIONS_KEY: {
                 "compensate_on_failure": definition.compensate_on_failure,
                 **({"parallel": True} if definition.parallel else {}),
             },
@@ -68,6 +265,9 @@ def new_saga_values(
     }
 
 
+# --- rows <-> machine ----------------------------------------------------------------------
+
+
 def machine_state(row: SagaRow) -> m.MachineState:
     return m.MachineState(
         status=m.SagaStatus(row.status),
@@ -79,7 +279,7 @@ def machine_state(row: SagaRow) -> m.MachineState:
 
 
 def shape_of(row: SagaRow) -> m.Shape:
-    options = row.context.get("options") or {}
+    options = row.context.get(OPTIONS_KEY) or {}
     step_ids = tuple(str(s["step_id"]) for s in row.steps_state)
     deps: tuple[tuple[int, ...], ...] | None = None
     if options.get("parallel"):
@@ -118,29 +318,32 @@ def update_for(
     t: m.Transition,
     row_steps: list[dict[str, Any]],
     *,
+    at: str | None = None,
     history: list[dict[str, Any]],
     context: dict[str, Any] | None = None,
     last_error: str | None = None,
     set_last_error: bool = False,
-    renew_lease: bool = False,
 ) -> RowUpdate:
-    """The row update that persists transition ``t``."""
-    at = now_iso()
-    notes = [{"at": at, **n} for n in t.notes]
+    """The row update that persists transition ``t`` (``at``: the time of the notes the
+    transition itself produces)."""
+    stamp = at or h.now_iso()
+    notes = [{"at": stamp, **n} for n in t.notes]
+    steps = steps_json(row_steps, t.state)
     upd = RowUpdate(
         status=t.state.status.value,
         phase=t.state.phase.value,
         current_step_index=t.state.cursor,
-        steps_state=steps_json(row_steps, t.state),
+        steps_state=steps,
         retry_counter=t.state.retry_counter,
         context=context,
         history=[*history, *notes],
         last_error=last_error,
         set_last_error=set_last_error,
+        step_token=token_of(steps, t.state.cursor),
     )
     kind = t.schedule.kind
     if kind in (m.ScheduleKind.HOLD, m.ScheduleKind.RETRY_IN_PLACE):
-        upd.deadline = DeadlineChange.LEASE if renew_lease else DeadlineChange.KEEP
+        upd.deadline = DeadlineChange.HOLD
     elif kind is m.ScheduleKind.DUE:
         upd.deadline = DeadlineChange.AFTER
         upd.delay = t.schedule.delay

@@ -16,10 +16,11 @@ from sqlalchemy.schema import CreateIndex
 
 from saga_core.errors import SagaStoreError
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 """Bumped whenever the saga tables change (2: ``recovery_count``, for poison sagas;
 3: ``idempotency_key`` and its unique index, the ``finished_at`` index for retention;
-4: ``definition_version``, and the workers' ``saga_versions``)."""
+4: ``definition_version``, and the workers' ``saga_versions``; 5: ``lease_token`` (fencing
+apart from the step tokens) and ``inbox`` (early events))."""
 
 # Checkpoints rewrite rows in place: leave room in each page so updates stay on the same page
 # (HOT updates, no index churn), and vacuum the hot table early.

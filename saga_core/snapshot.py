@@ -9,6 +9,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from saga_core.machine import SagaStatus
+from saga_core.rows import RETRY_AT_KEY, waits_of
 from saga_core.store.base import SagaRow
 
 __all__ = ["SagaAdminSnapshot", "SagaSnapshot"]
@@ -39,6 +40,8 @@ class SagaSnapshot(BaseModel):
     lease_owner: str | None
     trace_id: str | None
     step_execution_token: uuid.UUID
+    """The token of the step at the cursor (``current_step().token`` of that step): what
+    ``notify`` accepts for it."""
     last_error: str | None
     definition_fingerprint: str
     created_at: datetime
@@ -97,6 +100,20 @@ class SagaAdminSnapshot(SagaSnapshot):
     context: dict[str, Any]
     steps_state: list[dict[str, Any]]
     step_history: list[dict[str, Any]]
+    inbox: list[dict[str, Any]] = []
+    """Events accepted while a worker held the saga, waiting for their step to wait."""
+
+    @property
+    def waits(self) -> dict[str, dict[str, Any]]:
+        """Steps waiting for an event: step id -> ``since``, ``until`` (None: no timeout),
+        ``name`` (None: deliverable by token only); times by the database clock."""
+        return {sid: w.to_json() for sid, w in waits_of(self.context).items()}
+
+    @property
+    def retry_at(self) -> dict[str, str]:
+        """Parallel sagas: when each branch that failed may run again (step id -> ISO time)."""
+        raw = self.context.get(RETRY_AT_KEY)
+        return {str(k): str(v) for k, v in raw.items()} if isinstance(raw, dict) else {}
 
     @classmethod
     def from_row(cls, row: SagaRow) -> SagaAdminSnapshot:
@@ -105,4 +122,5 @@ class SagaAdminSnapshot(SagaSnapshot):
             context=row.context,
             steps_state=row.steps_state,
             step_history=row.step_history or [],
+            inbox=row.inbox or [],
         )

@@ -29,6 +29,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, declared_attr, mapped_column
 
 from saga_core.machine import ACTIVE_STATUSES, SagaStatus
+from saga_core.rows import CLAIMABLE_SQL
 
 __all__ = ["SagaBase", "SagaState", "SagaStateMixin", "SagaWorker", "UTCDateTime", "utcnow"]
 
@@ -62,13 +63,15 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 
 JSONType = JSON().with_variant(JSONB(), "postgresql")
+NullableJSON = JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")
+"""JSON whose Python ``None`` is SQL NULL (not the JSON value ``null``)."""
 
 _ACTIVE_SQL = ", ".join(f"'{s.value}'" for s in sorted(ACTIVE_STATUSES))
 _ALL_SQL = ", ".join(f"'{s.value}'" for s in SagaStatus)
 # Rows a worker may have to claim one day: due, leased or retry-waiting. FAILED rows are
 # excluded (they wait for an operator), so are finished ones: the due index stays as small as
 # the live work however many finished sagas the table holds.
-_CLAIMABLE_SQL = "status IN ('RUNNING', 'SUSPENDED', 'COMPENSATING') AND deadline_at IS NOT NULL"
+_CLAIMABLE_SQL = CLAIMABLE_SQL
 
 
 class SagaStateMixin:
@@ -87,7 +90,13 @@ class SagaStateMixin:
     steps_state: Mapped[list[dict[str, Any]]] = mapped_column(JSONType, nullable=False)
     """Per-step state: status, attempts, compensation attempts (one object per step)."""
     step_execution_token: Mapped[uuid.UUID] = mapped_column(Uuid, nullable=False)
-    """The fencing token: rotated by every claim, notify and operator action."""
+    """The token of the step at the cursor (what ``current_step().token`` hands out; every
+    step keeps its own in ``steps_state``)."""
+    lease_token: Mapped[uuid.UUID | None] = mapped_column(Uuid, nullable=True)
+    """The fencing token of the lease: rotated by every claim and operator action; every
+    write of a worker is conditional on it."""
+    inbox: Mapped[list[dict[str, Any]] | None] = mapped_column(NullableJSON, nullable=True)
+    """Events accepted while a worker held the saga, waiting for their step (NULL: none)."""
     context: Mapped[dict[str, Any]] = mapped_column(JSONType, nullable=False)
     """initial_data, step inputs and outputs, events."""
     step_history: Mapped[list[dict[str, Any]]] = mapped_column(JSONType, nullable=False)

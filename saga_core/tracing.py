@@ -4,6 +4,9 @@ Enabled by ``SagaOrchestrator(..., tracer_provider=provider)``; the engine then 
 :class:`Tracing` (``engine.tracing``, ``None`` otherwise). OpenTelemetry is imported only
 here and only when tracing is enabled: saga_core needs none of it without.
 
+Without tracing the run carries :data:`NO_SPAN`, whose methods do nothing, so the run layer
+never asks whether tracing is on.
+
 The trace of a saga is captured by ``start``: the W3C ``traceparent``/``tracestate`` of the
 span current there are kept in the saga's context (``trace_parent``, ``trace_state``), and
 every ``saga.run`` span, on whichever worker and after any restart, is their child. A saga
@@ -23,12 +26,13 @@ import traceback
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any, ParamSpec
+from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar
 
 from loguru import logger
 
-from saga_core import machine as m
 from saga_core.errors import SagaError
+from saga_core.history import error_text
+from saga_core.lease import LeaseLost
 
 if TYPE_CHECKING:
     from opentelemetry.context import Context
@@ -36,7 +40,7 @@ if TYPE_CHECKING:
 
     from saga_core.store.base import SagaRow
 
-__all__ = ["INSTALL_HINT", "RunSpan", "StepSpan", "Tracing", "note_failure"]
+__all__ = ["INSTALL_HINT", "NO_SPAN", "RunSpan", "StepSpan", "Tracing", "note_failure"]
 
 INSTALL_HINT = "pip install 'saga-core[otel]'"
 
@@ -49,8 +53,18 @@ MAX_STACK_CHARS = 8000
 
 _HEX_TRACE_ID = re.compile(r"[0-9a-f]{32}")
 
-Outcome = tuple[m.Transition, dict[str, Any], str | None]
-"""What the executor's ``_execute``/``_compensate`` return: transition, history entry, error."""
+
+class Outcome(Protocol):
+    """What an attempt came to, as far as its span cares (``attempt.Outcome``)."""
+
+    @property
+    def entry(self) -> dict[str, Any]: ...
+
+    @property
+    def error(self) -> str | None: ...
+
+
+OutcomeT = TypeVar("OutcomeT", bound=Outcome)
 
 _ACTIVE_STEP: ContextVar[StepSpan | None] = ContextVar("saga_trace_step", default=None)
 
@@ -175,14 +189,14 @@ class Tracing:
         return trace.set_span_in_context(synthetic, Context())
 
     @contextmanager
-    def run_span(self, row: SagaRow, worker: str) -> Iterator[RunSpan | None]:
+    def run_span(self, row: SagaRow, worker: str) -> Iterator[RunSpan]:
         """``saga.run {saga_name}``: one claim of the saga by this worker, current while it
         runs. Ends with the saga's status, or ``saga.interrupted`` when cancelled. Yields
-        None (the run goes on untraced) if the span cannot be started."""
+        :data:`NO_SPAN` (the run goes on untraced) if the span cannot be started."""
         from opentelemetry import context as otel_context
         from opentelemetry import trace
 
-        handle: RunSpan | None = None
+        handle: _OtelRunSpan | None = None
         try:
             span = self.tracer.start_span(
                 f"saga.run {row.saga_name}",
@@ -197,11 +211,11 @@ class Tracing:
                     "saga.takeover_count": row.takeover_count,
                 },
             )
-            handle = RunSpan(self, span, row, worker)
+            handle = _OtelRunSpan(self, span, row, worker)
         except Exception as exc:
             _broken("start a run span", exc)
         if handle is None:
-            yield None
+            yield NO_SPAN
             return
         token = otel_context.attach(trace.set_span_in_context(handle.span))
         try:
@@ -218,7 +232,37 @@ class Tracing:
 
 
 class RunSpan:
-    """The span of one run, and the spans of its attempts."""
+    """The span of one run and of its attempts. This base class records nothing: it is
+    what a run carries when tracing is off (:data:`NO_SPAN`)."""
+
+    def interrupted(self, reason: str) -> None:
+        """The run stopped without finishing its work (lease lost, cancelled)."""
+
+    def error(self, exc: BaseException) -> None:
+        """The run stopped by an unexpected error."""
+
+    def failed_for_operator(self, label: str, reason: str) -> None:
+        """The saga was set FAILED without running a step (quarantine, definition mismatch)."""
+
+    def saw(self, status: str, error: str | None = None) -> None:
+        """The saga's status (and last error) as the run last wrote it."""
+
+    async def attempt(
+        self, step_id: str, phase: str, attempt: int, call: Awaitable[OutcomeT]
+    ) -> OutcomeT:
+        """Await ``call``, one attempt of ``step_id`` in ``phase``, under its own span."""
+        return await call
+
+    def record(self, step_id: str, phase: str, attempt: int, outcome: Outcome) -> None:
+        """A span for an attempt decided without running code (a wait that timed out)."""
+
+
+NO_SPAN = RunSpan()
+"""The run span of a run without tracing."""
+
+
+class _OtelRunSpan(RunSpan):
+    """The OpenTelemetry span of one run, and the spans of its attempts."""
 
     def __init__(self, tracing: Tracing, span: Span, row: SagaRow, worker: str) -> None:
         self.tracing = tracing
@@ -233,44 +277,39 @@ class RunSpan:
 
     @_never_raises
     def interrupted(self, reason: str) -> None:
-        """The run stopped without finishing its work (lease lost, cancelled)."""
         self.span.set_attribute("saga.interrupted", reason)
 
     @_never_raises
     def error(self, exc: BaseException) -> None:
-        """The run stopped by an unexpected error."""
-        from saga_core.executor import _error_text
-
-        _record(self.span, type(exc).__name__, _error_text(exc), exc)
+        _record(self.span, type(exc).__name__, error_text(exc), exc)
         self.failed = True
 
     @_never_raises
     def failed_for_operator(self, label: str, reason: str) -> None:
-        """The saga was set FAILED without running a step (quarantine, definition mismatch)."""
         from opentelemetry.trace import Status, StatusCode
 
-        self.status = m.SagaStatus.FAILED.value
+        self.status = "FAILED"
         self.span.set_attribute("saga.failure", label)
         self.span.set_status(Status(StatusCode.ERROR, reason))
         self.failed = True
+
+    def saw(self, status: str, error: str | None = None) -> None:
+        self.status = status
+        if error is not None:
+            self.last_error = error
 
     @_never_raises
     def end(self) -> None:
         from opentelemetry.trace import Status, StatusCode
 
         self.span.set_attribute("saga.status", self.status)
-        if self.status == m.SagaStatus.FAILED.value and not self.failed:
+        if self.status == "FAILED" and not self.failed:
             self.span.set_status(Status(StatusCode.ERROR, self.last_error or "saga FAILED"))
         self.span.end()
 
-    def _start_step(
-        self, step_id: str, phase: str, state: m.MachineState | None, attempt: int = 0
-    ) -> Span:
+    def _start_step(self, step_id: str, phase: str, attempt: int) -> Span:
         from opentelemetry import trace
 
-        if state is not None:
-            step = state.steps[state.cursor]
-            attempt = (step.attempts if phase == "execute" else step.compensation_attempts) + 1
         name = f"saga.step {step_id}" if phase == "execute" else f"saga.compensate {step_id}"
         return self.tracing.tracer.start_span(
             name,
@@ -287,49 +326,17 @@ class RunSpan:
             },
         )
 
-    async def branch(self, step_id: str, attempt: int, call: Awaitable[Any]) -> Any:
-        """Await ``call``, one attempt of a branch of a parallel saga (the executor's
-        ``_Outcome``, with its history ``entry``), under its own span, current meanwhile."""
-
-        def seen(outcome: Any) -> dict[str, Any]:
-            if outcome.error is not None:
-                self.last_error = outcome.error
-            entry: dict[str, Any] = outcome.entry
-            return entry
-
-        return await self._attempt(
-            lambda: self._start_step(step_id, "execute", None, attempt), call, seen
-        )
-
-    async def step(
-        self, step_id: str, phase: str, state: m.MachineState, call: Awaitable[Outcome]
-    ) -> Outcome:
-        """Await ``call`` (one attempt of ``step_id`` in ``phase``) under its span, current
-        meanwhile (the step's task inherits it), and record the outcome from its history
-        entry: ``saga.status`` SUCCESS, ERROR, TIMEOUT or WAITING."""
-
-        def seen(outcome: Outcome) -> dict[str, Any]:
-            self._saw(outcome)
-            return outcome[1]
-
-        result: Outcome = await self._attempt(
-            lambda: self._start_step(step_id, phase, state), call, seen
-        )
-        return result
-
-    async def _attempt(
-        self,
-        start: Callable[[], Span],
-        call: Awaitable[Any],
-        seen: Callable[[Any], dict[str, Any]],
-    ) -> Any:
-        """Await ``call`` under the span ``start`` opens, current meanwhile; ``seen`` takes
-        the outcome into account and gives the history entry the span's outcome comes from."""
+    async def attempt(
+        self, step_id: str, phase: str, attempt: int, call: Awaitable[OutcomeT]
+    ) -> OutcomeT:
+        """Await ``call`` under the attempt's span, current meanwhile (the step's task
+        inherits it), and record the outcome from its history entry: ``saga.status``
+        SUCCESS, ERROR, TIMEOUT or WAITING."""
         from opentelemetry import context as otel_context
         from opentelemetry import trace
 
         try:
-            span = start()
+            span = self._start_step(step_id, phase, attempt)
         except Exception as exc:
             _broken("start a step span", exc)
             return await call
@@ -341,17 +348,17 @@ class RunSpan:
         except asyncio.CancelledError:
             handle.interrupted("cancelled")
             raise
+        except LeaseLost:
+            handle.interrupted("lease lost")
+            raise
         except BaseException as exc:
-            from saga_core.executor import LeaseLost
-
-            if isinstance(exc, LeaseLost):
-                handle.interrupted("lease lost")
-            else:
-                handle.exc = exc
-                handle.finish({"status": "ERROR", "error_type": type(exc).__name__})
+            handle.exc = exc
+            handle.finish({"status": "ERROR", "error_type": type(exc).__name__})
             raise
         else:
-            handle.finish(seen(outcome))
+            if outcome.error is not None:
+                self.last_error = outcome.error
+            handle.finish(outcome.entry)
             return outcome
         finally:
             _ACTIVE_STEP.reset(active)
@@ -359,21 +366,15 @@ class RunSpan:
             handle.end()
 
     @_never_raises
-    def record(self, step_id: str, phase: str, state: m.MachineState, outcome: Outcome) -> None:
-        """A span for an attempt the executor decided without running code (a wait for an
-        event that timed out): started and ended now."""
-        span = self._start_step(step_id, phase, state)
-        since = outcome[1].get("waiting_since")
+    def record(self, step_id: str, phase: str, attempt: int, outcome: Outcome) -> None:
+        span = self._start_step(step_id, phase, attempt)
+        since = outcome.entry.get("waiting_since")
         if isinstance(since, str):
             span.set_attribute("saga.waiting_since", since)
-        StepSpan(span).finish(outcome[1])
-        self._saw(outcome)
+        StepSpan(span).finish(outcome.entry)
+        if outcome.error is not None:
+            self.last_error = outcome.error
         span.end()
-
-    def _saw(self, outcome: Outcome) -> None:
-        self.status = outcome[0].state.status.value
-        if outcome[2] is not None:
-            self.last_error = outcome[2]
 
 
 class StepSpan:
@@ -403,9 +404,7 @@ class StepSpan:
             error_type = str(entry.get("error_type") or type(self.exc).__name__)
             text = entry.get("error")
             if not isinstance(text, str):
-                from saga_core.executor import _error_text
-
-                text = _error_text(self.exc) if self.exc is not None else error_type
+                text = error_text(self.exc) if self.exc is not None else error_type
             _record(self.span, error_type, text, self.exc)
 
 

@@ -4,9 +4,9 @@ session before committing it. The step's effect and the record that it happened 
 together or not at all, so a crash, a lost lease or a failure never leaves one without the
 other.
 
-The executor calls three hooks: :func:`begin` before it runs ``execute``/``compensate``,
-:func:`write_checkpoint` in place of the checkpoint writer, and :func:`discard` when the run
-stops for any other reason (lease lost, cancelled, unexpected error).
+A run calls three hooks of :class:`TxSteps`: ``begin`` before it runs ``execute``/``compensate``,
+``commit`` in place of the checkpoint writer, and ``discard`` when the run stops for any other
+reason (lease lost, cancelled, unexpected error).
 
 On SQLite the step's transaction holds the database's only write lock (``BEGIN IMMEDIATE``)
 from before the step runs until its checkpoint commits, together with this process's write
@@ -19,33 +19,30 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Coroutine
 from contextlib import AsyncExitStack
-from datetime import datetime
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from loguru import logger
 from sqlalchemy import event
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session, SessionTransaction
 
+from saga_core.checkpoint import CheckpointWriter
 from saga_core.context import StepContext
+from saga_core.definition import SagaDefinition
 from saga_core.errors import SagaError
-from saga_core.store.base import Checkpoint
+from saga_core.store.base import Applied, Checkpoint, SagaStore
 from saga_core.store.sql import SqlSagaStore
 
-if TYPE_CHECKING:
-    from saga_core.definition import SagaDefinition
-    from saga_core.orchestrator import SagaEngine
-
-__all__ = ["StepTransaction", "begin", "discard", "write_checkpoint"]
+__all__ = ["StepTransaction", "TxSteps"]
 
 Factory = Callable[[], Coroutine[Any, Any, Any]]
 
 
 class _Run(Protocol):
-    """What the hooks need of the executor's run."""
+    """What the hooks need of a run."""
 
     definition: SagaDefinition
-    tx: StepTransaction | None
+    tx: Any
 
 
 class StepTransaction:
@@ -72,7 +69,7 @@ class StepTransaction:
             "together with the step's checkpoint when the step returns"
         )
 
-    async def _open(self, store: SqlSagaStore) -> None:
+    async def open(self, store: SqlSagaStore) -> None:
         await store.begin_step_transaction(self.session)
         self._root = self.session.sync_session.get_transaction()
 
@@ -96,16 +93,14 @@ class StepTransaction:
         await self.session.flush()
         self._check_intact()
 
-    async def commit_with(
-        self, store: SqlSagaStore, checkpoint: Checkpoint
-    ) -> datetime | bool | None:
-        """Write ``checkpoint`` in the step's transaction and commit both; ``False`` (and
+    async def commit_with(self, store: SqlSagaStore, checkpoint: Checkpoint) -> Applied | None:
+        """Write ``checkpoint`` in the step's transaction and commit both; ``None`` (and
         everything rolled back) when the fence no longer matched."""
         try:
             self._check_intact()
             res = await store.saga_checkpoint_in(self.session, checkpoint)
-            if res is False:
-                return False  # rolled back below: the step's writes vanish with it
+            if res is None:
+                return None  # rolled back below: the step's writes vanish with it
             self._committing = True
             await self.session.commit()
             return res
@@ -128,56 +123,68 @@ class StepTransaction:
             await self._stack.aclose()
 
 
-async def begin(
-    engine: SagaEngine[Any], run: _Run, factory: Factory, ctx: StepContext
-) -> tuple[Factory, StepContext]:
-    """Before a step runs: for a transactional step, open its session (``run.tx``) and
-    return the call and context that use it; anything else is returned as it is."""
-    if not run.definition.step(ctx.step_id).transactional:
-        return factory, ctx
-    store = engine.store
-    if not isinstance(store, SqlSagaStore):  # pragma: no cover - every store is SQL today
-        raise SagaError(f"transactional steps need a SQL store, not {type(store).__name__}")
-    stack = AsyncExitStack()
-    await stack.enter_async_context(store.step_transaction_lock())
-    try:
-        tx = StepTransaction(engine.session_maker(), ctx.step_id, stack)
-    except BaseException:
-        await stack.aclose()
-        raise
-    try:
-        await tx._open(store)
-    except BaseException:
-        await tx.close()
-        raise
-    run.tx = tx
+class TxSteps:
+    """The hooks of transactional steps for one store: :meth:`begin` before a step runs,
+    :meth:`commit` in place of the checkpoint writer, :meth:`discard` when the run stops
+    for any other reason (lease lost, cancelled, unexpected error)."""
 
-    async def call() -> Any:
-        out = await factory()
-        await tx.after_step()
-        return out
+    def __init__(
+        self,
+        store: SagaStore,
+        session_maker: async_sessionmaker[AsyncSession],
+        writer: CheckpointWriter,
+    ) -> None:
+        self.store = store
+        self.session_maker = session_maker
+        self.writer = writer
 
-    return call, dataclasses.replace(ctx, _session=tx.session)
+    async def begin(
+        self, run: _Run, factory: Factory, ctx: StepContext
+    ) -> tuple[Factory, StepContext]:
+        """Before a step runs: for a transactional step, open its session (``run.tx``) and
+        return the call and context that use it; anything else is returned as it is."""
+        if not run.definition.step(ctx.step_id).transactional:
+            return factory, ctx
+        store = self.store
+        if not isinstance(store, SqlSagaStore):
+            raise SagaError(f"transactional steps need a SQL store, not {type(store).__name__}")
+        stack = AsyncExitStack()
+        await stack.enter_async_context(store.step_transaction_lock())
+        try:
+            tx = StepTransaction(self.session_maker(), ctx.step_id, stack)
+        except BaseException:
+            await stack.aclose()
+            raise
+        try:
+            await tx.open(store)
+        except BaseException:
+            await tx.close()
+            raise
+        run.tx = tx
 
+        async def call() -> Any:
+            out = await factory()
+            await tx.after_step()
+            return out
 
-async def write_checkpoint(
-    engine: SagaEngine[Any], run: _Run, checkpoint: Checkpoint, *, succeeded: bool
-) -> datetime | bool | None:
-    """Write the checkpoint of the step that just ran: through its transaction when it is a
-    transactional step that succeeded; else (after rolling back a transactional step's
-    writes) through the checkpoint writer."""
-    tx, run.tx = run.tx, None
-    if tx is not None:
-        if succeeded:
-            store = engine.store
-            assert isinstance(store, SqlSagaStore)
-            return await tx.commit_with(store, checkpoint)
-        await tx.close()
-    return await engine.writer.write(checkpoint)
+        return call, dataclasses.replace(ctx, _session=tx.session)
 
+    async def commit(self, run: _Run, checkpoint: Checkpoint, succeeded: bool) -> Applied | None:
+        """Write the checkpoint of the step that just ran: through its transaction when it
+        is a transactional step that succeeded; else (after rolling back a transactional
+        step's writes) through the checkpoint writer."""
+        tx: StepTransaction | None = run.tx
+        run.tx = None
+        if tx is not None:
+            if succeeded:
+                store = self.store
+                assert isinstance(store, SqlSagaStore)
+                return await tx.commit_with(store, checkpoint)
+            await tx.close()
+        return await self.writer.write(checkpoint)
 
-async def discard(run: _Run) -> None:
-    """The run stopped with a transactional step's transaction still open: roll it back."""
-    tx, run.tx = run.tx, None
-    if tx is not None:
-        await tx.close()
+    async def discard(self, run: _Run) -> None:
+        """The run stopped with a transactional step's transaction still open: roll it back."""
+        tx, run.tx = run.tx, None
+        if tx is not None:
+            await tx.close()

@@ -10,7 +10,6 @@ from typing import Any
 
 from saga_core.context import check_event_name
 from saga_core.errors import SagaNotFoundError, SagaStateError
-from saga_core.events import refusal_reason
 from saga_core.machine import ACTIVE_STATUSES, SagaStatus
 from saga_core.snapshot import SagaAdminSnapshot, SagaSnapshot
 from sagactl.confirm import confirm
@@ -69,8 +68,8 @@ ACTIONS: dict[str, ActionSpec] = {
     "notify": ActionSpec(
         "notify",
         "notified",
-        frozenset({S.SUSPENDED}),
-        "deliver an event; the current step runs again and sees it",
+        frozenset({S.SUSPENDED, S.RUNNING}),
+        "deliver an event; the step that waits for it runs again and sees it",
     ),
 }
 
@@ -235,13 +234,13 @@ async def notify_one(
     )
     after = await s.admin.get_saga(snap.id)
     if not result.accepted:
-        if result.reason == "stale token":
+        why = str(result.reason)
+        if why.startswith("stale token"):
             why = (
-                f"token {tok} is stale: the saga's current token is {after.step_execution_token} "
-                "(it changes with every claim, notify and operator action)"
+                f"{why}: token {tok} names no wait of a pending step; the current step's "
+                f"token is {after.step_execution_token} (a token is spent when its wait "
+                "consumes an event or times out, or an operator acts)"
             )
-        else:
-            why = f"{result.reason}; notify is accepted only while SUSPENDED"
         raise SagaStateError(
             f"event not delivered (the refusal is recorded in the saga's history): {why}",
             status=result.status.value,
@@ -271,13 +270,9 @@ async def notify_by_correlation(
     if not found:
         raise SagaNotFoundError(f"no saga with aggregation_id {aggregation_id!r}")
     snap = await s.admin.get_saga(found[0].id)
-    why = refusal_reason(
-        snap.status.value,
-        snap.context,
-        snap.step_execution_token,
-        aggregation_id=aggregation_id,
-        event_name=event_name,
-    )
+    why = (
+        await s.admin.preview_delivery(aggregation_id=aggregation_id, event_name=event_name)
+    ).reason
     if dry_run:
         if rt.text:
             verdict = "would deliver" if why is None else f"would be refused ({why})"
@@ -297,10 +292,7 @@ async def notify_by_correlation(
         return 0
     if not active:
         # Spares a confirmation that cannot succeed, as for every action; nothing recorded.
-        raise SagaStateError(
-            f"cannot notify: {why}; notify is accepted only while SUSPENDED",
-            status=snap.status.value,
-        )
+        raise SagaStateError(f"cannot notify: {why}", status=snap.status.value)
     rt.info(f"notify {event_name!r}: {describe(snap)}")
     confirm(
         rt,

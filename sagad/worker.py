@@ -177,13 +177,15 @@ class Worker:
                     "running saga alone: its worker was lost {} times in a row while it ran",
                     row.recovery_count,
                 )
-                self._spawn(eng, row)
+                self._spawn(eng, row, isolated=True)
                 self._isolated = next(t for t, r in self.tasks.items() if r is row)
                 return True
             if now - renewed > eng.execution_lease.total_seconds() / 3:
                 # Still waiting for in-flight steps: keep the suspect's lease (never released
                 # here: a release would hide that it is a suspect).
-                if await eng.store.saga_renew_lease(row.id, row.step_execution_token) is None:
+                if row.lease_token is None or (
+                    await eng.store.saga_renew_lease(row.id, row.lease_token) is None
+                ):
                     self._reserved = None  # taken from us (an operator acted)
                     self._yield_between_steps(False)
                     return False
@@ -212,7 +214,7 @@ class Worker:
         if self._draining:
             return  # shutting down: they stay stopped
         for eng in self.engines:
-            eng.draining = on
+            eng.yielding = on
 
     async def _claim_round(self, free: int) -> bool:
         """One claim per engine (rotating who goes first); whether any batch came back full."""
@@ -259,8 +261,8 @@ class Worker:
             self._waiting = False
             self._tick = time.monotonic()
 
-    def _spawn(self, eng: SagaEngine[Any], row: SagaRow) -> None:
-        task = asyncio.create_task(eng.drive(row), name=f"saga-{row.id}")
+    def _spawn(self, eng: SagaEngine[Any], row: SagaRow, *, isolated: bool = False) -> None:
+        task = asyncio.create_task(eng.drive(row, isolated=isolated), name=f"saga-{row.id}")
         self.tasks[task] = row
         task.add_done_callback(self._task_done)
 
@@ -277,11 +279,7 @@ class Worker:
 
     async def _release_unstarted(self, eng: SagaEngine[Any], rows: list[SagaRow]) -> None:
         """Rows claimed while the stop signal arrived: give them straight back."""
-        for row in rows:
-            try:
-                await eng.store.saga_release(row.id, row.step_execution_token, None)
-            except Exception as exc:  # the lease expires; another worker takes over then
-                logger.bind(saga_id=str(row.id)).warning("could not release lease: {}", exc)
+        await eng.release_unstarted(rows)
 
     # --- draining ------------------------------------------------------------------------------
 

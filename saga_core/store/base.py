@@ -14,8 +14,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 __all__ = [
-    "REFUSALS_UNRECORDED",
-    "REFUSED",
+    "Applied",
     "Checkpoint",
     "DeadlineChange",
     "DeliveryFn",
@@ -59,6 +58,11 @@ class SagaRow:
     """The key given to ``start(idempotency_key=...)``, if any."""
     definition_version: int = 1
     """The definition version the saga runs with (``register(..., version=)``)."""
+    lease_token: uuid.UUID | None = None
+    """The fencing token of the lease (rotated by every claim and operator action); None
+    for a saga no worker has claimed since it was stored."""
+    inbox: list[dict[str, Any]] | None = None
+    """Events accepted while a worker held the saga, waiting for their step (``waits``)."""
 
     @classmethod
     def from_mapping(cls, m: Any) -> SagaRow:
@@ -68,18 +72,14 @@ class SagaRow:
 
 class DeadlineChange(StrEnum):
     KEEP = "keep"
+    HOLD = "hold"
+    """Keep the lease, extending it (now + the lease's length) when less than half of it
+    is left by the database clock: the write that lets a worker go on to its next step."""
     CLEAR = "clear"
     AFTER = "after"
     """now (database clock) + ``RowUpdate.delay``."""
     LEASE = "lease"
     """now + the store's lease length (a renewal)."""
-
-
-SUSPECT_SQL = "(lease_owner IS NOT NULL AND recovery_count >= 1)"
-"""A *suspect*: due because its lease expired (its worker was lost while it ran) after an
-earlier recovery that recorded nothing, i.e. lost at least twice in a row. It may be the
-poison that kills its workers, or a bystander that shared the dead workers with it: workers
-run suspects on their own, so only the poison keeps being lost (and is quarantined)."""
 
 
 class LeaseChange(StrEnum):
@@ -106,18 +106,37 @@ class RowUpdate:
     delay: timedelta = timedelta(0)
     lease: LeaseChange = LeaseChange.KEEP
     finished: bool = False
-    new_token: uuid.UUID | None = None
+    step_token: uuid.UUID | None = None
+    """New value of the ``step_execution_token`` column (the token of the step at the
+    cursor, as shown in snapshots)."""
+    new_lease_token: uuid.UUID | None = None
+    """Rotate the lease's fencing token (operator actions, releases after an error): a
+    worker still holding the old one can no longer write or renew."""
+    inbox: list[dict[str, Any]] | None = None
+    set_inbox: bool = False
+    """Replace the inbox with ``inbox`` (``None``: empty). Only writes made under the row
+    lock (deliveries, settling waits) touch the inbox; checkpoints never do."""
     # recovery_count is reset by every update that writes ``steps_state`` (a recorded step or
     # compensation outcome, an operator action).
 
 
 @dataclass
 class Checkpoint:
-    """A fenced update: applied only if the row's token still equals ``token``."""
+    """A fenced update: applied only if the row's lease token still equals ``token``."""
 
     saga_id: uuid.UUID
     token: uuid.UUID
     update: RowUpdate
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """A fenced update that was written."""
+
+    lease_left: float | None
+    """Seconds of lease left after it by the database clock (``None``: no lease held)."""
+    inbox: bool = False
+    """The saga's inbox holds events (the writer should settle them)."""
 
 
 @dataclass(frozen=True)
@@ -155,17 +174,12 @@ class WorkerRow:
         return cls(**{k: m[k] for k in cls.__dataclass_fields__ if k in m})
 
 
-REFUSED = "REFUSED"
-"""History status of a refused event delivery (phase ``event``)."""
-REFUSALS_UNRECORDED = "REFUSALS_UNRECORDED"
-"""History status of the one entry counting refused deliveries beyond those recorded."""
-
 LockedFn = Callable[[SagaRow, datetime], RowUpdate | None]
 """Computes an update from the locked row and the database clock; ``None``: change nothing."""
 
-DeliveryFn = Callable[[SagaRow], "RowUpdate | dict[str, Any]"]
-"""Decides an event delivery from the locked row: the update that accepts it, or the history
-entry that records its refusal."""
+DeliveryFn = Callable[[SagaRow, datetime], "RowUpdate | dict[str, Any]"]
+"""Decides an event delivery from the locked row and the database clock: the update that
+accepts it, or the history entry that records its refusal."""
 
 
 class SagaStore(ABC):
@@ -214,43 +228,55 @@ class SagaStore(ABC):
         suspects: bool | None = None,
     ) -> list[SagaRow]:
         """Claim up to ``limit`` due rows (or expired leases) in one statement: rotate each
-        token, set the lease owner and expiry. Rows another transaction holds are skipped.
-        ``versions``: only rows whose (saga_name, definition_version) is one of these.
-        ``suspects``: ``True`` only, ``False`` none of, the sagas whose worker was lost at
-        least twice in a row while they ran (see ``SUSPECT``); ``None``: no filter."""
+        lease token, set the lease owner and expiry. Rows another transaction holds are
+        skipped. ``versions``: only rows whose (saga_name, definition_version) is one of
+        these. ``suspects``: ``True`` only, ``False`` none of, the sagas whose worker was
+        lost at least twice in a row while they ran (``rows.SUSPECT``); ``None``: no filter.
+        Each row's ``updated_at`` is the database clock at the claim."""
 
     @abstractmethod
-    async def saga_checkpoint(
-        self, checkpoints: Sequence[Checkpoint]
-    ) -> list[datetime | bool | None]:
-        """Apply fenced updates in one transaction. For each: ``False`` when its token no
-        longer matched (nothing written), else the row's deadline after the update (``None``
-        when it has none)."""
+    async def saga_unclaim(self, owner: str, keep: Sequence[uuid.UUID]) -> int:
+        """Release the leases ``owner`` holds on sagas other than ``keep`` (claims whose reply
+        was lost): due now, no recovery counted. How many were released."""
+
+    @abstractmethod
+    async def saga_checkpoint(self, checkpoints: Sequence[Checkpoint]) -> list[Applied | None]:
+        """Apply fenced updates in one transaction. For each: ``None`` when its lease token
+        no longer matched (nothing written), else what the write left (``Applied``). A
+        checkpoint that keeps the lease extends it when less than half is left."""
 
     @abstractmethod
     async def saga_checkpoint_in(
         self, session: AsyncSession, checkpoint: Checkpoint
-    ) -> datetime | bool | None:
+    ) -> Applied | None:
         """Apply one fenced update in the caller's open transaction (a transactional step's
-        session), without committing: ``False`` when the token no longer matched (nothing
-        written), else the row's deadline after the update. The caller commits or rolls
+        session), without committing; as ``saga_checkpoint``. The caller commits or rolls
         back; on SQLite it must hold the store's write lock."""
 
     @abstractmethod
-    async def saga_renew_lease(self, saga_id: uuid.UUID, token: uuid.UUID) -> datetime | None:
-        """Extend the lease; the new expiry, or ``None`` when the token no longer matches."""
+    async def saga_renew_lease(self, saga_id: uuid.UUID, token: uuid.UUID) -> float | None:
+        """Extend the lease held with ``token``: the seconds left by the database clock, or
+        ``None`` when the token no longer matches or no lease is held."""
 
     @abstractmethod
     async def saga_release(
         self, saga_id: uuid.UUID, token: uuid.UUID, note: dict[str, Any] | None
     ) -> bool:
-        """Give the lease up: the saga is due now for any worker (graceful shutdown)."""
+        """Give the lease held with ``token`` up: the saga is due now for any worker (a
+        claimed saga never started). False when the token no longer matched."""
 
     @abstractmethod
-    async def saga_update_locked(self, saga_id: uuid.UUID, fn: LockedFn) -> tuple[SagaRow, bool]:
-        """Lock the row, compute an update with ``fn(row, db_now)`` (pure, may raise), write
-        it, commit. Returns the row after it and whether anything was written. Raises
-        SagaNotFoundError."""
+    async def saga_update_locked(
+        self, saga_id: uuid.UUID, fn: LockedFn, *, lease_token: uuid.UUID | None = None
+    ) -> tuple[SagaRow, bool]:
+        """Lock the row (history included), compute an update with ``fn(row, db_now)``
+        (pure, may raise), write it, commit. With ``lease_token``: only while the row's lease
+        token is still that one (``LeaseLost`` otherwise, nothing written). Returns the row
+        after it and whether anything was written. Raises SagaNotFoundError."""
+
+    @abstractmethod
+    async def saga_inbox_pending(self, saga_id: uuid.UUID) -> bool:
+        """Whether the saga's inbox holds events (one indexed read)."""
 
     async def saga_deliver(
         self,
@@ -261,11 +287,11 @@ class SagaStore(ABC):
         refusals_kept: int = 100,
     ) -> tuple[SagaRow, bool]:
         """Deliver an event in one transaction: lock the saga (by id, or the active saga of
-        ``aggregation_id``, else the newest saga with it), decide with ``fn(row)``, then write
-        the accepting update (token-fenced, as ``saga_update_locked``) or append the refusal
-        entry to the history and change nothing else. Beyond ``refusals_kept`` refusal
-        entries, further refusals only count in one ``REFUSALS_UNRECORDED`` entry. Returns
-        the row as read and whether the delivery was accepted.
+        ``aggregation_id``, else the newest saga with it), decide with ``fn(row, db_now)``,
+        then write the accepting update or append the refusal entry to the history and
+        change nothing else. Beyond ``refusals_kept`` refusal entries, further refusals only
+        count in one ``REFUSALS_UNRECORDED`` entry. Returns the row as read and whether the
+        delivery was accepted.
 
         Raises:
             SagaNotFoundError: no such saga (no saga ever had that aggregation id).

@@ -16,8 +16,10 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from saga_core.errors import ActiveSagaAlreadyExistsError
+from saga_core.history import storable
+from saga_core.rows import CLAIMABLE_STATUSES, SUSPECT_SQL
 from saga_core.state import UTCDateTime
-from saga_core.store.base import SUSPECT_SQL, Checkpoint, LeaseChange, SagaRow
+from saga_core.store.base import Applied, Checkpoint, LeaseChange, SagaRow
 from saga_core.store.sql import SqlSagaStore
 
 WAKEUP_CHANNEL = "saga_wakeup"
@@ -82,10 +84,11 @@ _RETURN_COLS = (
     "id, saga_name, aggregation_id, status, phase, current_step_index, steps_state, "
     "step_execution_token, context, deadline_at, lease_owner, retry_counter, takeover_count, "
     "recovery_count, last_error, definition_fingerprint, trace_id, created_at, updated_at, finished_at, "
-    "idempotency_key, definition_version"
+    "idempotency_key, definition_version, lease_token, inbox"
 )
 
-_DEADLINE_MODE = {"keep": 0, "clear": 1, "after": 2, "lease": 3}
+_DEADLINE_MODE = {"keep": 0, "clear": 1, "after": 2, "lease": 3, "hold": 4}
+_CLAIMABLE_IN = ", ".join(f"'{s}'" for s in CLAIMABLE_STATUSES)
 
 
 def _claim_sql(
@@ -104,7 +107,7 @@ def _claim_sql(
     return f"""
 WITH due AS (
     SELECT id FROM {table}
-    WHERE status IN ('RUNNING', 'SUSPENDED', 'COMPENSATING')
+    WHERE status IN ({_CLAIMABLE_IN})
       AND deadline_at IS NOT NULL AND deadline_at <= now()
       AND saga_name = ANY($1::text[]) {extra}
     ORDER BY deadline_at
@@ -113,7 +116,7 @@ WITH due AS (
 )
 UPDATE {table} AS t SET
     status = CASE WHEN t.status = 'SUSPENDED' THEN 'RUNNING' ELSE t.status END,
-    step_execution_token = gen_random_uuid(),
+    lease_token = gen_random_uuid(),
     lease_owner = $3,
     deadline_at = now() + $4::float8 * interval '1 second',
     takeover_count = t.takeover_count + (t.lease_owner IS NOT NULL)::int,
@@ -126,6 +129,8 @@ RETURNING {", ".join("t." + c.strip() for c in _RETURN_COLS.split(","))}
 
 
 def _checkpoint_sql(table: str) -> str:
+    # deadline modes: 0 keep, 1 clear, 2 now + delay, 3 now + lease (renewal), 4 keep but
+    # renew when less than half the lease ($15) is left (the write between two steps).
     return f"""
 UPDATE {table} AS t SET
     status = COALESCE(v.status, t.status),
@@ -142,24 +147,37 @@ UPDATE {table} AS t SET
         WHEN 0 THEN t.deadline_at
         WHEN 1 THEN NULL
         WHEN 2 THEN now() + v.delay_s * interval '1 second'
-        ELSE now() + $15::float8 * interval '1 second' END,
+        WHEN 3 THEN now() + $15::float8 * interval '1 second'
+        ELSE CASE WHEN t.lease_owner IS NOT NULL
+                  AND t.deadline_at < now() + $15::float8 * interval '0.5 second'
+             THEN now() + $15::float8 * interval '1 second'
+             ELSE t.deadline_at END
+        END,
     lease_owner = CASE WHEN v.release THEN NULL ELSE t.lease_owner END,
     finished_at = CASE WHEN v.finished THEN now() ELSE t.finished_at END,
-    step_execution_token = COALESCE(v.new_token, t.step_execution_token),
+    step_execution_token = COALESCE(v.step_token, t.step_execution_token),
+    lease_token = COALESCE(v.new_lease, t.lease_token),
     updated_at = now()
 FROM unnest(
     $1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::int[], $6::jsonb[], $7::jsonb[],
     $8::int[], $9::bool[], $10::text[], $11::jsonb[], $12::int[], $13::float8[], $14::bool[],
-    $16::bool[], $17::uuid[]
+    $16::bool[], $17::uuid[], $18::uuid[]
 ) AS v(id, token, status, phase, idx, steps, ctx, rc, set_err, err, hist, dmode, delay_s,
-       release, finished, new_token)
-WHERE t.id = v.id AND t.step_execution_token = v.token
-RETURNING t.id, v.token, t.deadline_at
+       release, finished, step_token, new_lease)
+WHERE t.id = v.id AND t.lease_token = v.token
+RETURNING t.id, v.token,
+    CASE WHEN t.lease_owner IS NULL THEN NULL
+         ELSE extract(epoch FROM t.deadline_at - now())::float8 END,
+    t.inbox IS NOT NULL
 """
 
 
 def _dumps(value: Any) -> str | None:
     return None if value is None else json.dumps(value, separators=(",", ":"), default=str)
+
+
+def _err(value: str | None) -> str | None:
+    return None if value is None else storable(value)
 
 
 class FastPostgresSagaStore(PostgresSagaStore):
@@ -286,12 +304,12 @@ class FastPostgresSagaStore(PostgresSagaStore):
             rows = await raw.fetch(sql, *args)
         return [SagaRow.from_mapping(r) for r in rows]
 
-    async def saga_checkpoint(
-        self, checkpoints: Sequence[Checkpoint]
-    ) -> list[datetime | bool | None]:
+    async def saga_checkpoint(self, checkpoints: Sequence[Checkpoint]) -> list[Applied | None]:
         if not checkpoints:
             return []
-        cols: list[list[Any]] = [[] for _ in range(16)]
+        if any(cp.update.set_inbox for cp in checkpoints):  # never on the hot path
+            return await super().saga_checkpoint(checkpoints)
+        cols: list[list[Any]] = [[] for _ in range(17)]
         for cp in checkpoints:
             u = cp.update
             values = (
@@ -304,13 +322,14 @@ class FastPostgresSagaStore(PostgresSagaStore):
                 _dumps(u.context),
                 u.retry_counter,
                 u.set_last_error or u.last_error is not None,
-                u.last_error,
+                _err(u.last_error),
                 _dumps(u.history) if u.history else None,
                 _DEADLINE_MODE[u.deadline.value],
                 u.delay.total_seconds(),
                 u.lease is LeaseChange.RELEASE,
                 u.finished,
-                u.new_token,
+                u.step_token,
+                u.new_lease_token,
             )
             for col, value in zip(cols, values, strict=True):
                 col.append(value)
@@ -318,6 +337,6 @@ class FastPostgresSagaStore(PostgresSagaStore):
         async with self._raw() as raw, raw.transaction():
             rows = await raw.fetch(self._sql_checkpoint, *args)
         # Keyed by (id, token): a stale checkpoint batched with the current one for the same
-        # saga (a run that lost its lease in this very process) must still be told False.
-        applied = {(r[0], r[1]): r[2] for r in rows}
-        return [applied.get((cp.saga_id, cp.token), False) for cp in checkpoints]
+        # saga (a run that lost its lease in this very process) must still be told None.
+        applied = {(r[0], r[1]): Applied(lease_left=r[2], inbox=r[3]) for r in rows}
+        return [applied.get((cp.saga_id, cp.token)) for cp in checkpoints]

@@ -1,5 +1,7 @@
-"""The SQL store, shared by PostgreSQL and SQLite; dialect differences are small hooks
-overridden in ``postgres.py`` and ``sqlite.py``. SQLAlchemy Core only (no ORM on the hot path)."""
+"""The SQL store, shared by PostgreSQL and SQLite: the writes (claims, fenced checkpoints,
+locked updates, deliveries). Dialect differences are small hooks overridden in
+``postgres.py`` and ``sqlite.py``; reads, the worker registry and schema commands are in
+``sql_reads.py``. SQLAlchemy Core only (no ORM on the hot path)."""
 
 from __future__ import annotations
 
@@ -16,7 +18,6 @@ from sqlalchemy import (
     and_,
     case,
     delete,
-    func,
     insert,
     literal,
     not_,
@@ -28,35 +29,30 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
-from saga_core.errors import (
-    ActiveSagaAlreadyExistsError,
-    SagaConflictError,
-    SagaNotFoundError,
-    SagaStoreError,
-)
+from saga_core import history as h
+from saga_core.errors import ActiveSagaAlreadyExistsError, SagaConflictError, SagaNotFoundError
+from saga_core.lease import LeaseLost
 from saga_core.machine import ACTIVE_STATUSES
-from saga_core.state import SagaWorker
+from saga_core.rows import CLAIMABLE_STATUSES, SUSPECT_MIN_RECOVERIES
 from saga_core.store.base import (
-    REFUSALS_UNRECORDED,
-    REFUSED,
+    Applied,
     Checkpoint,
     DeadlineChange,
     DeliveryFn,
     LeaseChange,
     LockedFn,
     RowUpdate,
-    SagaFilter,
     SagaRow,
     SagaStore,
-    WorkerRow,
 )
+from saga_core.store.sql_reads import WORKERS, SqlReads
 
-CLAIMABLE = ("RUNNING", "SUSPENDED", "COMPENSATING")
+__all__ = ["WORKERS", "SqlSagaStore"]
+
 ACTIVE = tuple(sorted(s.value for s in ACTIVE_STATUSES))
-WORKERS: Table = SagaWorker.__table__  # type: ignore[assignment]
 
 
-class SqlSagaStore(SagaStore):
+class SqlSagaStore(SqlReads, SagaStore):
     """Common SQLAlchemy Core implementation."""
 
     def __init__(self, engine: AsyncEngine, table: Table, *, lease: timedelta) -> None:
@@ -65,8 +61,7 @@ class SqlSagaStore(SagaStore):
         self.table_name = table.name
         self.lease = lease
         self.dialect = engine.dialect.name
-        t = table
-        self._cols_no_history = [c for c in t.c if c.name != "step_history"]
+        self._cols_no_history = [c for c in table.c if c.name != "step_history"]
 
     # --- dialect hooks ------------------------------------------------------------------
 
@@ -94,6 +89,10 @@ class SqlSagaStore(SagaStore):
     def _claim_subquery(self, sel: Select[Any]) -> Select[Any]:
         return sel
 
+    def _inbox_flag(self) -> ColumnElement[bool]:
+        """Whether the inbox holds events, as a column a RETURNING clause can read."""
+        return self.table.c.inbox.is_not(None)
+
     def _lock_row(self, sel: Select[Any]) -> Select[Any]:
         return sel
 
@@ -117,8 +116,6 @@ class SqlSagaStore(SagaStore):
             await session.execute(stmt)
             await self._wake(session)
 
-    # --- helpers --------------------------------------------------------------------------
-
     def _statement_now(self) -> ColumnElement[datetime]:
         """The database clock when the statement runs, even late in a long transaction
         (PostgreSQL's ``now()`` is the transaction's start)."""
@@ -127,8 +124,10 @@ class SqlSagaStore(SagaStore):
     def _statement_now_plus(self, delta: timedelta) -> ColumnElement[datetime]:
         return self._now_plus(delta)
 
+    # --- helpers --------------------------------------------------------------------------
+
     def _values(self, upd: RowUpdate, *, statement_clock: bool = False) -> dict[str, Any]:
-        t = self.table
+        t = self.table.c
         clock = self._statement_now() if statement_clock else self._now()
         now_plus = self._statement_now_plus if statement_clock else self._now_plus
         v: dict[str, Any] = {"updated_at": clock}
@@ -146,7 +145,7 @@ class SqlSagaStore(SagaStore):
         if upd.steps_state is not None:
             v["recovery_count"] = 0  # an outcome was recorded (or an operator acted)
         if upd.last_error is not None or upd.set_last_error:
-            v["last_error"] = upd.last_error
+            v["last_error"] = None if upd.last_error is None else h.storable(upd.last_error)
         if upd.history:
             v["step_history"] = self._history_append(upd.history)
         if upd.deadline is DeadlineChange.CLEAR:
@@ -155,38 +154,20 @@ class SqlSagaStore(SagaStore):
             v["deadline_at"] = now_plus(upd.delay)
         elif upd.deadline is DeadlineChange.LEASE:
             v["deadline_at"] = now_plus(self.lease)
+        elif upd.deadline is DeadlineChange.HOLD and upd.lease is LeaseChange.KEEP:
+            short = and_(t.lease_owner.is_not(None), t.deadline_at < now_plus(self.lease / 2))
+            v["deadline_at"] = case((short, now_plus(self.lease)), else_=t.deadline_at)
         if upd.lease is LeaseChange.RELEASE:
             v["lease_owner"] = null()
         if upd.finished:
             v["finished_at"] = clock
-        if upd.new_token is not None:
-            v["step_execution_token"] = upd.new_token
-        del t
+        if upd.step_token is not None:
+            v["step_execution_token"] = upd.step_token
+        if upd.new_lease_token is not None:
+            v["lease_token"] = upd.new_lease_token
+        if upd.set_inbox:
+            v["inbox"] = upd.inbox if upd.inbox else null()
         return v
-
-    def _where(self, flt: SagaFilter) -> list[ColumnElement[bool]]:
-        t = self.table.c
-        conds: list[ColumnElement[bool]] = []
-        if flt.statuses:
-            conds.append(t.status.in_(list(flt.statuses)))
-        if flt.saga_names:
-            conds.append(t.saga_name.in_(list(flt.saga_names)))
-        if flt.aggregation_id is not None:
-            conds.append(t.aggregation_id == flt.aggregation_id)
-        if flt.created_after is not None:
-            conds.append(t.created_at >= flt.created_after)
-        if flt.created_before is not None:
-            conds.append(t.created_at < flt.created_before)
-        if flt.updated_after is not None:
-            conds.append(t.updated_at >= flt.updated_after)
-        if flt.ids is not None:
-            conds.append(t.id.in_(list(flt.ids)))
-        if flt.finished_before is not None:
-            conds.append(t.finished_at.is_not(None))
-            conds.append(t.finished_at < flt.finished_before)
-        if flt.definition_version is not None:
-            conds.append(t.definition_version == flt.definition_version)
-        return conds
 
     def _versions_cond(self, versions: Sequence[tuple[str, int]]) -> ColumnElement[bool]:
         """(saga_name, definition_version) is one of ``versions`` (false when empty)."""
@@ -202,6 +183,10 @@ class SqlSagaStore(SagaStore):
                 for name, vs in sorted(by_name.items())
             )
         )
+
+    def _suspect(self) -> ColumnElement[bool]:
+        t = self.table.c
+        return and_(t.lease_owner.is_not(None), t.recovery_count >= SUSPECT_MIN_RECOVERIES)
 
     # --- writes -----------------------------------------------------------------------------
 
@@ -298,7 +283,7 @@ class SqlSagaStore(SagaStore):
         t = self.table
         now = self._now()
         due = select(t.c.id).where(
-            t.c.status.in_(CLAIMABLE),
+            t.c.status.in_(CLAIMABLE_STATUSES),
             t.c.deadline_at.is_not(None),
             t.c.deadline_at <= now,
         )
@@ -309,15 +294,14 @@ class SqlSagaStore(SagaStore):
         if saga_ids is not None:
             due = due.where(t.c.id.in_(list(saga_ids)))
         if suspects is not None:
-            suspect = and_(t.c.lease_owner.is_not(None), t.c.recovery_count >= 1)
-            due = due.where(suspect if suspects else not_(suspect))
+            due = due.where(self._suspect() if suspects else not_(self._suspect()))
         due = self._claim_subquery(due.order_by(t.c.deadline_at).limit(limit))
         stmt = (
             update(t)
             .where(t.c.id.in_(due.scalar_subquery()))
             .values(
                 status=case((t.c.status == "SUSPENDED", literal("RUNNING")), else_=t.c.status),
-                step_execution_token=self._new_token_sql(),
+                lease_token=self._new_token_sql(),
                 lease_owner=owner,
                 deadline_at=self._now_plus(lease),
                 takeover_count=t.c.takeover_count
@@ -332,55 +316,83 @@ class SqlSagaStore(SagaStore):
             rows = (await conn.execute(stmt)).mappings().all()
         return [SagaRow.from_mapping(r) for r in rows]
 
-    async def saga_checkpoint(
-        self, checkpoints: Sequence[Checkpoint]
-    ) -> list[datetime | bool | None]:
+    async def saga_unclaim(self, owner: str, keep: Sequence[uuid.UUID]) -> int:
+        t = self.table
+        stmt = (
+            update(t)
+            .where(t.c.lease_owner == owner, t.c.status.in_(CLAIMABLE_STATUSES))
+            .values(
+                lease_owner=null(),
+                lease_token=self._new_token_sql(),
+                deadline_at=self._now(),
+                updated_at=self._now(),
+            )
+        )
+        if keep:
+            stmt = stmt.where(t.c.id.not_in(list(keep)))
+        async with self._write_lock(), self.engine.begin() as conn:
+            res = await conn.execute(stmt)
+            if res.rowcount:
+                await self._wake(conn)
+        return int(res.rowcount)
+
+    def _checkpoint_stmt(self, cp: Checkpoint, *, statement_clock: bool = False) -> Any:
+        """The fenced UPDATE of one checkpoint, returning what ``Applied`` reports."""
+        t = self.table
+        clock = self._statement_now() if statement_clock else self._now()
+        return (
+            update(t)
+            .where(t.c.id == cp.saga_id, t.c.lease_token == cp.token)
+            .values(**self._values(cp.update, statement_clock=statement_clock))
+            .returning(t.c.deadline_at, t.c.lease_owner, self._inbox_flag(), clock)
+        )
+
+    @staticmethod
+    def _applied(row: Any) -> Applied | None:
+        if row is None:
+            return None
+        deadline, owner, inbox, now = row
+        if isinstance(now, str):  # SQLite hands back text for a bare expression
+            now = datetime.fromisoformat(now)
+        left = None
+        if owner is not None and deadline is not None:
+            if now.tzinfo is None and deadline.tzinfo is not None:
+                now = now.replace(tzinfo=deadline.tzinfo)
+            left = (deadline - now).total_seconds()
+        return Applied(lease_left=left, inbox=bool(inbox))
+
+    async def saga_checkpoint(self, checkpoints: Sequence[Checkpoint]) -> list[Applied | None]:
         if not checkpoints:
             return []
-        results: list[datetime | bool | None] = []
+        results: list[Applied | None] = []
         async with self._write_lock(), self.engine.begin() as conn:
             for cp in checkpoints:
                 row = (await conn.execute(self._checkpoint_stmt(cp))).first()
-                results.append(False if row is None else row[0])
+                results.append(self._applied(row))
         return results
-
-    def _checkpoint_stmt(self, cp: Checkpoint, *, statement_clock: bool = False) -> Any:
-        """The fenced UPDATE of one checkpoint, returning the row's deadline."""
-        t = self.table
-        return (
-            update(t)
-            .where(t.c.id == cp.saga_id, t.c.step_execution_token == cp.token)
-            .values(**self._values(cp.update, statement_clock=statement_clock))
-            .returning(t.c.deadline_at)
-        )
 
     async def saga_checkpoint_in(
         self, session: AsyncSession, checkpoint: Checkpoint
-    ) -> datetime | bool | None:
+    ) -> Applied | None:
         # The statement of saga_checkpoint, on the session's connection (both backends: the
         # PostgreSQL fast path has connections of its own).
         stmt = self._checkpoint_stmt(checkpoint, statement_clock=True)
-        row = (await session.execute(stmt)).first()
-        return False if row is None else row[0]
+        return self._applied((await session.execute(stmt)).first())
 
-    async def saga_renew_lease(self, saga_id: uuid.UUID, token: uuid.UUID) -> datetime | None:
+    async def saga_renew_lease(self, saga_id: uuid.UUID, token: uuid.UUID) -> float | None:
         t = self.table
         stmt = (
             update(t)
             # Only a lease still held: the keeper's renewal may race the run's own last
             # checkpoint (which keeps the token but releases the lease), and must not put a
             # lease back on a finished, suspended or released saga.
-            .where(
-                t.c.id == saga_id,
-                t.c.step_execution_token == token,
-                t.c.lease_owner.is_not(None),
-            )
+            .where(t.c.id == saga_id, t.c.lease_token == token, t.c.lease_owner.is_not(None))
             .values(deadline_at=self._now_plus(self.lease), updated_at=self._now())
-            .returning(t.c.deadline_at)
+            .returning(t.c.deadline_at, t.c.lease_owner, self._inbox_flag(), self._now())
         )
         async with self._write_lock(), self.engine.begin() as conn:
-            row = (await conn.execute(stmt)).first()
-        return None if row is None else row[0]
+            applied = self._applied((await conn.execute(stmt)).first())
+        return None if applied is None else applied.lease_left
 
     async def saga_release(
         self, saga_id: uuid.UUID, token: uuid.UUID, note: dict[str, Any] | None
@@ -391,36 +403,50 @@ class SqlSagaStore(SagaStore):
             history=[note] if note else [],
         )
         (res,) = await self.saga_checkpoint([Checkpoint(saga_id, token, upd)])
-        return res is not False
+        return res is not None
 
-    async def saga_update_locked(self, saga_id: uuid.UUID, fn: LockedFn) -> tuple[SagaRow, bool]:
+    async def _locked(self, conn: AsyncConnection, sel: Select[Any]) -> SagaRow | None:
+        row = (await conn.execute(self._lock_row(sel))).mappings().first()
+        return None if row is None else SagaRow.from_mapping(row)
+
+    async def _clock(self, conn: AsyncConnection) -> datetime:
+        now = (await conn.execute(select(self._now()))).scalar_one()
+        if isinstance(now, str):  # SQLite hands back text for a bare expression
+            now = datetime.fromisoformat(now)
+        assert isinstance(now, datetime)
+        return now
+
+    def _guarded(self, current: SagaRow, upd: RowUpdate) -> Any:
+        """The update of a row read under lock. The row lock makes the guard redundant on
+        PostgreSQL; on SQLite, where another process may write between the read and the
+        update, it makes the write refuse to overwrite a change it has not seen."""
+        t = self.table
+        same_lease = (
+            t.c.lease_token.is_(None)
+            if current.lease_token is None
+            else t.c.lease_token == current.lease_token
+        )
+        return (
+            update(t)
+            .where(t.c.id == current.id, same_lease, t.c.updated_at == current.updated_at)
+            .values(**self._values(upd))
+            .returning(t)
+        )
+
+    async def saga_update_locked(
+        self, saga_id: uuid.UUID, fn: LockedFn, *, lease_token: uuid.UUID | None = None
+    ) -> tuple[SagaRow, bool]:
         t = self.table
         async with self._write_lock(), self.engine.begin() as conn:
-            sel = self._lock_row(select(t).where(t.c.id == saga_id))
-            row = (await conn.execute(sel)).mappings().first()
-            if row is None:
+            current = await self._locked(conn, select(t).where(t.c.id == saga_id))
+            if current is None:
                 raise SagaNotFoundError(f"no saga with id {saga_id}", saga_id)
-            now = (await conn.execute(select(self._now()))).scalar_one()
-            if isinstance(now, str):  # SQLite hands back text for a bare expression
-                now = datetime.fromisoformat(now)
-            current = SagaRow.from_mapping(row)
-            upd = fn(current, now)
+            if lease_token is not None and current.lease_token != lease_token:
+                raise LeaseLost()
+            upd = fn(current, await self._clock(conn))
             if upd is None:
                 return current, False
-            # The row lock makes the guard redundant on PostgreSQL; on SQLite, where another
-            # process may write between the read and the update, it makes the write refuse
-            # to overwrite a checkpoint it has not seen.
-            stmt = (
-                update(t)
-                .where(
-                    t.c.id == saga_id,
-                    t.c.step_execution_token == current.step_execution_token,
-                    t.c.updated_at == current.updated_at,
-                )
-                .values(**self._values(upd))
-                .returning(t)
-            )
-            new = (await conn.execute(stmt)).mappings().first()
+            new = (await conn.execute(self._guarded(current, upd))).mappings().first()
             if new is None:
                 raise SagaConflictError(
                     f"saga {saga_id} changed while the action was being applied; try again"
@@ -440,48 +466,40 @@ class SqlSagaStore(SagaStore):
         t = self.table
         async with self._write_lock(), self.engine.begin() as conn:
             if saga_id is not None:
-                sel = select(t).where(t.c.id == saga_id)
+                current = await self._locked(conn, select(t).where(t.c.id == saga_id))
             else:
                 # At most one active saga per aggregation id (a unique partial index).
-                sel = select(t).where(t.c.aggregation_id == aggregation_id, t.c.status.in_(ACTIVE))
-            row = (await conn.execute(self._lock_row(sel))).mappings().first()
-            if row is None and saga_id is None:
-                newest = (
-                    select(t)
-                    .where(t.c.aggregation_id == aggregation_id)
-                    .order_by(t.c.created_at.desc(), t.c.id.desc())
-                    .limit(1)
+                active = select(t).where(
+                    t.c.aggregation_id == aggregation_id, t.c.status.in_(ACTIVE)
                 )
-                row = (await conn.execute(self._lock_row(newest))).mappings().first()
-            if row is None:
+                current = await self._locked(conn, active)
+                if current is None:
+                    newest = (
+                        select(t)
+                        .where(t.c.aggregation_id == aggregation_id)
+                        .order_by(t.c.created_at.desc(), t.c.id.desc())
+                        .limit(1)
+                    )
+                    current = await self._locked(conn, newest)
+            if current is None:
                 if saga_id is not None:
                     raise SagaNotFoundError(f"no saga with id {saga_id}", saga_id)
                 raise SagaNotFoundError(f"no saga with aggregation_id {aggregation_id!r}")
-            current = SagaRow.from_mapping(row)
-            outcome = fn(current)
+            outcome = fn(current, await self._clock(conn))
             if isinstance(outcome, RowUpdate):
-                stmt = (
-                    update(t)
-                    .where(
-                        t.c.id == current.id,
-                        t.c.step_execution_token == current.step_execution_token,
-                        t.c.updated_at == current.updated_at,
-                    )
-                    .values(**self._values(outcome))
-                    .returning(t.c.id)
-                )
-                if (await conn.execute(stmt)).first() is None:
+                if (await conn.execute(self._guarded(current, outcome))).first() is None:
                     raise SagaConflictError(
                         f"saga {current.id} changed while the event was being delivered; try again"
                     )
-                await self._wake(conn)
+                if outcome.deadline is DeadlineChange.AFTER:
+                    await self._wake(conn)
                 return current, True
             # A refusal touches the history only, appended (or one entry replaced) in SQL: a
             # worker holding the saga writes its whole context and appends its own entries,
             # so neither side loses the other's writes. updated_at is left alone too.
             history = current.step_history or []
             kept = sum(
-                1 for e in history if e.get("phase") == "event" and e.get("status") == REFUSED
+                1 for e in history if e.get("phase") == h.EVENT and e.get("status") == h.REFUSED
             )
             if kept < refusals_kept:
                 value = self._history_append([outcome])
@@ -497,180 +515,6 @@ class SqlSagaStore(SagaStore):
         ``REFUSALS_UNRECORDED`` entry (added by the first such refusal)."""
         for i in range(len(history) - 1, -1, -1):
             old = history[i]
-            if old.get("phase") == "event" and old.get("status") == REFUSALS_UNRECORDED:
-                summary = {
-                    **old,
-                    "count": int(old.get("count") or 0) + 1,
-                    "last_at": entry.get("at"),
-                    "last_reason": entry.get("reason"),
-                }
-                return self._history_replace(i, summary)
-        summary = {
-            "at": entry.get("at"),
-            "phase": "event",
-            "step_id": entry.get("step_id"),
-            "status": REFUSALS_UNRECORDED,
-            "attempt": 0,
-            "count": 1,
-            "reason": f"over {kept} refused deliveries: later ones are only counted here",
-            "last_at": entry.get("at"),
-            "last_reason": entry.get("reason"),
-        }
-        return self._history_append([summary])
-
-    # --- reads -------------------------------------------------------------------------------
-
-    async def saga_get(self, saga_id: uuid.UUID, *, with_history: bool = True) -> SagaRow | None:
-        t = self.table
-        cols = list(t.c) if with_history else self._cols_no_history
-        async with self.engine.connect() as conn:
-            row = (await conn.execute(select(*cols).where(t.c.id == saga_id))).mappings().first()
-        return None if row is None else SagaRow.from_mapping(row)
-
-    async def saga_find_by_prefix(self, prefix: str, *, limit: int = 2) -> list[uuid.UUID]:
-        clean = prefix.strip().lower().replace("-", "")
-        if not clean or any(ch not in "0123456789abcdef" for ch in clean) or len(clean) > 32:
-            return []
-        if len(clean) == 32:
-            u = uuid.UUID(clean)
-            return [u] if await self.saga_get(u, with_history=False) is not None else []
-        low = uuid.UUID(clean.ljust(32, "0"))
-        high = uuid.UUID(clean.ljust(32, "f"))
-        t = self.table
-        stmt = select(t.c.id).where(t.c.id >= low, t.c.id <= high).order_by(t.c.id).limit(limit)
-        async with self.engine.connect() as conn:
-            return list((await conn.execute(stmt)).scalars().all())
-
-    async def saga_list(
-        self, flt: SagaFilter, *, limit: int = 100, offset: int = 0, oldest_first: bool = False
-    ) -> list[SagaRow]:
-        t = self.table
-        order = (
-            (t.c.created_at.asc(), t.c.id.asc())
-            if oldest_first
-            else (t.c.created_at.desc(), t.c.id.desc())
-        )
-        stmt = select(*self._cols_no_history).where(*self._where(flt)).order_by(*order)
-        stmt = stmt.limit(limit).offset(offset)
-        async with self.engine.connect() as conn:
-            rows = (await conn.execute(stmt)).mappings().all()
-        return [SagaRow.from_mapping(r) for r in rows]
-
-    async def saga_count(self, flt: SagaFilter) -> int:
-        t = self.table
-        stmt = select(func.count()).select_from(t).where(*self._where(flt))
-        async with self.engine.connect() as conn:
-            return int((await conn.execute(stmt)).scalar_one())
-
-    async def saga_stats(self) -> list[tuple[str, str, int]]:
-        t = self.table
-        stmt = (
-            select(t.c.saga_name, t.c.status, func.count())
-            .group_by(t.c.saga_name, t.c.status)
-            .order_by(t.c.saga_name, t.c.status)
-        )
-        async with self.engine.connect() as conn:
-            return [(r[0], r[1], int(r[2])) for r in (await conn.execute(stmt)).all()]
-
-    async def saga_version_summary(
-        self, statuses: Sequence[str]
-    ) -> list[tuple[str, int, int, datetime]]:
-        t = self.table
-        created = func.min(t.c.created_at)
-        stmt = (
-            select(t.c.saga_name, t.c.definition_version, func.count(), created)
-            .where(t.c.status.in_(list(statuses)))
-            .group_by(t.c.saga_name, t.c.definition_version)
-            .order_by(t.c.saga_name, t.c.definition_version)
-        )
-        async with self.engine.connect() as conn:
-            rows = (await conn.execute(stmt)).all()
-        out: list[tuple[str, int, int, datetime]] = []
-        for name, version, count, oldest in rows:
-            if isinstance(oldest, str):  # SQLite: an aggregate loses the column type
-                oldest = datetime.fromisoformat(oldest)
-            if oldest.tzinfo is None:
-                from datetime import UTC
-
-                oldest = oldest.replace(tzinfo=UTC)
-            out.append((str(name), int(version), int(count), oldest))
-        return out
-
-    async def saga_due_summary(self) -> tuple[int, datetime | None]:
-        t = self.table
-        stmt = select(func.count(), func.min(t.c.deadline_at)).where(
-            t.c.status.in_(CLAIMABLE), t.c.deadline_at.is_not(None), t.c.deadline_at <= self._now()
-        )
-        async with self.engine.connect() as conn:
-            count, oldest = (await conn.execute(stmt)).one()
-        if isinstance(oldest, str):
-            oldest = datetime.fromisoformat(oldest)
-        if oldest is not None and oldest.tzinfo is None:
-            from datetime import UTC
-
-            oldest = oldest.replace(tzinfo=UTC)
-        return int(count), oldest
-
-    async def saga_finished_since(self, since: datetime) -> list[tuple[str, str, int]]:
-        t = self.table
-        stmt = (
-            select(t.c.saga_name, t.c.status, func.count())
-            .where(t.c.finished_at.is_not(None), t.c.finished_at >= since)
-            .group_by(t.c.saga_name, t.c.status)
-        )
-        async with self.engine.connect() as conn:
-            return [(r[0], r[1], int(r[2])) for r in (await conn.execute(stmt)).all()]
-
-    async def db_now(self) -> datetime:
-        async with self.engine.connect() as conn:
-            now = (await conn.execute(select(self._now()))).scalar_one()
-        if isinstance(now, str):
-            now = datetime.fromisoformat(now)
-        return now
-
-    # --- worker registry --------------------------------------------------------------------
-
-    async def worker_heartbeat(self, worker: dict[str, Any]) -> None:
-        w = WORKERS
-        values = {**worker, "heartbeat_at": self._now(), "stopped_at": null()}
-        async with self._write_lock(), self.engine.begin() as conn:
-            res = await conn.execute(update(w).where(w.c.id == worker["id"]).values(**values))
-            if res.rowcount == 0:
-                await conn.execute(insert(w).values(**values, started_at=self._now()))
-
-    async def worker_stopped(self, worker_id: str) -> None:
-        w = WORKERS
-        async with self._write_lock(), self.engine.begin() as conn:
-            await conn.execute(
-                update(w).where(w.c.id == worker_id).values(stopped_at=self._now(), in_flight=0)
-            )
-
-    async def worker_list(self) -> list[WorkerRow]:
-        w = WORKERS
-        async with self.engine.connect() as conn:
-            rows = (await conn.execute(select(w).order_by(w.c.started_at.desc()))).mappings().all()
-        return [WorkerRow.from_mapping(r) for r in rows]
-
-    async def worker_purge(self, older_than: datetime) -> int:
-        w = WORKERS
-        async with self._write_lock(), self.engine.begin() as conn:
-            res = await conn.execute(delete(w).where(w.c.heartbeat_at < older_than))
-        return int(res.rowcount)
-
-    # --- schema -------------------------------------------------------------------------------
-
-    async def schema_upgrade(self) -> list[str]:
-        from saga_core.schema import upgrade_tables
-
-        try:
-            return await upgrade_tables(self.engine, [self.table, WORKERS])
-        except SagaStoreError:
-            raise
-
-    async def schema_status(self) -> dict[str, Any]:
-        from saga_core.schema import tables_status
-
-        return await tables_status(self.engine, [self.table, WORKERS])
-
-
-__all__ = ["CLAIMABLE", "WORKERS", "SqlSagaStore"]
+            if old.get("phase") == h.EVENT and old.get("status") == h.REFUSALS_UNRECORDED:
+                return self._history_replace(i, h.refusals_counted(old, entry, kept))
+        return self._history_append([h.refusals_counted(None, entry, kept)])

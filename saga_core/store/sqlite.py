@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, event, func, literal
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-from saga_core.context import _CURRENT
+from saga_core.context import active_step
 from saga_core.errors import SagaError
 from saga_core.state import UTCDateTime, utcnow
 from saga_core.store.sql import SqlSagaStore
@@ -54,6 +54,11 @@ class SqliteSagaStore(SqlSagaStore):
     def _now_plus(self, delta: timedelta) -> ColumnElement[datetime]:
         return literal(utcnow() + delta, UTCDateTime)
 
+    def _inbox_flag(self) -> ColumnElement[bool]:
+        # SQLite 3.40 evaluates "col IS [NOT] NULL" wrongly in a RETURNING clause for a
+        # column the UPDATE did not set; typeof() reads the stored value.
+        return func.typeof(self.table.c.inbox) != "null"
+
     def _new_token_sql(self) -> ColumnElement[Any]:
         return func.lower(func.hex(func.randomblob(16)))
 
@@ -90,8 +95,9 @@ class SqliteSagaStore(SqlSagaStore):
             await conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     def _write_lock(self) -> asyncio.Lock:
-        ctx = _CURRENT.get()
-        if ctx is not None and ctx._session is not None and ctx._session.bind is self.engine:
+        ctx = active_step()
+        session = None if ctx is None else ctx.session_if_transactional
+        if ctx is not None and session is not None and session.bind is self.engine:
             # The step's transaction holds this lock until the step's checkpoint: waiting for
             # it here would wait for ourselves.
             raise SagaError(

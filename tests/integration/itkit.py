@@ -601,6 +601,11 @@ def assert_refused(
     assert [(e["phase"], e["status"], e["reason"]) for e in added] == [
         ("event", "REFUSED", r) for r in reasons
     ]
+    from saga_core.history import event_size
+
+    size, preview = event_size(event)
     for e in added:
-        assert e["attempt"] == 0 and e["event"] == event and e["event_name"] == name
+        assert e["attempt"] == 0 and e["event_name"] == name
+        assert "event" not in e, "a refusal keeps a bounded summary, never the whole event"
+        assert (e["event_bytes"], e["event_preview"]) == (size, preview)
     return added

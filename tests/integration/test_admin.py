@@ -90,7 +90,7 @@ async def test_admin_table(h: Harness, action: str, case: str) -> None:
         after = await h.row(sid)
         now = await h.db_now()
         assert snap.status.value == after.status == expected
-        assert after.step_execution_token != before.step_execution_token, "new token"
+        assert after.lease_token != before.lease_token, "a new lease token fences the worker out"
         last = (after.step_history or [])[-1]
         assert last["phase"] == "admin"
         assert last["status"] == ACTION_NAMES[action]
@@ -368,6 +368,7 @@ async def test_unstorable_reason_or_actor_is_refused_and_changes_nothing(
         await w.admin.retry_step(reached.saga_id, **{field: value})
     after = await h.row(reached.saga_id)
     assert after.status == before.status == "SUSPENDED"
+    assert after.lease_token == before.lease_token
     assert after.step_execution_token == before.step_execution_token
     assert after.step_history == before.step_history
 

@@ -5,9 +5,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from dataclasses import replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -35,7 +36,7 @@ from saga_core import (
     WaitForEvent,
     current_step,
 )
-from saga_core.events import REFUSALS_KEPT
+from saga_core.waits import REFUSALS_KEPT
 
 
 class Approval(BaseStep[Num, Out]):
@@ -91,7 +92,7 @@ async def test_correlation_resumes_a_named_wait(h: Harness) -> None:
     sid = await start(w)
     before = await h.row(sid)
     assert before.status == "SUSPENDED" and before.deadline_at is None
-    assert before.context["waiting"]["event_name"] == "approval"
+    assert before.context["waits"]["approve"]["name"] == "approval"
     waiting = entries(before.step_history or [], step_id="approve")[-1]
     assert (waiting["status"], waiting["event_name"]) == ("WAITING", "approval")
 
@@ -103,7 +104,7 @@ async def test_correlation_resumes_a_named_wait(h: Harness) -> None:
     assert after.status == "RUNNING" and after.lease_owner is None
     assert after.deadline_at is not None and after.deadline_at <= await h.db_now(), "due now"
     assert after.step_execution_token != before.step_execution_token, "new token"
-    assert "waiting" not in after.context
+    assert "waits" not in after.context
     assert after.context["events"] == [event] and after.context["latest_event"] == event
     last = (after.step_history or [])[-1]
     assert {k: last[k] for k in ("phase", "status", "step_id", "event", "event_name", "actor")} == {
@@ -162,7 +163,7 @@ async def test_unnamed_wait_refuses_correlation(h: Harness) -> None:
     w = await h.worker()
     sid = await start(w)
     before = await h.row(sid)
-    assert "event_name" not in before.context["waiting"]
+    assert before.context["waits"]["approve"]["name"] is None
     assert not await w.orch.notify(aggregation_id="order-7", event_name="approval")
     assert_refused(
         before,
@@ -231,7 +232,9 @@ async def test_a_named_wait_times_out_like_an_unnamed_one(h: Harness) -> None:
     w = await h.worker()
     sid = await start(w)
     row = await h.row(sid)
-    assert row.deadline_at is not None and row.context["waiting"]["timeout_s"] == 0.2
+    wait = row.context["waits"]["approve"]
+    since, until = (datetime.fromisoformat(wait[k]) for k in ("since", "until"))
+    assert row.deadline_at is not None and until - since == timedelta(seconds=0.2)
 
     async def timed_out() -> bool:
         await w.orch.run_due()
@@ -272,9 +275,10 @@ async def test_concurrent_duplicates_are_accepted_exactly_once(h: Harness, form:
     assert accepted["event"] == {"approved": True, "copy": results.index(True)}
     refusals = refused(row.step_history or [])
     assert len(refusals) == 9
-    assert {e["event"]["copy"] for e in refusals} == set(range(10)) - {results.index(True)}
+    copies = {json.loads(e["event_preview"])["copy"] for e in refusals}
+    assert copies == set(range(10)) - {results.index(True)}
     assert {e["reason"] for e in refusals} == {
-        "saga is RUNNING" if form == "token" else "saga is RUNNING, not waiting for an event"
+        "stale token" if form == "token" else "saga is RUNNING, not waiting for an event"
     }
     assert row.context["events"] == [accepted["event"]]
 
@@ -312,7 +316,10 @@ async def test_token_and_correlation_race_for_one_wait(h: Harness) -> None:
 # --------------------------------------------------------------------------- a worker holds it
 
 
-async def test_refusals_while_a_worker_holds_the_saga_lose_nothing(h: Harness) -> None:
+async def test_deliveries_while_a_worker_holds_the_saga_lose_nothing(h: Harness) -> None:
+    """While a step runs: unknown tokens are refused; events by name are kept for the steps
+    running then (one per name), and end UNUSED once those finish without waiting for them;
+    the worker's checkpoints and every delivery's record all land."""
     step = Approval("approval")
     define(h, step)
     gate = h.probe.block("a")
@@ -325,37 +332,46 @@ async def test_refusals_while_a_worker_holds_the_saga_lose_nothing(h: Harness) -
 
     sender = await h.worker("sender")
 
-    async def refuse(i: int) -> bool:
+    async def deliver(i: int) -> bool:
         if i % 2:
             return bool(await sender.orch.notify(saga_id=sid, token=uuid.uuid4(), event={"i": i}))
-        # A name the step never waits for: refused whenever it lands.
         return bool(
-            await sender.orch.notify(aggregation_id="order-7", event_name="other", event={"i": i})
+            await sender.orch.notify(
+                aggregation_id="order-7", event_name=f"other-{i % 6}", event={"i": i}
+            )
         )
 
     async def let_go() -> None:
         gate.set()
         await holder
 
-    # Refusals before, during and after the worker's checkpoints (step a, then the wait).
-    first = await asyncio.gather(*(refuse(i) for i in range(10)))
-    rest = await asyncio.gather(let_go(), *(refuse(i) for i in range(10, 30)))
-    assert not any(first) and not any(rest[1:])
+    first = await asyncio.gather(*(deliver(i) for i in range(10)))
+    assert sum(first) == 3, "three names, one kept each; the rest refused"
+    rest = await asyncio.gather(let_go(), *(deliver(i) for i in range(10, 30)))
     row = await h.row(sid)
     assert row.status == "SUSPENDED", "the worker's checkpoints all landed"
     assert row.context["step_outputs"]["a"] == {"n": 1}
-    assert row.context["waiting"]["event_name"] == "approval"
+    assert row.context["waits"]["approve"]["name"] == "approval"
     history = row.step_history or []
-    assert sorted(e["event"]["i"] for e in refused(history)) == list(range(30))
+    accepted = sum(first) + sum(bool(r) for r in rest[1:])
+    kept = [e for e in history if e.get("status") == "RECEIVED"]
+    assert len(kept) == accepted and len(refused(history)) == 30 - accepted
+    assert all(e["queued"] for e in kept)
     assert ("execute", "a", "SUCCESS") in outcomes(history)
     assert ("execute", "approve", "WAITING") in outcomes(history)
     assert row.lease_owner is None and row.deadline_at is None
 
-    assert await w.orch.notify(
+    result = await w.orch.deliver(
         aggregation_id="order-7", event_name="approval", event={"approved": True}
     )
+    assert result.accepted and not result.queued
     await w.drain()
-    assert (await h.row(sid)).status == "COMPLETED"
+    done = await h.row(sid)
+    assert done.status == "COMPLETED" and done.inbox is None
+    unused = [e for e in done.step_history or [] if e.get("status") == "UNUSED"]
+    assert {e["event_id"] for e in kept} == {e["event_id"] for e in unused}, (
+        "every event kept for a step that never waited for it is dropped once that step is done"
+    )
 
 
 # --------------------------------------------------------------------------- the cap
@@ -379,7 +395,7 @@ async def test_refusals_beyond_the_cap_are_only_counted(h: Harness) -> None:
     assert history[: len(old)] == old
     added = history[len(old) :]
     assert len(added) == REFUSALS_KEPT + 1
-    assert [e["event"]["i"] for e in added[:-1]] == list(range(REFUSALS_KEPT))
+    assert [json.loads(e["event_preview"])["i"] for e in added[:-1]] == list(range(REFUSALS_KEPT))
     summary = added[-1]
     assert (summary["phase"], summary["status"], summary["count"]) == (
         "event",

@@ -137,11 +137,8 @@ async def test_stale_or_wrong_token_is_refused(h: Harness) -> None:
     assert_refused(again, await h.row(sid), "stale token", event={"n": 2})
 
 
-@pytest.mark.parametrize(
-    "case",
-    ["RUNNING", "RUNNING_LEASED", "COMPENSATING", "FAILED", "COMPLETED", "COMPENSATED", "ABORTED"],
-)
-async def test_notify_refused_unless_suspended(h: Harness, case: str) -> None:
+@pytest.mark.parametrize("case", ["COMPENSATING", "FAILED", "COMPLETED", "COMPENSATED", "ABORTED"])
+async def test_notify_refused_once_forward_execution_is_over(h: Harness, case: str) -> None:
     define_standard(h)
     w = await h.worker()
     reached = await reach(h, w, case)
@@ -151,19 +148,51 @@ async def test_notify_refused_unless_suspended(h: Harness, case: str) -> None:
             saga_id=reached.saga_id, token=before.step_execution_token, event={"n": 1}
         )
         assert accepted is False
-        status = case.removesuffix("_LEASED")
-        if case == "RUNNING_LEASED":
-            # The worker holding it may checkpoint meanwhile: the refusal is still recorded.
-            after = await h.row(reached.saga_id)
-            assert entries(after.step_history or [], phase="event")[-1]["reason"] == (
-                f"saga is {status}"
-            )
-        else:
-            assert_refused(
-                before, await h.row(reached.saga_id), f"saga is {status}", event={"n": 1}
-            )
+        assert_refused(before, await h.row(reached.saga_id), f"saga is {case}", event={"n": 1})
     finally:
         await reached.let_go()
+
+
+async def test_notify_to_a_running_saga_nobody_holds_is_consumed_at_once(h: Harness) -> None:
+    """Due but not claimed yet: the event is stored for the step, whose token is spent."""
+    define_standard(h)
+    w = await h.worker()
+    reached = await reach(h, w, "RUNNING")
+    before = await h.row(reached.saga_id)
+    assert await w.orch.notify(
+        saga_id=reached.saga_id, token=before.step_execution_token, event={"n": 1}
+    )
+    after = await h.row(reached.saga_id)
+    assert after.status == "RUNNING" and after.context["events"] == [{"n": 1}]
+    assert after.step_execution_token != before.step_execution_token, "the token is spent"
+    assert after.inbox is None
+    await w.drain()
+    assert (await h.row(reached.saga_id)).status == "COMPLETED"
+
+
+async def test_notify_while_the_step_runs_is_kept_then_unused(h: Harness) -> None:
+    """A worker holds the saga: the event waits in the inbox for its step; the step finishes
+    without waiting for it, so it is recorded as unused and dropped."""
+    define_standard(h)
+    w = await h.worker()
+    reached = await reach(h, w, "RUNNING_LEASED")
+    sid = reached.saga_id
+    before = await h.row(sid)
+    result = await w.orch.deliver(saga_id=sid, token=before.step_execution_token, event={"n": 1})
+    assert result.accepted and result.queued and result.event_id is not None
+    held = await h.row(sid)
+    assert held.inbox is not None and [e["event"] for e in held.inbox] == [{"n": 1}]
+    assert held.context == before.context and held.steps_state == before.steps_state
+    await reached.let_go()
+    await w.drain()
+    done = await h.row(sid)
+    assert done.status == "COMPLETED" and done.inbox is None
+    events = entries(done.step_history or [], phase="event")
+    assert [(e["status"], e["event_id"]) for e in events] == [
+        ("RECEIVED", result.event_id),
+        ("UNUSED", result.event_id),
+    ]
+    assert events[0]["queued"] is True and done.context["events"] == []
 
 
 async def test_bad_notify_input(h: Harness) -> None:

@@ -124,8 +124,11 @@ async def test_branches_run_concurrently_and_the_join_sees_both_outputs(h: Harne
     # a -> 2; b, c -> 3; d gets (b, c) in depends_on order.
     assert row.context["step_inputs"]["d"] == {"n": 303}
     assert row.context["step_outputs"]["d"] == {"n": 304}
-    tokens = {c.token for c in p.contexts}
-    assert tokens == {row.step_execution_token}, "one claim, one lease, one token"
+    tokens = {c.step_id: c.token for c in p.contexts}
+    assert tokens == {s["step_id"]: uuid.UUID(s["token"]) for s in row.steps_state}, (
+        "each step hands out its own token"
+    )
+    assert len(set(tokens.values())) == 4
     assert dict(p.effects) == {"a": 1, "b": 1, "c": 1, "d": 1}
     assert row.last_error is None
 
@@ -242,7 +245,7 @@ async def test_a_branch_waiting_for_an_event_holds_only_itself(h: Harness) -> No
     row = await h.row(sid)
     assert row.status == "SUSPENDED" and row.deadline_at is None
     assert p.returned["a"] == 1 and p.returned["b"] == 1, "the other branch went on"
-    assert row.context["waiting"]["step_id"] == "approve"
+    assert list(row.context["waits"]) == ["approve"]
     assert row.steps_state[row.current_step_index]["step_id"] == "approve"
 
     assert await w.orch.notify(
@@ -412,7 +415,10 @@ async def test_branches_waiting_for_named_events_take_deliveries_by_correlation(
     sid = await start(h)
     row = await h.row(sid)
     assert row.status == "SUSPENDED"
-    assert row.context["waiting"]["event_names"] == ["approval", "payment"]
+    assert {k: w["name"] for k, w in row.context["waits"].items()} == {
+        "ok": "approval",
+        "pay": "payment",
+    }
 
     assert not await w.orch.notify(aggregation_id="order-1", event_name="refund")
     assert await w.orch.notify(
@@ -420,8 +426,8 @@ async def test_branches_waiting_for_named_events_take_deliveries_by_correlation(
     )
     await w.drain()
     row = await h.row(sid)
-    assert row.status == "SUSPENDED", "the approval branch waits again"
-    assert row.context["waiting"]["event_names"] == ["approval"]
+    assert row.status == "SUSPENDED", "the approval branch still waits"
+    assert {k: w["name"] for k, w in row.context["waits"].items()} == {"ok": "approval"}
     assert {s["step_id"]: s["status"] for s in row.steps_state}["pay"] == "SUCCEEDED"
 
     assert await w.orch.notify(

@@ -12,6 +12,7 @@ import pytest
 from itkit import Harness
 
 from saga_core import ActiveSagaAlreadyExistsError, SagaNotFoundError
+from saga_core.lease import LeaseLost
 from saga_core.store import (
     Checkpoint,
     DeadlineChange,
@@ -134,13 +135,99 @@ async def test_claim_rotates_token_and_takes_a_lease(
     after = await h.row(sid)
     now = await h.db_now()
     assert claimed.id == sid
-    assert claimed.step_execution_token != before.step_execution_token
-    assert after.step_execution_token == claimed.step_execution_token
+    assert claimed.lease_token is not None and claimed.lease_token != before.lease_token
+    assert after.lease_token == claimed.lease_token
+    assert after.step_execution_token == before.step_execution_token, "step tokens survive"
     assert after.lease_owner == "w1"
     assert after.deadline_at is not None
     assert now + LEASE - timedelta(seconds=5) < after.deadline_at <= now + LEASE
     assert after.takeover_count == 0
     assert after.step_history == before.step_history
+
+
+def token_of(row: SagaRow) -> uuid.UUID:
+    assert row.lease_token is not None, "a claimed row carries its lease token"
+    return row.lease_token
+
+
+async def test_a_hold_checkpoint_extends_a_lease_that_runs_short(h: Harness) -> None:
+    """The write between two steps extends the lease, by the database clock, once less
+    than half of it is left: a worker never starts a step on a lease about to run out."""
+    sid = await insert(h)
+    lease = h.store.lease  # what a renewal extends to
+    (row,) = await claim(h, owner="w1", lease=lease, limit=1)
+    keep = RowUpdate(history=[], deadline=DeadlineChange.HOLD)
+
+    async def hold() -> float:
+        (res,) = await h.store.saga_checkpoint([Checkpoint(sid, token_of(row), keep)])
+        assert res is not None and res.lease_left is not None
+        return res.lease_left
+
+    first = (await h.row(sid)).deadline_at
+    assert await hold() > lease.total_seconds() / 2
+    assert (await h.row(sid)).deadline_at == first, "more than half left: unchanged (HOT)"
+
+    def expires_in(seconds: float) -> Any:
+        def set_deadline(r: Any, now: datetime) -> RowUpdate:
+            return RowUpdate(deadline=DeadlineChange.AFTER, delay=timedelta(seconds=seconds))
+
+        return h.store.saga_update_locked(sid, set_deadline)
+
+    await expires_in(5)
+    assert await hold() > lease.total_seconds() - 10, "5 s left: extended"
+    await expires_in(-1)
+    assert (await h.row(sid)).lease_owner == "w1"
+    assert await hold() > lease.total_seconds() - 10, (
+        "run out, but nobody took it (the token matched): extended"
+    )
+
+
+async def test_unclaim_releases_what_an_owner_does_not_run(h: Harness) -> None:
+    a, b = await insert(h), await insert(h)
+    rows = await claim(h, owner="w1", lease=LEASE, limit=2)
+    assert {r.id for r in rows} == {a, b}
+    assert await h.store.saga_unclaim("w1", [a]) == 1
+    ra, rb = await h.row(a), await h.row(b)
+    assert ra.lease_owner == "w1" and rb.lease_owner is None
+    assert rb.lease_token != token_of(next(r for r in rows if r.id == b)), "old token spent"
+    (again,) = await claim(h, owner="w2", lease=LEASE, limit=5)
+    assert again.id == b and (await h.row(b)).recovery_count == 0, "no recovery counted"
+
+
+async def test_update_locked_fenced_by_the_lease(h: Harness) -> None:
+    sid = await insert(h)
+    (row,) = await claim(h, owner="w1", lease=LEASE, limit=1)
+
+    def bump(r: Any, now: datetime) -> RowUpdate:
+        return RowUpdate(retry_counter=r.retry_counter + 1)
+
+    with pytest.raises(LeaseLost):
+        await h.store.saga_update_locked(sid, bump, lease_token=uuid.uuid4())
+    new, applied = await h.store.saga_update_locked(sid, bump, lease_token=token_of(row))
+    assert applied and new.retry_counter == 1
+
+
+async def test_inbox_written_under_the_lock_and_flagged_by_checkpoints(h: Harness) -> None:
+    sid = await insert(h)
+    (row,) = await claim(h, owner="w1", lease=LEASE, limit=1)
+    assert not await h.store.saga_inbox_pending(sid)
+    item = {"event_id": "e1", "token": None, "name": "x", "event": {"n": 1}}
+
+    def put(r: Any, now: datetime) -> RowUpdate:
+        return RowUpdate(inbox=[item], set_inbox=True)
+
+    await h.store.saga_update_locked(sid, put)
+    assert await h.store.saga_inbox_pending(sid)
+    (res,) = await h.store.saga_checkpoint([Checkpoint(sid, token_of(row), RowUpdate(history=[]))])
+    assert res is not None and res.inbox is True
+    assert (await h.row(sid)).inbox == [item]
+
+    def take(r: Any, now: datetime) -> RowUpdate:
+        return RowUpdate(inbox=None, set_inbox=True)
+
+    await h.store.saga_update_locked(sid, take)
+    assert not await h.store.saga_inbox_pending(sid)
+    assert (await h.row(sid)).inbox is None
 
 
 @NAMES
@@ -165,7 +252,7 @@ async def test_expired_lease_is_taken_over_and_counted(
     await h.wait_lease_expired(sid)
     (second,) = await claim(h, owner="w2", lease=LEASE, limit=1, names=names)
     row = await h.row(sid)
-    assert second.step_execution_token != first.step_execution_token
+    assert second.lease_token != first.lease_token
     assert row.lease_owner == "w2"
     assert row.takeover_count == 1
 
@@ -186,17 +273,18 @@ async def test_checkpoint_is_fenced_by_the_token(h: Harness) -> None:
         lease=LeaseChange.RELEASE,
         finished=True,
     )
-    assert await h.store.saga_checkpoint([Checkpoint(sid, old.step_execution_token, stale)]) == [
-        False
-    ]
+    assert old.lease_token is not None and new.lease_token is not None
+    assert await h.store.saga_checkpoint([Checkpoint(sid, old.lease_token, stale)]) == [None]
     assert await h.row(sid) == before, "a stale checkpoint changes nothing"
 
     fresh = RowUpdate(
         context={"fresh": True},
         history=[{"phase": "execute", "step_id": "a", "status": "SUCCESS", "attempt": 1}],
     )
-    (res,) = await h.store.saga_checkpoint([Checkpoint(sid, new.step_execution_token, fresh)])
-    assert res == before.deadline_at, "an applied checkpoint reports the row's deadline"
+    (res,) = await h.store.saga_checkpoint([Checkpoint(sid, new.lease_token, fresh)])
+    assert res is not None and res.lease_left is not None
+    assert LEASE.total_seconds() - 10 < res.lease_left <= LEASE.total_seconds()
+    assert res.inbox is False
     row = await h.row(sid)
     assert row.context == {"fresh": True}
     assert row.step_history == fresh.history
@@ -218,15 +306,15 @@ async def test_checkpoint_batch_reports_per_row(h: Harness) -> None:
     )
     results = await h.store.saga_checkpoint(
         [
-            Checkpoint(a, rows[a].step_execution_token, done),
+            Checkpoint(a, token_of(rows[a]), done),
             Checkpoint(b, uuid.uuid4(), done),
-            Checkpoint(b, rows[b].step_execution_token, later),
+            Checkpoint(b, token_of(rows[b]), later),
         ]
     )
-    now = await h.db_now()
-    assert results[0] is None
-    assert results[1] is False
-    assert isinstance(results[2], datetime) and results[2] > now + timedelta(seconds=50)
+    assert results[0] is not None and results[0].lease_left is None, "released"
+    assert results[1] is None, "fenced out"
+    assert results[2] is not None and results[2].lease_left is None
+    assert (await h.row(b)).deadline_at > await h.db_now() + timedelta(seconds=50)
     ra, rb = await h.row(a), await h.row(b)
     assert (ra.status, ra.deadline_at, ra.lease_owner) == ("COMPLETED", None, None)
     assert ra.finished_at is not None
@@ -251,9 +339,7 @@ async def test_history_appends_in_order(h: Harness) -> None:
     ]
     for batch in batches:
         upd = RowUpdate(history=batch)
-        assert await h.store.saga_checkpoint([Checkpoint(sid, row.step_execution_token, upd)]) != [
-            False
-        ]
+        assert await h.store.saga_checkpoint([Checkpoint(sid, token_of(row), upd)]) != [None]
     assert (await h.row(sid)).step_history == [*batches[0], *batches[1]]
 
 
@@ -263,10 +349,11 @@ async def test_renew_lease_is_fenced(h: Harness) -> None:
     before = await h.row(sid)
     assert await h.store.saga_renew_lease(sid, uuid.uuid4()) is None
     assert await h.row(sid) == before
-    expiry = await h.store.saga_renew_lease(sid, row.step_execution_token)
-    assert expiry is not None and before.deadline_at is not None
-    assert expiry >= before.deadline_at
-    assert (await h.row(sid)).deadline_at == expiry
+    left = await h.store.saga_renew_lease(sid, token_of(row))
+    lease = h.store.lease.total_seconds()  # a renewal gives the store's lease
+    assert left is not None and lease - 10 < left <= lease
+    after = (await h.row(sid)).deadline_at
+    assert after is not None and before.deadline_at is not None and after >= before.deadline_at
 
 
 @pytest.mark.parametrize("outcome", ["released", "suspended", "completed"])
@@ -276,7 +363,7 @@ async def test_renew_after_the_lease_was_given_up_changes_nothing(h: Harness, ou
     finished saga look leased, or bring a retry forward."""
     sid = await insert(h)
     (row,) = await claim(h, owner="w1", lease=LEASE, limit=1)
-    token = row.step_execution_token
+    token = token_of(row)
     if outcome == "released":
         assert await h.store.saga_release(sid, token, None)
     else:
@@ -295,7 +382,7 @@ async def test_renew_after_the_lease_was_given_up_changes_nothing(h: Harness, ou
                 finished=True,
             )
         )
-        assert await h.store.saga_checkpoint([Checkpoint(sid, token, upd)]) != [False]
+        assert await h.store.saga_checkpoint([Checkpoint(sid, token, upd)]) != [None]
     before = await h.row(sid)
     assert await h.store.saga_renew_lease(sid, token) is None
     assert await h.row(sid) == before
@@ -306,7 +393,7 @@ async def test_release_makes_the_saga_due_for_anyone(h: Harness) -> None:
     (row,) = await claim(h, owner="w1", lease=LEASE, limit=1)
     assert not await h.store.saga_release(sid, uuid.uuid4(), None)
     note = {"phase": "execute", "step_id": "a", "status": "INTERRUPTED", "attempt": 0}
-    assert await h.store.saga_release(sid, row.step_execution_token, note)
+    assert await h.store.saga_release(sid, token_of(row), note)
     after = await h.row(sid)
     assert after.lease_owner is None
     assert after.deadline_at is not None and after.deadline_at <= await h.db_now()
@@ -342,7 +429,7 @@ async def test_update_locked(h: Harness) -> None:
     def change(row: Any, now: datetime) -> RowUpdate:
         return RowUpdate(
             status="ABORTED",
-            new_token=token,
+            step_token=token,
             history=[{"phase": "admin", "step_id": "a", "status": "ABORT", "attempt": 0}],
             deadline=DeadlineChange.CLEAR,
             lease=LeaseChange.RELEASE,

@@ -337,7 +337,7 @@ async def test_a_wait_that_timed_out_is_a_timeout_span(
     assert attrs(waiting)["saga.status"] == "WAITING"
     assert attrs(timeout)["saga.status"] == "TIMEOUT"
     assert attrs(timeout)["saga.attempt"] == 1
-    assert attrs(timeout)["saga.waiting_since"] == (row.context["waiting"]["since"])
+    assert attrs(timeout)["saga.waiting_since"] == (row.context["waits"]["approve"]["since"])
     assert timeout.status.status_code is StatusCode.ERROR
     assert timeout.status.description == "TimeoutError: no event within 0.2s"
     assert attrs(run2)["saga.status"] == "FAILED"
@@ -413,7 +413,7 @@ async def _change_token(h: Harness, saga_id: uuid.UUID) -> None:
 
     def apply(row: Any, _now: Any) -> RowUpdate:
         upd = RowUpdate()
-        upd.new_token = uuid.uuid4()
+        upd.new_lease_token = uuid.uuid4()
         return upd
 
     _, applied = await h.store.saga_update_locked(saga_id, apply)

@@ -157,7 +157,8 @@ async def test_store_claim_filters_on_pairs(h: Harness) -> None:
         assert all(r.id != stray for r in got)
         # Give them back (due now) for the next round.
         for r in got:
-            assert await store.saga_release(r.id, r.step_execution_token, None)
+            assert r.lease_token is not None
+            assert await store.saga_release(r.id, r.lease_token, None)
     assert await store.saga_claim(owner="x", lease=lease, limit=10, versions=[]) == []
     assert (await h.row(stray)).lease_owner is None and (await h.row(stray)).step_history == []
 
@@ -262,7 +263,7 @@ async def test_upgrade_adds_definition_version_existing_rows_are_v1(
         assert await both.create_tables() == []
         status = await schema_status(sql, [model])
         assert status["up_to_date"] is True
-        assert status["tables"][current.name]["version"] == SCHEMA_VERSION == 4
+        assert status["tables"][current.name]["version"] == SCHEMA_VERSION == 5
 
         assert (await both.get_snapshot(old_id)).definition_version == 1
         assert await only_v2.run_due() == 0, "a v2-only worker leaves the old row alone"

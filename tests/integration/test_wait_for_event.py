@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -70,21 +70,21 @@ async def test_wait_without_timeout_then_notify_exactly_once(h: Harness) -> None
     assert row.retry_counter == 0
     waiting = entries(row.step_history or [], step_id="approve")[-1]
     assert (waiting["phase"], waiting["status"], waiting["attempt"]) == ("execute", "WAITING", 1)
-    assert row.context["waiting"]["step_id"] == "approve"
+    assert row.context["waits"]["approve"]["until"] is None, "no timeout"
     assert await w.orch.run_due() == 0
 
     token = step.tokens[-1]
     assert token == row.step_execution_token, "current_step().token is the notify token"
     assert await w.orch.notify(saga_id=sid, token=token, event={"approved": True})
     assert not await w.orch.notify(saga_id=sid, token=token, event={"approved": True})
-    assert "waiting" not in (await h.row(sid)).context
+    assert "waits" not in (await h.row(sid)).context
     assert await w.orch.run_due() == 1
     done = await h.row(sid)
     assert done.status == "COMPLETED" and step.runs == 2
     assert [o for o in outcomes(done.step_history or []) if o[1] == "approve"] == [
         ("execute", "approve", "WAITING"),
         ("event", "approve", "RECEIVED"),
-        ("event", "approve", "REFUSED"),  # the duplicate: "saga is RUNNING"
+        ("event", "approve", "REFUSED"),  # the duplicate: its token is spent
         ("execute", "approve", "SUCCESS"),
     ]
     assert done.steps_state[1]["attempts"] == 1, "a wait is not an attempt"
@@ -100,7 +100,9 @@ async def test_an_event_that_does_not_satisfy_the_step_waits_again(h: Harness) -
     row = await h.row(sid)
     assert row.status == "SUSPENDED" and row.deadline_at is not None
     assert row.deadline_at > await h.db_now() + timedelta(minutes=59)
-    assert row.context["waiting"]["timeout_s"] == 3600
+    wait = row.context["waits"]["approve"]
+    since, until = (datetime.fromisoformat(wait[k]) for k in ("since", "until"))
+    assert until - since == timedelta(hours=1)
 
 
 @pytest.mark.parametrize("raise_directly", [False, True], ids=["method", "exception"])

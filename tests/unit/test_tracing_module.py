@@ -23,9 +23,10 @@ from opentelemetry.trace import StatusCode, format_trace_id
 
 from saga_core import SagaError
 from saga_core import machine as m
-from saga_core.executor import LeaseLost
+from saga_core.attempt import Outcome
+from saga_core.lease import LeaseLost
 from saga_core.store.base import SagaRow
-from saga_core.tracing import Tracing, note_failure, otel_trace_id
+from saga_core.tracing import NO_SPAN, Tracing, note_failure, otel_trace_id
 
 
 @pytest.fixture
@@ -78,10 +79,9 @@ STATE = m.MachineState(
 )
 
 
-def outcome(status: str, saga_status: m.SagaStatus = m.SagaStatus.RUNNING, **entry: Any) -> Any:
-    state = m.MachineState(saga_status, m.Phase.EXECUTE, 1, STATE.steps)
-    error = entry.get("error")
-    return m.Transition(state, m.Schedule.hold()), {"status": status, **entry}, error
+def outcome(status: str, **entry: Any) -> Outcome:
+    kind = {"SUCCESS": "success", "WAITING": "wait"}.get(status, "failure")
+    return Outcome(kind, {"status": status, **entry}, error=entry.get("error"))
 
 
 def attrs(span: ReadableSpan) -> dict[str, Any]:
@@ -241,10 +241,10 @@ async def test_step_span_is_current_in_the_step_task(
 
     with tracing.run_span(make_row(), "w1") as run:
         run_current = trace.get_current_span()
-        res = await run.step("b", "execute", STATE, attempt())
+        res = await run.attempt("b", "execute", 3, attempt())
         assert trace.get_current_span() is run_current, "restored after the step"
     assert trace.get_current_span() is trace.INVALID_SPAN
-    assert res[1]["status"] == "SUCCESS"
+    assert res.entry["status"] == "SUCCESS"
     spans = by_name(exporter)
     step, user, r = spans["saga.step b"], spans["user"], spans["saga.run orders"]
     assert seen["current"].get_span_context() == step.context
@@ -279,15 +279,16 @@ async def test_step_outcomes(tracing: Tracing, exporter: InMemorySpanExporter) -
         )
 
     async def waiting() -> Any:
-        return outcome("WAITING", m.SagaStatus.SUSPENDED)
+        return outcome("WAITING")
 
     async def compensated() -> Any:
-        return outcome("SUCCESS", m.SagaStatus.COMPENSATED)
+        return outcome("SUCCESS")
 
     with tracing.run_span(make_row(), "w1") as run:
-        await run.step("a", "execute", STATE, failing())
-        await run.step("b", "execute", STATE, waiting())
-        await run.step("b", "compensate", STATE, compensated())
+        await run.attempt("a", "execute", 1, failing())
+        await run.attempt("b", "execute", 3, waiting())
+        await run.attempt("b", "compensate", 5, compensated())
+        run.saw("COMPENSATED")
     failed, waited, comp, r = exporter.get_finished_spans()
     assert (failed.name, attrs(failed)["saga.status"]) == ("saga.step a", "ERROR")
     assert failed.status.status_code is StatusCode.ERROR
@@ -315,7 +316,7 @@ async def test_error_text_is_truncated_like_history(
         raise RuntimeError("x" * 10_000)  # an executor bug: not a recorded attempt
 
     with tracing.run_span(make_row(), "w1") as run, pytest.raises(RuntimeError):
-        await run.step("a", "execute", STATE, broken())
+        await run.attempt("a", "execute", 1, broken())
     step = by_name(exporter)["saga.step a"]
     assert step.status.status_code is StatusCode.ERROR
     assert step.status.description == ("RuntimeError: " + "x" * 10_000)[:4000]
@@ -329,9 +330,9 @@ async def test_interrupted_steps_and_runs(tracing: Tracing, exporter: InMemorySp
         raise asyncio.CancelledError()
 
     with pytest.raises(LeaseLost), tracing.run_span(make_row(), "w1") as run:
-        await run.step("a", "execute", STATE, lost())
+        await run.attempt("a", "execute", 1, lost())
     with pytest.raises(asyncio.CancelledError), tracing.run_span(make_row(), "w1") as run:
-        await run.step("a", "execute", STATE, cancelled())
+        await run.attempt("a", "execute", 1, cancelled())
     step1, run1, step2, run2 = exporter.get_finished_spans()
     assert attrs(step1)["saga.interrupted"] == "lease lost"
     assert step1.status.status_code is StatusCode.UNSET and "saga.status" not in attrs(step1)
@@ -406,12 +407,12 @@ async def test_a_broken_provider_never_breaks_a_run(
         return outcome("SUCCESS")
 
     with tracing.run_span(make_row(), "w1") as run:
-        assert run is not None
-        res = await run.step("a", "execute", STATE, attempt())  # untraced, but it ran
-        assert res[1]["status"] == "SUCCESS"
-        run.record("a", "execute", STATE, outcome("TIMEOUT"))  # logged, not raised
+        assert run is not NO_SPAN
+        res = await run.attempt("a", "execute", 1, attempt())  # untraced, but it ran
+        assert res.entry["status"] == "SUCCESS"
+        run.record("a", "execute", 1, outcome("TIMEOUT"))  # logged, not raised
     assert [s.name for s in exporter.get_finished_spans()] == ["saga.run orders"]
 
     row = dataclasses.replace(make_row(), saga_name="runs")  # its run span cannot start
     with tracing.run_span(row, "w1") as none:
-        assert none is None
+        assert none is NO_SPAN

@@ -1,0 +1,247 @@
+"""``SagaEngine``: the runtime of one saga table, shared by the orchestrator, ``sagad`` and
+``SagaAdmin``. Wiring only: it builds the store, the checkpoint writer and the executor from
+the settings, and keeps the registered definitions and what this process has claimed."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from datetime import timedelta
+from typing import Any, Generic, TypeVar
+
+from loguru import logger
+from sqlalchemy import Table
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from saga_core.checkpoint import CheckpointWriter
+from saga_core.definition import SagaDefinition
+from saga_core.errors import SagaError
+from saga_core.executor import Executor
+from saga_core.run import Flags, RunDeps, RunSettings
+from saga_core.state import SagaStateMixin
+from saga_core.store import SagaRow, SagaStore, make_store
+from saga_core.tracing import Tracing
+from saga_core.txstep import TxSteps
+from saga_core.versioning import Definitions
+
+__all__ = ["SagaEngine", "default_worker_id"]
+
+M = TypeVar("M", bound=SagaStateMixin)
+
+Listener = Callable[[str, dict[str, Any]], None]
+
+
+def default_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+class SagaEngine(Generic[M]):
+    """The runtime of one saga table: store, registered definitions, executor and the
+    checkpoint writer. Reach it as ``orchestrator.engine``."""
+
+    def __init__(
+        self,
+        *,
+        model_class: type[M],
+        session_maker: async_sessionmaker[AsyncSession],
+        execution_lease: timedelta,
+        in_place_retry_max: timedelta,
+        max_payload_bytes: int,
+        worker_id: str | None,
+        max_recoveries: int | None = 5,
+        tracer_provider: Any = None,
+    ) -> None:
+        bind = session_maker.kw.get("bind")
+        if not isinstance(bind, AsyncEngine):
+            raise SagaError(
+                "session_maker must be an async_sessionmaker bound to an AsyncEngine "
+                "(async_sessionmaker(create_async_engine(url)))"
+            )
+        table = getattr(model_class, "__table__", None)
+        if not isinstance(table, Table) or "step_execution_token" not in table.c:
+            raise SagaError(f"{model_class!r} is not a mapped model that mixes in SagaStateMixin")
+        if execution_lease < timedelta(seconds=1):
+            raise SagaError(f"execution_lease must be at least 1 second, got {execution_lease}")
+        if max_payload_bytes < 1:
+            raise SagaError("max_payload_bytes must be positive")
+        if max_recoveries is not None and (
+            isinstance(max_recoveries, bool)
+            or not isinstance(max_recoveries, int)
+            or max_recoveries < 0
+        ):
+            raise SagaError(f"max_recoveries must be None or an int >= 0, got {max_recoveries!r}")
+        self.model_class = model_class
+        self.session_maker = session_maker
+        self.sql_engine: AsyncEngine = bind
+        self.settings = RunSettings(
+            worker_id=worker_id or default_worker_id(),
+            execution_lease=execution_lease,
+            in_place_retry_max=in_place_retry_max,
+            max_payload_bytes=max_payload_bytes,
+            max_recoveries=max_recoveries,
+        )
+        self.flags = Flags()
+        self.tracing: Tracing | None = None if tracer_provider is None else Tracing(tracer_provider)
+        """OpenTelemetry spans of runs and attempts (``saga_core.tracing``); None: off."""
+        self.store: SagaStore = make_store(bind, table, lease=execution_lease)
+        self.definitions = Definitions()
+        """name -> latest definition; every version through ``definition_for``."""
+        self.writer = CheckpointWriter(self.store)
+        self.listeners: list[Listener] = []
+        deps = RunDeps(
+            store=self.store,
+            writer=self.writer,
+            settings=self.settings,
+            flags=self.flags,
+            emit=self.emit,
+            tx=TxSteps(self.store, session_maker, self.writer),
+        )
+        self.executor = Executor(deps, self.definition_for, self.tracing)
+        self._held: dict[uuid.UUID, float] = {}
+        """Sagas this engine claimed and has not finished driving -> when the claim was sent."""
+        self._claims = 0
+        self._unclaim = False
+        """A claim failed after it may have committed: release what it took, on the next one."""
+
+    # --- settings, as attributes -------------------------------------------------------------
+
+    @property
+    def worker_id(self) -> str:
+        return self.settings.worker_id
+
+    @property
+    def execution_lease(self) -> timedelta:
+        return self.settings.execution_lease
+
+    @property
+    def in_place_retry_max(self) -> timedelta:
+        return self.settings.in_place_retry_max
+
+    @property
+    def max_payload_bytes(self) -> int:
+        return self.settings.max_payload_bytes
+
+    @property
+    def max_recoveries(self) -> int | None:
+        return self.settings.max_recoveries
+
+    @property
+    def unexpected_error_delay(self) -> timedelta:
+        """How long a saga whose run stopped on an unexpected error waits before a worker
+        tries it again."""
+        return self.settings.unexpected_error_delay
+
+    @unexpected_error_delay.setter
+    def unexpected_error_delay(self, value: timedelta) -> None:
+        self.settings.unexpected_error_delay = value
+
+    @property
+    def table_name(self) -> str:
+        return self.store.table_name
+
+    @property
+    def draining(self) -> bool:
+        """Set by a worker shutting down: sagas stop after their current step's checkpoint
+        and are released for another worker."""
+        return self.flags.draining
+
+    @draining.setter
+    def draining(self, value: bool) -> None:
+        self.flags.draining = value
+
+    @property
+    def yielding(self) -> bool:
+        """Set while a suspect waits to run alone: every other run stops between steps."""
+        return self.flags.yielding
+
+    @yielding.setter
+    def yielding(self, value: bool) -> None:
+        self.flags.yielding = value
+
+    # --- listeners -----------------------------------------------------------------------------
+
+    def emit(self, event: str, **fields: Any) -> None:
+        """Tell listeners (metrics) what happened; a failing listener is logged, not raised."""
+        for listener in self.listeners:
+            try:
+                listener(event, fields)
+            except Exception as exc:  # a metrics bug must not break a saga
+                logger.warning("saga listener {!r} failed: {}", listener, exc)
+
+    # --- claims and runs ---------------------------------------------------------------------------
+
+    def definition_for(self, name: str, version: int) -> SagaDefinition | None:
+        """The definition a saga of ``name`` started under ``version`` runs with, or
+        ``None`` when this engine has not registered that version."""
+        return self.definitions.get_version(name, version)
+
+    async def claim(
+        self,
+        limit: int,
+        *,
+        saga_ids: Sequence[uuid.UUID] | None = None,
+        suspects: bool | None = None,
+    ) -> list[SagaRow]:
+        """Claim up to ``limit`` due sagas this engine can run (registered (name, version)
+        pairs only). ``suspects``: only (``True``) or none of (``False``) the sagas whose
+        worker was lost at least twice in a row while they ran, to be run on their own.
+
+        A claim that fails after it may have committed (its reply lost) took rows nobody
+        runs: the next claim first releases them (due at once, no recovery counted)."""
+        if not self.definitions:
+            return []
+        if self._unclaim and self._claims == 0:
+            released = await self.store.saga_unclaim(self.worker_id, list(self._held))
+            self._unclaim = False
+            if released:
+                logger.warning(
+                    "released {} saga(s) claimed by a claim whose reply was lost", released
+                )
+        sent = time.monotonic()
+        self._claims += 1
+        try:
+            rows = await self.store.saga_claim(
+                owner=self.worker_id,
+                lease=self.execution_lease,
+                limit=limit,
+                saga_names=sorted(self.definitions),
+                saga_ids=saga_ids,
+                versions=self.definitions.pairs(),
+                suspects=suspects,
+            )
+        except BaseException:
+            self._unclaim = True
+            raise
+        finally:
+            self._claims -= 1
+        for row in rows:
+            self._held[row.id] = sent
+        return rows
+
+    async def drive(self, row: SagaRow, *, isolated: bool = False) -> None:
+        """Run one claimed saga until it stops being held by this worker."""
+        sent = self._held.get(row.id)
+        try:
+            await self.executor.drive(row, sent=sent, isolated=isolated)
+        finally:
+            self._held.pop(row.id, None)
+
+    async def release_unstarted(self, rows: Sequence[SagaRow]) -> None:
+        """Give back sagas claimed but never driven (the worker is stopping)."""
+        for row in rows:
+            self._held.pop(row.id, None)
+            if row.lease_token is None:
+                continue
+            try:
+                await self.store.saga_release(row.id, row.lease_token, None)
+            except Exception as exc:  # the lease expires; another worker takes over then
+                logger.bind(saga_id=str(row.id)).warning("could not release lease: {}", exc)
+
+    async def flush(self) -> None:
+        """Wait until every checkpoint queued so far is written."""
+        await self.writer.flush()
+        await asyncio.sleep(0)

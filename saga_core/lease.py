@@ -1,0 +1,157 @@
+"""A claimed run's lease: its fencing token, how long it is known to last, the future that
+resolves when it is lost, and the task that renews it.
+
+Time here is never the worker's wall clock. The database sets every expiry by its own clock;
+the worker only knows that a lease the database confirmed at a moment ``t`` (by this
+process's monotonic clock, taken *before* the request was sent) lasts at least until
+``t + remaining``. A worker whose renewals keep failing stops its step once that bound has
+passed, before another worker may claim the saga. :class:`DbClock` gives the database's
+time as seen from this process: anchored at the claim (the database's ``now()`` it returned)
+and advanced by the monotonic clock, so a worker whose wall clock is hours off still keeps
+times by the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
+
+from loguru import logger
+
+__all__ = ["DbClock", "Lease", "LeaseLost"]
+
+
+class LeaseLost(Exception):
+    """The saga's lease token changed under us (another worker took it over, an operator
+    acted), or the lease ran out while the database could not be reached."""
+
+
+class DbClock:
+    """The database's clock, read without a round trip: ``db_now`` was its time when this
+    process's monotonic clock read ``mono``."""
+
+    def __init__(self, db_now: datetime, mono: float | None = None) -> None:
+        self._db = db_now
+        self._mono = time.monotonic() if mono is None else mono
+
+    def now(self) -> datetime:
+        return self._db + timedelta(seconds=time.monotonic() - self._mono)
+
+    def iso(self) -> str:
+        return self.now().isoformat()
+
+    def to_mono(self, at: datetime) -> float:
+        """The monotonic time at which the database's clock reads ``at``."""
+        return self._mono + (at - self._db).total_seconds()
+
+    def from_mono(self, mono: float) -> datetime:
+        return self._db + timedelta(seconds=mono - self._mono)
+
+
+Renew = Callable[[uuid.UUID], Awaitable[float | None]]
+"""Extend the lease held with this token: the seconds left by the database clock after the
+renewal, or ``None`` when the token no longer matches."""
+
+
+class Lease:
+    """The lease of one claimed run.
+
+    Args:
+        token: the fencing token the claim set; every write of the run is conditional on it.
+        length: the lease's length in seconds (``execution_lease``).
+        sent: monotonic time at which the claim that granted it was sent.
+        renew: extends the lease in the database (the store's ``saga_renew_lease``).
+    """
+
+    def __init__(self, token: uuid.UUID, length: float, *, sent: float, renew: Renew) -> None:
+        self.token = token
+        self._renew = renew
+        self.length = length
+        self.valid_until = sent + length
+        """Monotonic time until which the lease is known to hold."""
+        self._lost: asyncio.Future[None] | None = None
+        self.is_lost = False
+
+    # --- what the database told us ---------------------------------------------------------
+
+    def confirm(self, sent: float, left: float | None) -> None:
+        """A write sent at monotonic ``sent`` came back with ``left`` seconds of lease (by the
+        database clock; ``None``: the write released the lease or gave no news)."""
+        if left is not None:
+            self.valid_until = max(self.valid_until, sent + left)
+
+    def left(self) -> float:
+        """Seconds of lease this process can count on from now."""
+        return self.valid_until - time.monotonic()
+
+    def needs_renewal(self) -> bool:
+        """Less than half the lease is known to be left."""
+        return self.left() < self.length / 2
+
+    # --- lost ------------------------------------------------------------------------------
+
+    def lost_future(self) -> asyncio.Future[None]:
+        """Resolves when the lease is lost: steps race it without a watcher task each."""
+        if self._lost is None:
+            self._lost = asyncio.get_running_loop().create_future()
+            if self.is_lost:
+                self._lost.set_result(None)
+        return self._lost
+
+    def mark_lost(self) -> None:
+        self.is_lost = True
+        if self._lost is not None and not self._lost.done():
+            self._lost.set_result(None)
+
+    def check(self) -> None:
+        """Raise LeaseLost when the lease is lost or known to have run out."""
+        if self.is_lost:
+            raise LeaseLost()
+        if self.left() <= 0:
+            self.mark_lost()
+            raise LeaseLost()
+
+    async def sleep(self, seconds: float) -> None:
+        """Wait ``seconds`` holding the lease; raises LeaseLost if it is lost meanwhile."""
+        await asyncio.wait({self.lost_future()}, timeout=seconds)
+        self.check()
+
+    # --- renewal ---------------------------------------------------------------------------
+
+    async def renew(self) -> bool:
+        """Renew once, now; False (and the lease marked lost) when the token no longer
+        matches. Database errors propagate."""
+        sent = time.monotonic()
+        left = await self._renew(self.token)
+        if left is None:
+            self.mark_lost()
+            return False
+        self.confirm(sent, left)
+        return True
+
+    async def keep(self, *, log: object = None) -> None:
+        """Renew every half lease until cancelled. A renewal that fails on a database error
+        is retried about every tenth of the lease; once the lease is known to have run out,
+        the lease is lost (the step in flight is cancelled)."""
+        retry = max(min(1.0, self.length / 10), 0.05)
+        while not self.is_lost:
+            wait = self.valid_until - self.length / 2 - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+                continue
+            try:
+                if not await self.renew():
+                    return
+            except Exception as exc:
+                if self.left() <= 0:
+                    (log or logger).warning(  # type: ignore[attr-defined]
+                        "lease ran out while the database could not be reached ({}): stopping "
+                        "the step in flight before another worker may claim the saga",
+                        exc,
+                    )
+                    self.mark_lost()
+                    return
+                await asyncio.sleep(min(retry, max(self.left(), 0.01)))
