@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 
 from saga_core import SagaInputError, WaitForEvent
-from saga_core import machine as m
 from saga_core.context import check_event_name
 from saga_core.rows import WAITS_KEY, Wait, machine_state, shape_of, waits_of
 from saga_core.store.base import DeadlineChange, RowUpdate, SagaRow
