@@ -29,8 +29,9 @@ from saga_core.retry import ExponentialRetry, FixedRetry, NoRetry, RetryPolicy
 from saga_core.schema import schema_status, upgrade_schema
 from saga_core.snapshot import SagaAdminSnapshot, SagaSnapshot
 from saga_core.state import SagaState, SagaStateMixin
+from saga_core.version import VERSION
 
-__version__ = "0.1.0"
+__version__ = VERSION
 
 # A library stays silent unless the application asks: logger.enable("saga_core").
 logger.disable("saga_core")

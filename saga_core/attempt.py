@@ -18,7 +18,7 @@ from pydantic import BaseModel
 from saga_core import history as h
 from saga_core.context import StepContext, WaitForEvent, run_with_step
 from saga_core.definition import InputContext, StepSpec
-from saga_core.lease import LeaseLost
+from saga_core.lease import Interrupted, LeaseLost
 from saga_core.payload import check_size
 from saga_core.retry import RetryPolicy
 from saga_core.rows import (
@@ -41,7 +41,7 @@ class StepTimeout(Exception):
     """The step did not return within its timeout."""
 
 
-class NotStarted(Exception):
+class NotStarted(Interrupted):
     """The step's code could not be started for a reason of the worker's own (no database
     connection to be had for a transactional step): not a failed attempt of the step."""
 
@@ -76,7 +76,7 @@ def _failure(
         entry.update(status=h.TIMEOUT, error_type="TimeoutError", error=error)
     else:
         error = h.error_text(exc)
-        entry.update(status=h.ERROR, error_type=type(exc).__name__, error=error)
+        entry.update(status=h.ERROR, error_type=h.storable(type(exc).__name__), error=error)
     entry["duration_ms"] = _ms(started)
     return _with_policy(Outcome("failure", entry, error=error), policy, failures)
 

@@ -21,12 +21,19 @@ from datetime import datetime, timedelta
 
 from loguru import logger
 
-__all__ = ["DbClock", "Lease", "LeaseLost"]
+__all__ = ["DbClock", "Interrupted", "Lease", "LeaseLost"]
 
 
-class LeaseLost(Exception):
+class Interrupted(Exception):
+    """A run stopped without an outcome for the step in flight (not a failed attempt)."""
+
+
+class LeaseLost(Interrupted):
     """The saga's lease token changed under us (another worker took it over, an operator
     acted), or the lease ran out while the database could not be reached."""
+
+    def __str__(self) -> str:
+        return "lease lost"
 
 
 class DbClock:

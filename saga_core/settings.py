@@ -140,10 +140,6 @@ class SagaSettings(BaseSettings):
             make_url(self.database_url).set(password=password).render_as_string(hide_password=False)
         )
 
-    @property
-    def masked_database_url(self) -> str:
-        return mask_url(self.database_url)
-
 
 def mask_url(url: str) -> str:
     """``url`` with any password replaced by ``***``."""

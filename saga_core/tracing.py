@@ -32,7 +32,8 @@ from loguru import logger
 
 from saga_core.errors import SagaError
 from saga_core.history import error_text
-from saga_core.lease import LeaseLost
+from saga_core.lease import Interrupted
+from saga_core.version import VERSION
 
 if TYPE_CHECKING:
     from opentelemetry.context import Context
@@ -126,10 +127,8 @@ class Tracing:
                 "tracer_provider must be an OpenTelemetry TracerProvider (for example "
                 f"opentelemetry.sdk.trace.TracerProvider()), got {tracer_provider!r}"
             )
-        from saga_core import __version__
-
         self.provider = tracer_provider
-        self.tracer: Tracer = get_tracer("saga_core", __version__)
+        self.tracer: Tracer = get_tracer("saga_core", VERSION)
 
     # --- start -----------------------------------------------------------------------------
 
@@ -348,8 +347,8 @@ class _OtelRunSpan(RunSpan):
         except asyncio.CancelledError:
             handle.interrupted("cancelled")
             raise
-        except LeaseLost:
-            handle.interrupted("lease lost")
+        except Interrupted as exc:
+            handle.interrupted(str(exc) or type(exc).__name__)
             raise
         except BaseException as exc:
             handle.exc = exc
