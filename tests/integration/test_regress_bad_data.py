@@ -106,13 +106,9 @@ async def test_case5_one_unstorable_error_does_not_poison_the_group_commit(
     step = Counted(gate)
     retry: RetryPolicy = FixedRetry(2, 0) if policy == "retry" else NoRetry()
     builder = SagaBuilder(parallel=shape == "parallel")
-    a = builder.add_step(step=step, step_id="a", input_map=case_in, retry_policy=retry)
-    builder.add_step(
-        step=step,
-        step_id="b",
-        input_map=case_in,
-        depends_on=a if shape == "parallel" else None,
-    )
+    # Parallel: b is a's sibling branch.
+    builder.add_step(step=step, step_id="a", input_map=case_in, retry_policy=retry)
+    builder.add_step(step=step, step_id="b", input_map=case_in)
     h.define("flow", builder.build())
     w = await h.worker()
     ids = [
@@ -133,9 +129,15 @@ async def test_case5_one_unstorable_error_does_not_poison_the_group_commit(
 
     rows = {sid: await h.row(sid) for sid in ids}
     not_done = [describe(r) for r in rows.values() if r.status != "COMPLETED"]
-    assert not not_done, f"{len(not_done)} innocent saga(s) not completed: {not_done[:3]}"
+    if not_done:  # let the workers finish them, to report the re-runs too
+        for sid in ids:
+            await settle(h, w, sid, timeout=60)
     again = {k: n for k, n in step.runs.items() if k[0] != bad and n != 1}
-    assert not again, f"innocent steps ran more than once: {len(again)}"
+    assert not not_done and not again, (
+        f"{len(not_done)} innocent saga(s) not completed by their first run, "
+        f"{len({k[0] for k in again})} re-ran steps (up to {max(again.values(), default=1)} "
+        f"times); first: {not_done[:1]}"
+    )
 
     row = await settle(h, w, bad)
     want = "COMPLETED" if policy == "retry" else "COMPENSATED"
