@@ -56,6 +56,11 @@ class Run:
 class AskLog:
     runs: list[Run] = field(default_factory=list)
     started: dict[uuid.UUID, asyncio.Event] = field(default_factory=dict)
+    waiting: dict[uuid.UUID, asyncio.Event] = field(default_factory=dict)
+    """Set when an execution raises its wait (the step is about to be suspended)."""
+
+    def waiting_event(self, saga_id: uuid.UUID) -> asyncio.Event:
+        return self.waiting.setdefault(saga_id, asyncio.Event())
 
     def of(self, saga_id: uuid.UUID) -> list[Run]:
         return [r for r in self.runs if r.saga_id == saga_id]
@@ -95,6 +100,7 @@ class Ask(BaseStep[Seen, Done]):
             await self.respond(ctx)
         if self.fail_first and ctx.attempt == 1:
             raise RuntimeError("the first attempt fails after handing out its token")
+        self.log.waiting_event(ctx.saga_id).set()
         ctx.wait_for_event(self.timeout, name=self.name)
 
 
