@@ -74,9 +74,13 @@ class SagaAdmin(Generic[M]):
         engine: ``orchestrator.engine``; its registered definitions are used to validate
             ``skip_step(mock_output=...)``.
         actor: recorded with each action (default: the OS user).
+
+    Raises:
+        SagaInputError: an ``actor`` that cannot be stored (NUL, lone surrogates, too long).
     """
 
     def __init__(self, *, engine: SagaEngine[M], actor: str | None = None) -> None:
+        check_note_text(actor, "actor")
         self.engine = engine
         self.store = engine.store
         self.actor = actor or _default_actor()

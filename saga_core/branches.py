@@ -251,9 +251,7 @@ class _Branches:
                     if self.history:
                         await self._checkpoint(m.Transition(self.state, m.Schedule.hold()))
                     if starts:
-                        run.lease.check()
-                        if run.lease.needs_renewal():
-                            await run.lease.renew()
+                        await run.lease.ensure()
                     for i, delay in starts:
                         self._launch(i, delay)
                     await self._wait_some()

@@ -171,12 +171,6 @@ class Executor:
                 continue
             return
 
-    async def _ensure_lease(self, run: Run) -> None:
-        """Before a step starts: a lease known to last at least half its length."""
-        if run.lease.needs_renewal():
-            await run.lease.renew()
-        run.lease.check()
-
     async def _forward(self, run: Run) -> m.Transition | None:
         """One execution of the current step, checkpointed; None when the step must run
         again at once (its wait consumed an event that was already there)."""
@@ -185,7 +179,7 @@ class Executor:
         wait = waits_of(run.context).get(spec.step_id)
         if wait is not None:
             return await self._wait_over(run, spec, wait)
-        await self._ensure_lease(run)
+        await run.lease.ensure()
         number = state.steps[state.cursor].attempts + 1
         call = a.execute(run, spec, number, state.retry_counter + 1)
         out = await run.span.attempt(spec.step_id, h.EXECUTE, number, call)
@@ -211,7 +205,7 @@ class Executor:
     async def _compensate(self, run: Run) -> m.Transition:
         state = run.state
         spec = run.spec(state.cursor)
-        await self._ensure_lease(run)
+        await run.lease.ensure()
         number = state.steps[state.cursor].compensation_attempts + 1
         call = a.compensate(run, spec, number, state.retry_counter + 1)
         out = await run.span.attempt(spec.step_id, h.COMPENSATE, number, call)
@@ -269,6 +263,7 @@ class Executor:
         suspended: list[m.Transition] = []
 
         def decide(row: SagaRow, now: datetime) -> RowUpdate:
+            suspended.clear()  # decided again if the write must be retried
             inbox = list(row.inbox or [])
             match = next(
                 (e for e in inbox if waits.meant_for(e, token, spec.step_id, out.wait_name)), None
@@ -323,6 +318,7 @@ class Executor:
         timed_out: list[tuple[m.Transition, a.Outcome]] = []
 
         def decide(row: SagaRow, now: datetime) -> RowUpdate:
+            timed_out.clear()  # decided again if the write must be retried
             inbox = list(row.inbox or [])
             at = now.isoformat()
             match = next(

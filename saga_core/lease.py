@@ -114,11 +114,16 @@ class Lease:
             self._lost.set_result(None)
 
     def check(self) -> None:
-        """Raise LeaseLost when the lease is lost or known to have run out."""
+        """Raise LeaseLost when the lease is lost."""
         if self.is_lost:
             raise LeaseLost()
-        if self.left() <= 0:
-            self.mark_lost()
+
+    async def ensure(self) -> None:
+        """Before a step starts: a lease known to last at least half its length, renewed now
+        if need be (a fenced renewal that succeeds proves nobody took the saga over, however
+        long the last write took). LeaseLost when it is lost; database errors propagate."""
+        self.check()
+        if self.needs_renewal() and not await self.renew():
             raise LeaseLost()
 
     async def sleep(self, seconds: float) -> None:

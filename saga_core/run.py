@@ -17,6 +17,7 @@ from saga_core import waits
 from saga_core.checkpoint import CheckpointWriter
 from saga_core.context import StepContext
 from saga_core.definition import SagaDefinition, StepSpec
+from saga_core.errors import SagaConflictError
 from saga_core.lease import DbClock, Lease, LeaseLost
 from saga_core.rows import (
     STEP_INPUTS_KEY,
@@ -273,10 +274,20 @@ class Run:
     async def locked(self, fn: Callable[[SagaRow, datetime], RowUpdate | None]) -> SagaRow:
         """Lock the saga's row, compute an update from it (``fn``, pure) and write it, fenced
         by the lease (LeaseLost otherwise); the run adopts the row as written."""
-        sent = time.monotonic()
-        row, _ = await self.deps.store.saga_update_locked(
-            self.saga_id, fn, lease_token=self.lease.token
-        )
+        for attempt in range(5):
+            sent = time.monotonic()
+            try:
+                row, _ = await self.deps.store.saga_update_locked(
+                    self.saga_id, fn, lease_token=self.lease.token
+                )
+                break
+            except SagaConflictError:
+                # SQLite: another process (a delivery) wrote between the read and the write;
+                # ``fn`` is pure: decide again on the row as it is now.
+                if attempt == 4:
+                    raise
+        else:  # pragma: no cover - the loop returns or raises
+            raise AssertionError
         self.context = dict(row.context)
         self.steps = [dict(s) for s in row.steps_state]
         self.state = machine_state(row)
@@ -291,6 +302,7 @@ class Run:
         result: list[waits.Settled] = []
 
         def settle(row: SagaRow, now: datetime) -> RowUpdate | None:
+            result.clear()  # decided again if the write must be retried
             state = self.state
             out = waits.settle_inbox(
                 state,

@@ -387,7 +387,9 @@ class SqlSagaStore(SqlReads, SagaStore):
             # checkpoint (which keeps the token but releases the lease), and must not put a
             # lease back on a finished, suspended or released saga.
             .where(t.c.id == saga_id, t.c.lease_token == token, t.c.lease_owner.is_not(None))
-            .values(deadline_at=self._now_plus(self.lease), updated_at=self._now())
+            # updated_at is left alone: a renewal changes nothing an operator looks at (an
+            # action compares the saga with the updated_at it showed).
+            .values(deadline_at=self._now_plus(self.lease))
             .returning(t.c.deadline_at, t.c.lease_owner, self._inbox_flag(), self._now())
         )
         async with self._write_lock(), self.engine.begin() as conn:

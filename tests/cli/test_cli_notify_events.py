@@ -41,7 +41,7 @@ def by_name(cli: CliFn, name: str, *extra: str, agg: str = "agg-approval") -> Ru
 def test_notify_by_correlation_delivers(cli: CliFn, waiting: uuid.UUID, get_saga: GetSaga) -> None:
     before = get_saga(waiting)
     assert before.status.value == "SUSPENDED"
-    assert before.context["waiting"]["event_name"] == "approval"
+    assert [w["name"] for w in before.context["waits"].values()] == ["approval"]
     r = cli(
         "notify",
         "--aggregation-id",
@@ -93,10 +93,15 @@ def test_wrong_name_exits_4_and_is_recorded(
     assert after.context == before.context
     assert after.step_history[:-1] == before.step_history
     refusal = after.step_history[-1]
-    assert (refusal["status"], refusal["event_name"], refusal["event"], refusal["note"]) == (
+    assert (
+        refusal["status"],
+        refusal["event_name"],
+        refusal["event_preview"],
+        refusal["note"],
+    ) == (
         "REFUSED",
         "payment",
-        {"paid": 1},
+        '{"paid":1}',
         "try",
     )
 

@@ -155,9 +155,9 @@ def test_notify_delivers_and_records(cli: CliFn, seeded: Seeded, get_saga: GetSa
     entry = after.step_history[-1]
     assert entry["phase"] == "event" and entry["status"] == "RECEIVED"
     assert entry["reason"] == "approved by ops" and entry["actor"] == getpass.getuser()
-    # The token rotated: the old one is stale now (and the saga is no longer SUSPENDED).
+    # The wait consumed the event: its token is spent.
     r = cli("notify", str(sid), "--token", token, "-r", "again", "-y")
-    assert r.exit_code == 4 and "SUSPENDED" in r.stderr
+    assert r.exit_code == 4 and "stale token" in r.stderr
 
 
 def test_notify_stale_token_exit_4(cli: CliFn, seeded: Seeded, get_saga: GetSaga) -> None:

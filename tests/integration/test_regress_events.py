@@ -117,7 +117,9 @@ async def test_case1_an_early_reply_is_kept_and_consumed_once(
     row = await settle(h, w, sid)
     assert row.status == "COMPLETED", describe(row)
     runs = log.of(sid)
-    assert [r.replies for r in runs] == [0, 1], "the step saw the reply exactly once"
+    assert [r.replies for r in runs] == [0, 1], (
+        f"the step saw the reply exactly once: {row.step_history}"
+    )
     assert_consumed_once(row, queued=None if how == "race" else True)
     await assert_nothing_stranded(h)
 
