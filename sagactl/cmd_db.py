@@ -6,10 +6,10 @@ from typing import Any
 
 import typer
 
-from saga_core.settings import mask_url
 from sagactl.exitcodes import ExitCode
-from sagactl.render_dash import db_report
 from sagactl.runtime import Runtime, Session
+
+# saga_core and the rendering are imported when a command runs (see ``runtime``).
 
 __all__ = ["db_app"]
 
@@ -34,6 +34,9 @@ async def _status(s: Session) -> dict[str, Any]:
 
 
 def _emit(rt: Runtime, s: Session, report: dict[str, Any], changes: list[str] | None) -> None:
+    from saga_core.settings import mask_url
+    from sagactl.render_dash import db_report
+
     if rt.text:
         rt.info(f"database {mask_url(s.settings.database_url)}")
         rt.out.print(db_report(report, changes=changes))

@@ -6,14 +6,11 @@ from typing import Annotated
 
 import typer
 
-from sagactl.filters import SagaFilters
 from sagactl.options import AggregationOpt, NameOpt, SinceOpt, StatusOpt, UntilOpt
-from sagactl.render_dash import stats_view, workers_table
-from sagactl.render_json import saga_json, stats_json, worker_json
-from sagactl.render_text import saga_table, show_page
 from sagactl.runtime import OutputFormat, Runtime, iso
-from sagactl.stats import gather_stats, workers_view
 from sagactl.timeparse import parse_duration
+
+# Rendering and saga_core modules are imported inside the commands (see ``runtime``).
 
 __all__ = ["list_cmd", "show_cmd", "stats_cmd", "workers_cmd"]
 
@@ -35,6 +32,10 @@ def list_cmd(
     rt: Runtime = ctx.obj
 
     async def work() -> int:
+        from sagactl.filters import SagaFilters
+        from sagactl.render_json import saga_json
+        from sagactl.render_text import saga_table
+
         flt = SagaFilters.parse(
             status=status, name=name, aggregation_id=aggregation_id, since=since, until=until
         )
@@ -92,6 +93,9 @@ def show_cmd(
     rt: Runtime = ctx.obj
 
     async def work() -> int:
+        from sagactl.render_json import saga_json
+        from sagactl.render_text import show_page
+
         async with rt.connect() as s:
             snap = await s.admin.get_saga(saga_id)
             now = await s.now()
@@ -114,6 +118,10 @@ def stats_cmd(
     rt: Runtime = ctx.obj
 
     async def work() -> int:
+        from sagactl.render_dash import stats_view
+        from sagactl.render_json import stats_json
+        from sagactl.stats import gather_stats
+
         span = parse_duration(window)
         async with rt.connect() as s:
             st = await gather_stats(s.admin, await s.now(), span, s.settings.worker_stale_after)
@@ -131,6 +139,10 @@ def workers_cmd(ctx: typer.Context) -> None:
     rt: Runtime = ctx.obj
 
     async def work() -> int:
+        from sagactl.render_dash import workers_table
+        from sagactl.render_json import worker_json
+        from sagactl.stats import workers_view
+
         async with rt.connect() as s:
             now = await s.now()
             views = workers_view(await s.admin.workers(), now, s.settings.worker_stale_after)

@@ -13,11 +13,12 @@ from rich.text import Text
 
 from saga_core.machine import SagaStatus
 from saga_core.store import WorkerRow
+from saga_core.versioning import OrphanGroup
 from sagactl.fmt import STATUS_STYLE, age, clock, duration, short_id, shorten, status_text
 from sagactl.render_text import step_cell
 from sagactl.stats import Dashboard, Stats, WorkerView
 
-__all__ = ["dashboard", "db_report", "stats_view", "workers_table"]
+__all__ = ["dashboard", "db_report", "orphans_view", "stats_view", "workers_table"]
 
 STATUS_ORDER = [s.value for s in SagaStatus]
 
@@ -212,4 +213,48 @@ def db_report(report: dict[str, Any], *, changes: list[str] | None = None) -> Gr
         )
     )
     parts.append(verdict)
+    return Group(*parts)
+
+
+def orphans_view(
+    groups: list[OrphanGroup],
+    listed: dict[tuple[str, int], list[str]] | None,
+    now: datetime,
+) -> RenderableType:
+    table = Table(
+        box=box.SIMPLE_HEAD,
+        title="active sagas no live worker runs",
+        title_justify="left",
+        pad_edge=False,
+    )
+    for col, justify in (
+        ("NAME", "left"),
+        ("VERSION", "left"),
+        ("COUNT", "right"),
+        ("OLDEST", "left"),
+        ("LIVE WORKERS RUN", "left"),
+    ):
+        table.add_column(col, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+    for g in groups:
+        table.add_row(
+            g.saga_name,
+            f"v{g.definition_version}",
+            str(g.count),
+            f"{clock(g.oldest_created_at)} ({age(g.oldest_created_at, now)} ago)",
+            ", ".join(f"v{v}" for v in g.live_versions) or Text("no version", style="red"),
+        )
+    parts: list[RenderableType] = [table]
+    if listed is not None:
+        for g in groups:
+            key = (g.saga_name, g.definition_version)
+            shown = listed.get(key, [])
+            more = g.count - len(shown)
+            parts.append(
+                Text(
+                    f"{g.saga_name} v{g.definition_version}"
+                    + (f" (oldest {len(shown)} of {g.count})" if more > 0 else ""),
+                    style="bold",
+                )
+            )
+            parts.extend(Text(f"  {i}") for i in shown)
     return Group(*parts)

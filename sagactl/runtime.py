@@ -1,9 +1,13 @@
 """What every command shares: the global options, settings, the two consoles (data on
-stdout, messages on stderr), the database session and the error-to-exit-code boundary."""
+stdout, messages on stderr), the database session and the error-to-exit-code boundary.
+
+Start-up time matters for a console (``sagactl --help`` should be instant): this module and
+every ``cmd_*`` module import only typer, rich and the standard library at import time;
+SQLAlchemy, pydantic and ``saga_core`` are imported when a command runs (``connect``)."""
 
 from __future__ import annotations
 
-import asyncio
+import gc
 import json
 import os
 import sys
@@ -14,18 +18,18 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
-from saga_core.admin import SagaAdmin
-from saga_core.orchestrator import SagaOrchestrator
-from saga_core.settings import SagaSettings, load_settings
-from sagactl.appload import bare_orchestrator, load_app, make_engine, pick_orchestrator
-from sagactl.errors import classify
 from sagactl.exitcodes import ExitCode
+
+if TYPE_CHECKING:
+    from saga_core.admin import SagaAdmin
+    from saga_core.orchestrator import SagaOrchestrator
+    from saga_core.settings import SagaSettings
 
 __all__ = ["ColorMode", "GlobalOptions", "OutputFormat", "Runtime", "Session", "to_json"]
 
@@ -65,6 +69,29 @@ class Session:
     async def now(self) -> datetime:
         """The database clock (ages and ``--since 2h`` are measured against it)."""
         return _utc(await self.admin.db_now())
+
+
+_gc_paused = False
+
+
+def pause_gc() -> None:
+    """Turn the garbage collector off while sagactl starts (``main`` only): importing
+    SQLAlchemy, pydantic and saga_core creates many objects and triggers collections that
+    find no garbage, a large part of the start-up time."""
+    global _gc_paused
+    if gc.isenabled():
+        gc.disable()
+        _gc_paused = True
+
+
+def resume_gc() -> None:
+    """Once the heavy modules are imported: move what exists out of the collector's sight
+    (it lives until exit anyway) and turn the collector back on for the command's work."""
+    global _gc_paused
+    if _gc_paused:
+        gc.freeze()
+        gc.enable()
+        _gc_paused = False
 
 
 def _utc(value: datetime) -> datetime:
@@ -166,6 +193,8 @@ class Runtime:
     @property
     def settings(self) -> SagaSettings:
         if self._settings is None:
+            from saga_core.settings import load_settings
+
             o = self.options
             self._settings = load_settings(
                 o.config, database_url=o.database_url, app=o.app or None, table=o.table
@@ -196,9 +225,13 @@ class Runtime:
 
     @asynccontextmanager
     async def connect(self) -> AsyncIterator[Session]:
+        from saga_core.admin import SagaAdmin
+        from sagactl.appload import bare_orchestrator, load_app, make_engine, pick_orchestrator
+
         settings = self.settings
         url = settings.effective_database_url()
         engine = make_engine(url)
+        resume_gc()
         apps: list[SagaOrchestrator[Any]] = []
         try:
             if settings.app:
@@ -218,6 +251,8 @@ class Runtime:
         self, work: Callable[[], Awaitable[int | None]], *, on_interrupt: int = 130
     ) -> NoReturn:
         """Run ``work`` and exit with its code; every error becomes a message and a code."""
+        import asyncio
+
         try:
             code = int(asyncio.run(_call(work)) or 0)
         except KeyboardInterrupt:
@@ -225,6 +260,8 @@ class Runtime:
                 self.err.print("interrupted")
             code = on_interrupt
         except Exception as exc:
+            from sagactl.errors import classify
+
             exit_code, message = classify(exc)
             self.error(message, exit_code)
             if os.environ.get("SAGACTL_TRACEBACK"):

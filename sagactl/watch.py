@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Annotated
 
 import typer
-from rich.live import Live
 
-from saga_core.settings import mask_url
 from sagactl.errors import CliError
 from sagactl.exitcodes import ExitCode
-from sagactl.render_dash import dashboard
-from sagactl.render_json import dashboard_json
 from sagactl.runtime import Runtime
-from sagactl.stats import gather_dashboard
 from sagactl.timeparse import parse_duration
+
+# saga_core and the rendering are imported when the command runs (see ``runtime``).
 
 __all__ = ["watch_cmd"]
 
@@ -36,6 +32,15 @@ def watch_cmd(
     rt: Runtime = ctx.obj
 
     async def work() -> int:
+        import asyncio
+
+        from rich.live import Live
+
+        from saga_core.settings import mask_url
+        from sagactl.render_dash import dashboard
+        from sagactl.render_json import dashboard_json
+        from sagactl.stats import gather_dashboard
+
         every = parse_duration(interval).total_seconds()
         span = parse_duration(window)
         if every <= 0:
