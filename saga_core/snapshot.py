@@ -98,6 +98,15 @@ class SagaAdminSnapshot(SagaSnapshot):
     steps_state: list[dict[str, Any]]
     step_history: list[dict[str, Any]]
 
+    @property
+    def waiting_event(self) -> dict[str, Any] | None:
+        """The event wait the current step is in, or ``None``: ``step_id``, ``since``,
+        ``timeout_s`` (``None``: no timeout) and, for a named wait, ``event_name``."""
+        from saga_core.executor import WAITING_KEY  # the executor owns the context key
+
+        marker = self.context.get(WAITING_KEY)
+        return marker if isinstance(marker, dict) else None
+
     @classmethod
     def from_row(cls, row: SagaRow) -> SagaAdminSnapshot:
         return cls(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import typer
+from rich.text import Text
 
 from sagactl.errors import CliError
 from sagactl.exitcodes import ExitCode
@@ -100,7 +101,7 @@ def purge_cmd(
                 confirm(rt, f"Delete {matched} saga(s) for good?", yes=yes)
                 deleted = await s.admin.purge(age, statuses=statuses, batch_size=batch_size)
             if rt.text:
-                rt.out.print(f"[green]✔[/] deleted {deleted} {what}")
+                rt.out.print(Text.assemble(("✔", "green"), f" deleted {deleted} {what}"))
             else:
                 rt.emit({**result, "deleted": deleted, "actor": s.admin.actor, "reason": why})
         return 0

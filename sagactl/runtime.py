@@ -22,9 +22,10 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import typer
 from rich.console import Console
-from rich.markup import escape
+from rich.text import Text
 
 from sagactl.exitcodes import ExitCode
+from sagactl.safe import clean, json_escape
 
 if TYPE_CHECKING:
     from saga_core.admin import SagaAdmin
@@ -99,10 +100,11 @@ def _utc(value: datetime) -> datetime:
 
 
 def iso(value: datetime | None) -> str | None:
-    """ISO-8601 UTC with a ``Z``, as every JSON time of sagactl."""
+    """ISO-8601 UTC with microseconds and a ``Z`` (``2026-12-01T17:38:46.123456Z``), as
+    every JSON time of sagactl."""
     if value is None:
         return None
-    return _utc(value).isoformat().replace("+00:00", "Z")
+    return _utc(value).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def _default(value: Any) -> Any:
@@ -122,7 +124,10 @@ def _default(value: Any) -> Any:
 
 
 def to_json(value: Any, *, indent: int | None = None) -> str:
-    return json.dumps(value, default=_default, indent=indent, ensure_ascii=False)
+    """JSON for stdout and stderr: UTF-8 text, with the characters a terminal interprets
+    escaped (``safe.json_escape``), so stored text cannot act on the terminal it is shown on."""
+    text = json.dumps(value, default=_default, indent=indent, ensure_ascii=False)
+    return json_escape(text)
 
 
 class Runtime:
@@ -139,7 +144,14 @@ class Runtime:
 
     def _console(self, *, stderr: bool) -> Console:
         stream = sys.stderr if stderr else sys.stdout
-        kw: dict[str, Any] = {"stderr": stderr, "highlight": False}
+        # No markup and no emoji codes: nothing printed is parsed, stored text stays literal
+        # (render with rich Text objects for style).
+        kw: dict[str, Any] = {
+            "stderr": stderr,
+            "highlight": False,
+            "markup": False,
+            "emoji": False,
+        }
         if self.options.color is ColorMode.ALWAYS:
             kw.update(force_terminal=True, no_color=False)
         elif self.options.color is ColorMode.NEVER:
@@ -172,17 +184,18 @@ class Runtime:
 
     def info(self, message: str) -> None:
         """A message for people on stderr (never in JSON modes' stdout)."""
-        self.err.print(
-            escape(self.scrub(message)), style="dim" if self.text else None, soft_wrap=True
-        )
+        text = Text(clean(self.scrub(message)), style="dim" if self.text else "")
+        self.err.print(text, soft_wrap=True)
 
     def warn(self, message: str) -> None:
-        self.err.print(f"[yellow]warning:[/] {escape(self.scrub(message))}", soft_wrap=True)
+        text = Text.assemble(("warning:", "yellow"), " ", clean(self.scrub(message)))
+        self.err.print(text, soft_wrap=True)
 
     def error(self, message: str, code: ExitCode) -> None:
         message = self.scrub(message)
         if self.text:
-            self.err.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
+            text = Text.assemble(("error:", "bold red"), " ", clean(message))
+            self.err.print(text, soft_wrap=True)
         else:
             err = {"error": {"code": int(code), "kind": code.name.lower(), "message": message}}
             sys.stderr.write(to_json(err) + "\n")
@@ -248,15 +261,20 @@ class Runtime:
                 await e.dispose()
 
     def run(
-        self, work: Callable[[], Awaitable[int | None]], *, on_interrupt: int = 130
+        self,
+        work: Callable[[], Awaitable[int | None]],
+        *,
+        on_interrupt: int = 130,
+        quiet_interrupt: bool = False,
     ) -> NoReturn:
-        """Run ``work`` and exit with its code; every error becomes a message and a code."""
+        """Run ``work`` and exit with its code; every error becomes a message and a code.
+        Ctrl-C exits ``on_interrupt``, saying so unless that is 0 or ``quiet_interrupt``."""
         import asyncio
 
         try:
             code = int(asyncio.run(_call(work)) or 0)
         except KeyboardInterrupt:
-            if on_interrupt:
+            if on_interrupt and not quiet_interrupt:
                 self.err.print("interrupted")
             code = on_interrupt
         except Exception as exc:
