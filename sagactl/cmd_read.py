@@ -1,4 +1,4 @@
-"""Read-only commands: list, show, stats, workers."""
+"""Read-only commands: list, stats, workers (``show`` is in ``cmd_show``)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from sagactl.timeparse import parse_duration
 
 # Rendering and saga_core modules are imported inside the commands (see ``runtime``).
 
-__all__ = ["list_cmd", "show_cmd", "stats_cmd", "workers_cmd"]
+__all__ = ["list_cmd", "stats_cmd", "workers_cmd"]
 
 
 def list_cmd(
@@ -79,35 +79,6 @@ def list_cmd(
     rt.run(work)
 
 
-def show_cmd(
-    ctx: typer.Context,
-    saga_id: Annotated[str, typer.Argument(help="Saga id, or an unambiguous prefix of one.")],
-    context: Annotated[
-        bool, typer.Option("--context", help="Also print the full context JSON.")
-    ] = False,
-    history: Annotated[
-        bool, typer.Option("--history", help="Also print the full history JSON.")
-    ] = False,
-) -> None:
-    """Show one saga: header (status, ids, times, lease, due time, token), its steps, and a timeline of every attempt, compensation, event and operator action."""
-    rt: Runtime = ctx.obj
-
-    async def work() -> int:
-        from sagactl.render_json import saga_json
-        from sagactl.render_text import show_page
-
-        async with rt.connect() as s:
-            snap = await s.admin.get_saga(saga_id)
-            now = await s.now()
-        if rt.text:
-            rt.out.print(show_page(snap, now, context=context, history=history))
-        else:
-            rt.emit(saga_json(snap))
-        return 0
-
-    rt.run(work)
-
-
 def stats_cmd(
     ctx: typer.Context,
     window: Annotated[
@@ -126,7 +97,7 @@ def stats_cmd(
         async with rt.connect() as s:
             st = await gather_stats(s.admin, await s.now(), span, s.settings.worker_stale_after)
         if rt.text:
-            rt.out.print(stats_view(st))
+            rt.out.print(stats_view(st, width=rt.out.width))
         else:
             rt.emit(stats_json(st))
         return 0
