@@ -22,6 +22,7 @@ __all__ = [
     "WORKER_STYLE",
     "counts_table",
     "db_report",
+    "finished_line",
     "orphans_line",
     "orphans_view",
     "sagas_cell",
@@ -137,8 +138,23 @@ def orphans_line(st: Stats) -> Text | None:
     )
 
 
+def finished_line(st: Stats) -> Text:
+    """The finished statuses one by one, for when they share the FINISHED column."""
+    text = Text.assemble(("finished", "bold"), ": ")
+    text.no_wrap, text.overflow = True, "ellipsis"
+    for i, s in enumerate(FINISHED):
+        text.append(" · " if i else "")
+        text.append(s, style=STATUS_STYLE.get(s, ""))
+        text.append(f" {st.count(None, s)}")
+    return text
+
+
 def stats_view(st: Stats, *, width: int | None = None) -> Group:
-    parts: list[RenderableType] = [counts_table(st, width=width), summary_lines(st)]
+    table = counts_table(st, width=width)
+    parts: list[RenderableType] = [table]
+    if "FINISHED" in [c.header for c in table.columns]:
+        parts.append(finished_line(st))
+    parts.append(summary_lines(st))
     line = orphans_line(st)
     if line is not None:
         parts.append(line)

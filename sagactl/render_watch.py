@@ -13,9 +13,9 @@ from rich.text import Text
 
 from sagactl.fmt import STATUS_STYLE, age, clock, duration, lit, short_id, shorten
 from sagactl.render_dash import (
-    FINISHED,
     WORKER_STYLE,
     counts_table,
+    finished_line,
     orphans_line,
     sagas_cell,
 )
@@ -60,15 +60,6 @@ def _sagas_heading(st: Stats) -> Text:
     return text
 
 
-def _finished_line(st: Stats) -> Text:
-    text = _line(("finished", "bold"), ": ")
-    for i, s in enumerate(FINISHED):
-        text.append(" · " if i else "")
-        text.append(s, style=STATUS_STYLE.get(s, ""))
-        text.append(f" {st.count(None, s)}")
-    return text
-
-
 def _more(n: int, what: str, hint: str) -> Text:
     return _line((f"… {n} more {what}", "dim"), (f" ({hint})", "dim"))
 
@@ -79,7 +70,8 @@ def _workers_heading(workers: list[WorkerView]) -> Text:
     if not workers:
         text.append(" (no sagad worker has registered)", style="dim")
         return text
-    for state, n in counts.items():
+    for i, (state, n) in enumerate(counts.items()):
+        text.append(" ·" if i else "")
         text.append(f" {n} {state}", style=WORKER_STYLE[state] if n else "dim")
     return text
 
@@ -156,32 +148,33 @@ class _Budget:
     failures: int
 
 
-def _need(avail: int, total: int) -> int:
-    """Lines to show ``avail`` rows of a list of ``total``, with ``… N more`` if short."""
-    return avail + (1 if total > avail else 0)
-
-
-def _fit(avail: int, total: int, lines: int) -> int:
-    """Rows of the list shown in ``lines`` (one of them the ``… N more`` line if cut)."""
-    return avail if lines >= _need(avail, total) else max(lines - 1, 0)
+# Rows handed out in rounds: a few of each list first, then the rest in this order.
+_ROUNDS = (("failures", MIN_FAILURE_ROWS), ("names", 3), ("workers", 2))
+_ROUNDS += (("names", 10**9), ("workers", 10**9), ("failures", 10**9))
 
 
 def _budget(lines: int, names: int, workers: int, failures: int, failed: int) -> _Budget:
-    """Rows for each list within ``lines``: failures first (up to MIN_FAILURE_ROWS), then
-    saga names, workers, and the rest of the failures. ``failures`` rows are at hand of
-    ``failed`` FAILED sagas."""
-    left = max(lines, 0)
-    need_f = _need(failures, failed)
-    take_f = min(need_f, MIN_FAILURE_ROWS, left)
-    left -= take_f
-    take_n = min(names, left)
-    left -= take_n
-    take_w = min(workers, left)
-    left -= take_w
-    take_f += min(need_f - take_f, left)
-    return _Budget(
-        _fit(names, names, take_n), _fit(workers, workers, take_w), _fit(failures, failed, take_f)
-    )
+    """How many rows of each list fit in ``lines``. A list cut short takes one more line
+    (``… N more``); the workers and failures tables take a header line when they show a
+    row (the counts table's header is counted with the fixed lines). ``failures`` rows are
+    at hand of ``failed`` FAILED sagas."""
+    at_hand = {"names": names, "workers": workers, "failures": failures}
+    total = {"names": names, "workers": workers, "failures": failed}
+    shown = dict.fromkeys(at_hand, 0)
+
+    def cost() -> int:
+        used = 0
+        for k, n in shown.items():
+            used += n + (1 if n < total[k] else 0) + (1 if n and k != "names" else 0)
+        return used
+
+    for key, upto in _ROUNDS:
+        while shown[key] < min(upto, at_hand[key]):
+            shown[key] += 1
+            if cost() > lines:
+                shown[key] -= 1
+                break
+    return _Budget(shown["names"], shown["workers"], shown["failures"])
 
 
 def _busiest(st: Stats, n: int) -> list[str]:
@@ -219,8 +212,7 @@ def dashboard(
     fixed += 1 if split_finished else 0
     fixed += 0 if warning is None else 1
     fixed += len(d.notes)
-    fixed += 1 + (1 if workers else 0)  # workers heading (+ header)
-    fixed += 1 + (1 if failures else 0)  # failures heading (+ header)
+    fixed += 2  # workers and failures headings
     if height is None:
         budget = _Budget(len(names), len(workers), len(failures))
     else:
@@ -232,21 +224,21 @@ def dashboard(
     if len(shown) < len(names):
         parts.append(_more(len(names) - len(shown), "saga names", "sagactl stats"))
     if split_finished:
-        parts.append(_finished_line(st))
+        parts.append(finished_line(st))
     if warning is not None:
         warning.no_wrap, warning.overflow = True, "ellipsis"
         parts.append(warning)
     parts.append(_workers_heading(workers))
     for note in d.notes:
         parts.append(lit(note, "yellow"))
-    if workers:
+    if budget.workers:
         parts.append(_workers(workers[: budget.workers], d, wide))
-        if budget.workers < len(workers):
-            parts.append(_more(len(workers) - budget.workers, "workers", "sagactl workers"))
+    if budget.workers < len(workers):
+        parts.append(_more(len(workers) - budget.workers, "workers", "sagactl workers"))
     parts.append(_failures_heading(d))
-    if failures:
+    if budget.failures:
         parts.append(_failures(d, budget.failures))
-        if budget.failures < failed:
-            more = failed - budget.failures
-            parts.append(_more(more, "failures", "sagactl list -s FAILED"))
+    if budget.failures < failed:
+        more = failed - budget.failures
+        parts.append(_more(more, "failures", "sagactl list -s FAILED"))
     return Group(*parts)

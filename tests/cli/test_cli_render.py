@@ -12,8 +12,8 @@ from rich.console import Console
 from saga_core import SagaAdmin
 from sagactl.appload import bare_orchestrator, make_engine
 from sagactl.argv import hoist_global_options
-from sagactl.render_watch import dashboard
 from sagactl.render_show import show_page
+from sagactl.render_watch import dashboard
 from sagactl.runtime import GlobalOptions, Runtime
 from sagactl.stats import gather_dashboard
 from sagactl.timeparse import TimeArgError, parse_duration, parse_when
@@ -77,7 +77,9 @@ def test_watch_frame_layout(pg_url: str, seeded: Seeded) -> None:
     assert "order_manual" in sagas and "due now 1" in sagas
     for status in ("RUNNING", "SUSPENDED", "COMPENSATING", "COMPLETED", "FAILED", "ABORTED"):
         assert status in sagas  # wide enough for one column per status
-    failures = "\n".join(lines[next(i for i, ln in enumerate(lines) if ln.startswith("failures")) :])
+    failures = "\n".join(
+        lines[next(i for i, ln in enumerate(lines) if ln.startswith("failures")) :]
+    )
     assert str(seeded["failed"])[:8] in failures and "card declined" in failures
     assert "(no sagad worker has registered)" in "\n".join(lines)
 
