@@ -289,7 +289,7 @@ async def notify_by_correlation(
         if rt.text:
             verdict = "would deliver" if why is None else f"would be refused ({why})"
             rt.out.print(
-                f"dry run: event {event_name!r} {verdict}: {describe(snap)}; nothing changed"
+                clean(f"dry run: event {event_name!r} {verdict}: {describe(snap)}; nothing changed")
             )
         else:
             rt.emit(
