@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import inspect
+import os
+import shlex
 import shutil
 import sys
 import tempfile
@@ -223,11 +225,43 @@ async def run(database_url: str, deadline_s: float, console: Console, *, keep: b
         f"\n[bold green]OK[/]: every saga ended as expected and every check held "
         f"({len(results)} sagas in {elapsed:.1f}s)."
     )
-    if keep:
-        console.print(
-            Text(f"Inspect them: sagactl list --database-url {mask_url(database_url)}", "dim")
-        )
+    said, command = inspect_hint(database_url, kept=keep)
+    console.print(Text(said, "dim"))
+    # On a line of its own and never wrapped by rich, so it can be copied as it is.
+    console.print(Text(f"  {command}", "bold"), soft_wrap=True)
     return True
+
+
+def sagactl_command() -> str:
+    """``sagactl`` as the shell that started the demo can run it: the plain name when that
+    is the one on PATH (an activated virtualenv), else the path of the one installed next
+    to this interpreter (``.venv/bin/sagactl`` from the project directory)."""
+    beside = Path(sys.executable).with_name("sagactl")
+    if not beside.exists():
+        return "sagactl"
+    on_path = shutil.which("sagactl")
+    if on_path is not None and Path(on_path).resolve() == beside.resolve():
+        return "sagactl"
+    relative = os.path.relpath(beside)
+    return shlex.quote(beside.as_posix() if relative.startswith("..") else relative)
+
+
+def inspect_hint(database_url: str, *, kept: bool) -> tuple[str, str]:
+    """The demo's closing hint and its command, which works as typed in the same shell and
+    directory (``SAGA_DEMO_COMMAND``: how ``scripts/demo.sh`` was started)."""
+    if not kept:
+        demo = os.environ.get("SAGA_DEMO_COMMAND") or f"{shlex.quote(sys.executable)} -m examples"
+        return (
+            "The sagas ran on a temporary database, now removed. To keep them and look at "
+            "them with sagactl afterwards, run:",
+            f"{demo} --database-url sqlite:///saga-demo.db",
+        )
+    shown = mask_url(database_url)
+    note = " (put the password in place of ***)" if shown != database_url else ""
+    return (
+        f"Inspect them{note}:",
+        f"{sagactl_command()} list --database-url {shlex.quote(shown)}",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -115,6 +115,26 @@ class SagaAdminSnapshot(SagaSnapshot):
         raw = self.context.get(RETRY_AT_KEY)
         return {str(k): str(v) for k, v in raw.items()} if isinstance(raw, dict) else {}
 
+    @property
+    def waiting_event(self) -> dict[str, Any] | None:
+        """The event wait of the current step (of a parallel saga: the current step's, else
+        the first waiting branch's), or ``None``: ``step_id``, ``since``, ``until``,
+        ``timeout_s`` (``None``: no timeout) and ``event_name`` (``None``: unnamed)."""
+        waits = waits_of(self.context)
+        if not waits:
+            return None
+        step_id = self.current_step_id if self.current_step_id in waits else sorted(waits)[0]
+        wait = waits[step_id]
+        since, until = wait.since_dt(), wait.until_dt()
+        timeout = None if since is None or until is None else (until - since).total_seconds()
+        return {
+            "step_id": step_id,
+            "since": wait.since,
+            "until": wait.until,
+            "timeout_s": timeout,
+            "event_name": wait.name,
+        }
+
     @classmethod
     def from_row(cls, row: SagaRow) -> SagaAdminSnapshot:
         return cls(

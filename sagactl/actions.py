@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rich.text import Text
+
 from saga_core.context import check_event_name
 from saga_core.errors import SagaNotFoundError, SagaStateError
 from saga_core.machine import ACTIVE_STATUSES, SagaStatus
@@ -15,7 +17,7 @@ from saga_core.snapshot import SagaAdminSnapshot, SagaSnapshot
 from sagactl.confirm import confirm
 from sagactl.errors import CliError
 from sagactl.exitcodes import ExitCode
-from sagactl.fmt import short_id
+from sagactl.fmt import clean, short_id
 from sagactl.render_json import saga_json
 from sagactl.render_text import step_cell
 from sagactl.runtime import Runtime, Session
@@ -146,7 +148,7 @@ async def apply_action(
 
 
 def describe(snap: SagaSnapshot) -> str:
-    return f"saga {snap.id} ({snap.saga_name}, {snap.status.value}, step {step_cell(snap)})"
+    return f"saga {snap.id} ({clean(snap.saga_name)}, {snap.status.value}, step {step_cell(snap)})"
 
 
 def _dry_run(rt: Runtime, action: str, snap: SagaSnapshot) -> int:
@@ -164,8 +166,11 @@ def _result(rt: Runtime, action: str, before: SagaSnapshot, after: SagaSnapshot)
     spec = ACTIONS[action]
     if rt.text:
         rt.out.print(
-            f"[green]✔[/] {spec.done} {short_id(after.id)} ({after.saga_name}): "
-            f"{before.status.value} → {after.status.value}, step {step_cell(after)}"
+            Text.assemble(
+                ("✔", "green"),
+                f" {spec.done} {short_id(after.id)} ({clean(after.saga_name)}): "
+                f"{before.status.value} → {after.status.value}, step {step_cell(after)}",
+            )
         )
     else:
         rt.emit(
@@ -198,7 +203,7 @@ async def act_one(
     rt.info(f"{ACTIONS[action].verb}: {describe(snap)}")
     confirm(
         rt,
-        f"{ACTIONS[action].verb.capitalize()} saga {short_id(snap.id)} ({snap.saga_name})?",
+        f"{ACTIONS[action].verb.capitalize()} saga {short_id(snap.id)} ({clean(snap.saga_name)})?",
         yes=yes,
     )
     after = await apply_action(s, action, snap.id, reason, mock_output)
@@ -228,7 +233,9 @@ async def notify_one(
         return _dry_run(rt, "notify", snap)
     precheck("notify", snap)
     rt.info(f"notify: {describe(snap)}")
-    confirm(rt, f"Deliver the event to saga {short_id(snap.id)} ({snap.saga_name})?", yes=yes)
+    confirm(
+        rt, f"Deliver the event to saga {short_id(snap.id)} ({clean(snap.saga_name)})?", yes=yes
+    )
     result = await s.orchestrator.deliver(
         saga_id=snap.id, token=tok, event=event, actor=s.admin.actor, reason=reason
     )
@@ -277,7 +284,7 @@ async def notify_by_correlation(
         if rt.text:
             verdict = "would deliver" if why is None else f"would be refused ({why})"
             rt.out.print(
-                f"dry run: event {event_name!r} {verdict}: {describe(snap)}; nothing changed"
+                clean(f"dry run: event {event_name!r} {verdict}: {describe(snap)}; nothing changed")
             )
         else:
             rt.emit(
@@ -296,7 +303,7 @@ async def notify_by_correlation(
     rt.info(f"notify {event_name!r}: {describe(snap)}")
     confirm(
         rt,
-        f"Deliver event {event_name!r} to saga {short_id(snap.id)} ({snap.saga_name})?",
+        f"Deliver event {event_name!r} to saga {short_id(snap.id)} ({clean(snap.saga_name)})?",
         yes=yes,
     )
     result = await s.orchestrator.deliver(

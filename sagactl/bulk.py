@@ -19,7 +19,7 @@ from sagactl.confirm import confirm
 from sagactl.errors import classify
 from sagactl.exitcodes import ExitCode
 from sagactl.filters import SagaFilters
-from sagactl.fmt import short_id, status_text
+from sagactl.fmt import clean, lit, short_id, status_text
 from sagactl.render_json import saga_json
 from sagactl.render_text import saga_table
 from sagactl.runtime import Runtime, Session
@@ -88,14 +88,19 @@ def _dry_run(
         )
         return 0
     rt.out.print(
-        f"dry run: {spec.verb} would act on [bold]{len(targets)}[/] saga(s) matching "
-        f"{flt.describe()} ({total} match); nothing changed"
+        Text.assemble(
+            f"dry run: {spec.verb} would act on ",
+            (str(len(targets)), "bold"),
+            f" saga(s) matching {clean(flt.describe())} ({total} match); nothing changed",
+        )
     )
     if refused:
         detail = ", ".join(f"{n} {s}" for s, n in sorted(refused.items()))
         rt.out.print(
-            f"[yellow]{sum(refused.values())} would be refused[/] ({detail}): "
-            f"{spec.verb} is allowed from {allowed_text(spec.allowed)}"
+            Text.assemble(
+                (f"{sum(refused.values())} would be refused", "yellow"),
+                f" ({detail}): {spec.verb} is allowed from {allowed_text(spec.allowed)}",
+            )
         )
     if targets:
         title = f"sample (first {min(SAMPLE, len(targets))} of {len(targets)}, oldest first)"
@@ -127,10 +132,10 @@ def _report(rt: Runtime, action: str, total: int, outcomes: list[Outcome]) -> No
         for o in outcomes:
             table.add_row(
                 short_id(o.saga.id),
-                o.saga.saga_name,
+                lit(o.saga.saga_name),
                 status_text(o.saga.status.value),
                 status_text(o.status) if o.status else Text("-", style="dim"),
-                Text(spec.done, style="green") if o.ok else Text(o.message or "", style="red"),
+                Text(spec.done, style="green") if o.ok else lit(o.message or "", "red"),
             )
         rt.out.print(table)
     summary = f"{spec.done} {len(outcomes) - len(failed)} of {len(outcomes)} saga(s)"
@@ -169,9 +174,8 @@ async def run_bulk(
         rt.warn(
             f"{total} sagas match; acting on the oldest {len(targets)} (raise --limit for more)"
         )
-    confirm(
-        rt, f"{spec.verb.capitalize()} {len(targets)} saga(s) matching {flt.describe()}?", yes=yes
-    )
+    question = f"{spec.verb.capitalize()} {len(targets)} saga(s) matching {flt.describe()}?"
+    confirm(rt, clean(question), yes=yes)
     outcomes: list[Outcome] = []
     stop: ExitCode | None = None
     with _progress(rt, spec.verb, len(targets)) as advance:

@@ -6,15 +6,19 @@ from typing import Any
 
 import typer
 
-from saga_core.settings import mask_url
 from sagactl.exitcodes import ExitCode
-from sagactl.render_dash import db_report
+from sagactl.helpfmt import Command, Group
 from sagactl.runtime import Runtime, Session
+
+# saga_core and the rendering are imported when a command runs (see ``runtime``).
 
 __all__ = ["db_app"]
 
 db_app = typer.Typer(
-    name="db", help="Create or upgrade the schema, or check it.", no_args_is_help=True
+    name="db",
+    cls=Group,
+    help="Create or upgrade the schema, or check it.",
+    no_args_is_help=True,
 )
 
 
@@ -34,6 +38,9 @@ async def _status(s: Session) -> dict[str, Any]:
 
 
 def _emit(rt: Runtime, s: Session, report: dict[str, Any], changes: list[str] | None) -> None:
+    from saga_core.settings import mask_url
+    from sagactl.render_dash import db_report
+
     if rt.text:
         rt.info(f"database {mask_url(s.settings.database_url)}")
         rt.out.print(db_report(report, changes=changes))
@@ -44,7 +51,7 @@ def _emit(rt: Runtime, s: Session, report: dict[str, Any], changes: list[str] | 
     rt.emit(data)
 
 
-@db_app.command("upgrade")
+@db_app.command("upgrade", cls=Command)
 def upgrade_cmd(ctx: typer.Context) -> None:
     """Create or upgrade the saga table(s) and the worker registry (idempotent; run it on every deploy). With --app: every table of the application's orchestrators."""
     rt: Runtime = ctx.obj
@@ -61,7 +68,7 @@ def upgrade_cmd(ctx: typer.Context) -> None:
     rt.run(work)
 
 
-@db_app.command("status")
+@db_app.command("status", cls=Command)
 def status_cmd(ctx: typer.Context) -> None:
     """Report whether the database matches the installed schema version (exit 1 when it needs `sagactl db upgrade`)."""
     rt: Runtime = ctx.obj

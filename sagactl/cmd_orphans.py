@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich import box
-from rich.console import Group, RenderableType
-from rich.table import Table
-from rich.text import Text
 
-from saga_core.versioning import ORPHAN_STATUSES, OrphanGroup, find_orphans
-from sagactl.fmt import age, clock
-from sagactl.render_json import orphan_json
 from sagactl.runtime import OutputFormat, Runtime, iso
-from sagactl.stats import workers_view
+
+if TYPE_CHECKING:
+    from saga_core.versioning import OrphanGroup
+
+# saga_core and the rendering are imported inside the command (see ``runtime``).
 
 __all__ = ["orphans_cmd"]
 
@@ -33,6 +29,11 @@ def orphans_cmd(
     rt: Runtime = ctx.obj
 
     async def work() -> int:
+        from saga_core.versioning import ORPHAN_STATUSES, find_orphans
+        from sagactl.render_dash import orphans_view
+        from sagactl.render_json import orphan_json
+        from sagactl.stats import workers_view
+
         async with rt.connect() as s:
             now = await s.now()
             stale_after = s.settings.worker_stale_after
@@ -74,7 +75,7 @@ def orphans_cmd(
                 }
             )
         elif groups:
-            rt.out.print(_view(groups, listed, now))
+            rt.out.print(orphans_view(groups, listed, now))
         if not live:
             rt.warn(
                 "no live sagad worker is registered: every active saga is listed (sagas run by "
@@ -93,47 +94,3 @@ def orphans_cmd(
         return 0
 
     rt.run(work)
-
-
-def _view(
-    groups: list[OrphanGroup],
-    listed: dict[tuple[str, int], list[str]] | None,
-    now: datetime,
-) -> RenderableType:
-    table = Table(
-        box=box.SIMPLE_HEAD,
-        title="active sagas no live worker runs",
-        title_justify="left",
-        pad_edge=False,
-    )
-    for col, justify in (
-        ("NAME", "left"),
-        ("VERSION", "left"),
-        ("COUNT", "right"),
-        ("OLDEST", "left"),
-        ("LIVE WORKERS RUN", "left"),
-    ):
-        table.add_column(col, justify=justify, no_wrap=True)  # type: ignore[arg-type]
-    for g in groups:
-        table.add_row(
-            g.saga_name,
-            f"v{g.definition_version}",
-            str(g.count),
-            f"{clock(g.oldest_created_at)} ({age(g.oldest_created_at, now)} ago)",
-            ", ".join(f"v{v}" for v in g.live_versions) or Text("no version", style="red"),
-        )
-    parts: list[RenderableType] = [table]
-    if listed is not None:
-        for g in groups:
-            key = (g.saga_name, g.definition_version)
-            shown = listed.get(key, [])
-            more = g.count - len(shown)
-            parts.append(
-                Text(
-                    f"{g.saga_name} v{g.definition_version}"
-                    + (f" (oldest {len(shown)} of {g.count})" if more > 0 else ""),
-                    style="bold",
-                )
-            )
-            parts.extend(Text(f"  {i}") for i in shown)
-    return Group(*parts)

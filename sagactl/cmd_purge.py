@@ -5,11 +5,8 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import typer
+from rich.text import Text
 
-from saga_core.admin import DEFAULT_PURGE_BATCH
-from saga_core.machine import TERMINAL_STATUSES, SagaStatus
-from sagactl.actions import check_reason
-from sagactl.confirm import confirm
 from sagactl.errors import CliError
 from sagactl.exitcodes import ExitCode
 from sagactl.options import DryRunOpt, ReasonOpt, YesOpt
@@ -18,19 +15,29 @@ from sagactl.timeparse import TimeArgError, parse_duration
 
 __all__ = ["purge_cmd"]
 
-FINAL = [s.value for s in SagaStatus if s in TERMINAL_STATUSES]
+# saga_core is imported inside the command (see ``runtime``).
+PURGE_BATCH = 500
+"""``saga_core.admin.DEFAULT_PURGE_BATCH``, written out so --help needs no saga_core (a test
+checks they agree)."""
+
+
+def _final() -> list[str]:
+    from saga_core.machine import TERMINAL_STATUSES, SagaStatus
+
+    return [s.value for s in SagaStatus if s in TERMINAL_STATUSES]
 
 
 def _statuses(values: list[str] | None) -> list[str]:
+    final = _final()
     chosen = [p.strip().upper() for v in values or [] for p in v.split(",") if p.strip()]
-    bad = [s for s in chosen if s not in FINAL]
+    bad = [s for s in chosen if s not in final]
     if bad:
         raise CliError(
             f"cannot purge status {bad[0]!r}: only finished sagas are deleted "
-            f"({', '.join(FINAL)}); active and FAILED sagas never are",
+            f"({', '.join(final)}); active and FAILED sagas never are",
             ExitCode.USAGE,
         )
-    return chosen or list(FINAL)
+    return chosen or final
 
 
 def purge_cmd(
@@ -54,7 +61,7 @@ def purge_cmd(
     ] = None,
     batch_size: Annotated[
         int, typer.Option("--batch-size", min=1, help="Rows deleted per transaction.")
-    ] = DEFAULT_PURGE_BATCH,
+    ] = PURGE_BATCH,
     reason: ReasonOpt = None,
     yes: YesOpt = False,
     dry_run: DryRunOpt = False,
@@ -63,6 +70,9 @@ def purge_cmd(
     rt: Runtime = ctx.obj
 
     async def work() -> int:
+        from sagactl.actions import check_reason
+        from sagactl.confirm import confirm
+
         try:
             age = parse_duration(older_than)
         except TimeArgError as exc:
@@ -91,7 +101,7 @@ def purge_cmd(
                 confirm(rt, f"Delete {matched} saga(s) for good?", yes=yes)
                 deleted = await s.admin.purge(age, statuses=statuses, batch_size=batch_size)
             if rt.text:
-                rt.out.print(f"[green]✔[/] deleted {deleted} {what}")
+                rt.out.print(Text.assemble(("✔", "green"), f" deleted {deleted} {what}"))
             else:
                 rt.emit({**result, "deleted": deleted, "actor": s.admin.actor, "reason": why})
         return 0

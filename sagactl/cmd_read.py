@@ -1,4 +1,4 @@
-"""Read-only commands: list, show, stats, workers."""
+"""Read-only commands: list, stats, workers (``show`` is in ``cmd_show``)."""
 
 from __future__ import annotations
 
@@ -6,16 +6,13 @@ from typing import Annotated
 
 import typer
 
-from sagactl.filters import SagaFilters
 from sagactl.options import AggregationOpt, NameOpt, SinceOpt, StatusOpt, UntilOpt
-from sagactl.render_dash import stats_view, workers_table
-from sagactl.render_json import saga_json, stats_json, worker_json
-from sagactl.render_text import saga_table, show_page
 from sagactl.runtime import OutputFormat, Runtime, iso
-from sagactl.stats import gather_stats, workers_view
 from sagactl.timeparse import parse_duration
 
-__all__ = ["list_cmd", "show_cmd", "stats_cmd", "workers_cmd"]
+# Rendering and saga_core modules are imported inside the commands (see ``runtime``).
+
+__all__ = ["list_cmd", "stats_cmd", "workers_cmd"]
 
 
 def list_cmd(
@@ -35,6 +32,10 @@ def list_cmd(
     rt: Runtime = ctx.obj
 
     async def work() -> int:
+        from sagactl.filters import SagaFilters
+        from sagactl.render_json import saga_json
+        from sagactl.render_text import saga_table
+
         flt = SagaFilters.parse(
             status=status, name=name, aggregation_id=aggregation_id, since=since, until=until
         )
@@ -78,32 +79,6 @@ def list_cmd(
     rt.run(work)
 
 
-def show_cmd(
-    ctx: typer.Context,
-    saga_id: Annotated[str, typer.Argument(help="Saga id, or an unambiguous prefix of one.")],
-    context: Annotated[
-        bool, typer.Option("--context", help="Also print the full context JSON.")
-    ] = False,
-    history: Annotated[
-        bool, typer.Option("--history", help="Also print the full history JSON.")
-    ] = False,
-) -> None:
-    """Show one saga: header (status, ids, times, lease, due time, token), its steps, and a timeline of every attempt, compensation, event and operator action."""
-    rt: Runtime = ctx.obj
-
-    async def work() -> int:
-        async with rt.connect() as s:
-            snap = await s.admin.get_saga(saga_id)
-            now = await s.now()
-        if rt.text:
-            rt.out.print(show_page(snap, now, context=context, history=history))
-        else:
-            rt.emit(saga_json(snap))
-        return 0
-
-    rt.run(work)
-
-
 def stats_cmd(
     ctx: typer.Context,
     window: Annotated[
@@ -114,11 +89,15 @@ def stats_cmd(
     rt: Runtime = ctx.obj
 
     async def work() -> int:
+        from sagactl.render_dash import stats_view
+        from sagactl.render_json import stats_json
+        from sagactl.stats import gather_stats
+
         span = parse_duration(window)
         async with rt.connect() as s:
             st = await gather_stats(s.admin, await s.now(), span, s.settings.worker_stale_after)
         if rt.text:
-            rt.out.print(stats_view(st))
+            rt.out.print(stats_view(st, width=rt.out.width))
         else:
             rt.emit(stats_json(st))
         return 0
@@ -131,6 +110,10 @@ def workers_cmd(ctx: typer.Context) -> None:
     rt: Runtime = ctx.obj
 
     async def work() -> int:
+        from sagactl.render_dash import workers_table
+        from sagactl.render_json import worker_json
+        from sagactl.stats import workers_view
+
         async with rt.connect() as s:
             now = await s.now()
             views = workers_view(await s.admin.workers(), now, s.settings.worker_stale_after)

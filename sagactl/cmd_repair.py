@@ -8,17 +8,8 @@ from typing import Annotated, Any
 
 import typer
 
-from sagactl.actions import (
-    act_one,
-    check_reason,
-    notify_by_correlation,
-    notify_one,
-    read_json_arg,
-)
-from sagactl.bulk import run_bulk
 from sagactl.errors import CliError
 from sagactl.exitcodes import ExitCode
-from sagactl.filters import SagaFilters
 from sagactl.options import (
     AggregationOpt,
     DryRunOpt,
@@ -31,6 +22,8 @@ from sagactl.options import (
     YesOpt,
 )
 from sagactl.runtime import Runtime
+
+# The actions and saga_core are imported inside the commands (see ``runtime``).
 
 __all__ = ["abort_cmd", "compensate_cmd", "notify_cmd", "retry_cmd", "skip_cmd"]
 
@@ -57,6 +50,10 @@ def _dispatch(
     rt: Runtime = ctx.obj
 
     async def work() -> int:
+        from sagactl.actions import act_one, check_reason, read_json_arg
+        from sagactl.bulk import run_bulk
+        from sagactl.filters import SagaFilters
+
         flt = SagaFilters.parse(**raw_filters)
         if saga_id is not None and not flt.empty:
             raise CliError("give a saga ID or filters, not both", ExitCode.USAGE)
@@ -231,6 +228,13 @@ def notify_cmd(
     rt: Runtime = ctx.obj
 
     async def work() -> int:
+        from sagactl.actions import (
+            check_reason,
+            notify_by_correlation,
+            notify_one,
+            read_json_arg,
+        )
+
         by_token = saga_id is not None or token is not None
         by_name = aggregation_id is not None or event_name is not None
         if by_token == by_name:

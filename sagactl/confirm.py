@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 from rich.prompt import Confirm
+from rich.text import Text
 
 from sagactl.errors import CliError
 from sagactl.exitcodes import ExitCode
@@ -23,5 +24,6 @@ def confirm(rt: Runtime, question: str, *, yes: bool) -> None:
             "pass --yes to confirm (nothing was changed)",
             ExitCode.USAGE,
         )
-    if not Confirm.ask(question, console=rt.err, default=False):
+    # A Text prompt: the question names sagas, and a str prompt would be parsed as markup.
+    if not Confirm.ask(Text(question), console=rt.err, default=False):
         raise CliError("not confirmed; nothing was changed", ExitCode.USAGE)

@@ -2,19 +2,11 @@
 
 from __future__ import annotations
 
-from sqlalchemy.exc import DBAPIError, ProgrammingError
-
-from saga_core.checkpoint import is_transient
-from saga_core.errors import (
-    SagaError,
-    SagaInputError,
-    SagaNotFoundError,
-    SagaStateError,
-    SagaStoreError,
-)
-from saga_core.settings import SettingsError
 from sagactl.exitcodes import ExitCode
 from sagactl.timeparse import TimeArgError
+
+# SQLAlchemy and saga_core are imported inside the functions below: ``CliError`` is needed
+# by every command module, which ``sagactl --help`` imports (see ``runtime``).
 
 __all__ = ["CliError", "classify"]
 
@@ -49,6 +41,10 @@ def _chain(exc: BaseException) -> list[BaseException]:
 
 
 def _unreachable(exc: BaseException) -> bool:
+    from sqlalchemy.exc import ProgrammingError
+
+    from saga_core.checkpoint import is_transient
+
     for e in _chain(exc):
         if type(e).__name__ in _CONNECT_ERRORS:
             return True
@@ -67,9 +63,20 @@ def classify(exc: BaseException) -> tuple[ExitCode, str]:
     """The exit code and a one-paragraph message for ``exc``."""
     if isinstance(exc, CliError):
         return exc.code, str(exc)
-    if isinstance(exc, SettingsError):
-        return ExitCode.USAGE, str(exc)
     if isinstance(exc, TimeArgError):
+        return ExitCode.USAGE, str(exc)
+    from sqlalchemy.exc import DBAPIError
+
+    from saga_core.errors import (
+        SagaError,
+        SagaInputError,
+        SagaNotFoundError,
+        SagaStateError,
+        SagaStoreError,
+    )
+    from saga_core.settings import SettingsError
+
+    if isinstance(exc, SettingsError):
         return ExitCode.USAGE, str(exc)
     if isinstance(exc, SagaNotFoundError):
         return ExitCode.NOT_FOUND, str(exc)

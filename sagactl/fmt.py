@@ -1,4 +1,5 @@
-"""Small text formatters for people: ages, durations, short ids, status colours."""
+"""Small text formatters for people: ages, durations, short ids, status colours, and
+``clean``/``lit`` for every piece of stored text shown on a terminal."""
 
 from __future__ import annotations
 
@@ -8,12 +9,15 @@ from datetime import UTC, datetime, timedelta
 from rich.text import Text
 
 from saga_core.machine import SagaStatus
+from sagactl.safe import clean
 
 __all__ = [
     "STATUS_STYLE",
     "age",
+    "clean",
     "clock",
     "duration",
+    "lit",
     "relative",
     "short_id",
     "shorten",
@@ -51,12 +55,17 @@ OUTCOME_STYLE: dict[str, str] = {
 }
 
 
+def lit(value: object, style: str = "") -> Text:
+    """``value`` as literal text: no markup, no emoji codes, no control characters."""
+    return Text(clean(value), style=style)
+
+
 def status_text(status: str) -> Text:
-    return Text(str(status), style=STATUS_STYLE.get(str(status), ""))
+    return lit(status, STATUS_STYLE.get(str(status), ""))
 
 
 def outcome_text(outcome: str) -> Text:
-    return Text(outcome, style=OUTCOME_STYLE.get(outcome, ""))
+    return lit(outcome, OUTCOME_STYLE.get(outcome, ""))
 
 
 def short_id(value: uuid.UUID | str) -> str:
@@ -64,9 +73,11 @@ def short_id(value: uuid.UUID | str) -> str:
 
 
 def shorten(text: str | None, width: int = 60) -> str:
+    """``text`` on one line (whitespace runs become one space), made safe (``clean``) and
+    cut to ``width`` characters with an ellipsis."""
     if not text:
         return ""
-    one_line = " ".join(str(text).split())
+    one_line = clean(" ".join(str(text).split()))
     return one_line if len(one_line) <= width else one_line[: width - 1] + "…"
 
 

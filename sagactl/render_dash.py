@@ -1,4 +1,5 @@
-"""Text output of ``stats``, ``workers``, ``db`` and the ``watch`` dashboard."""
+"""Text output of ``stats``, ``workers``, ``orphans`` and ``db`` (the ``watch`` frame is in
+``render_watch``). Stored text goes into ``Text`` through ``fmt.lit``, never into markup."""
 
 from __future__ import annotations
 
@@ -7,36 +8,89 @@ from typing import Any
 
 from rich import box
 from rich.console import Group, RenderableType
-from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
 from saga_core.machine import SagaStatus
 from saga_core.store import WorkerRow
-from sagactl.fmt import STATUS_STYLE, age, clock, duration, short_id, shorten, status_text
-from sagactl.render_text import step_cell
-from sagactl.stats import Dashboard, Stats, WorkerView
+from saga_core.versioning import OrphanGroup
+from sagactl.fmt import STATUS_STYLE, age, clock, duration, lit
+from sagactl.stats import Stats, WorkerView
 
-__all__ = ["dashboard", "db_report", "stats_view", "workers_table"]
+__all__ = [
+    "STATUS_ORDER",
+    "WORKER_STYLE",
+    "counts_table",
+    "db_report",
+    "finished_line",
+    "orphans_line",
+    "orphans_view",
+    "sagas_cell",
+    "stats_view",
+    "summary_lines",
+    "workers_table",
+]
 
 STATUS_ORDER = [s.value for s in SagaStatus]
 
 
-def counts_table(st: Stats) -> Table:
-    table = Table(box=box.SIMPLE_HEAD, title="sagas by name and status", title_justify="left")
-    table.add_column("NAME", no_wrap=True)
+ACTIVE_ORDER = ["RUNNING", "SUSPENDED", "COMPENSATING", "FAILED"]
+FINISHED = ("COMPLETED", "COMPENSATED", "ABORTED")
+NAME_MIN = 12
+
+
+def _columns(st: Stats, width: int | None) -> list[str]:
+    """One column per status present; when they do not fit in ``width`` (80 columns, say),
+    the active statuses and FAILED, and the finished ones summed up in ``FINISHED``."""
     present = [s for s in STATUS_ORDER if st.count(None, s)]
-    for s in present:
-        table.add_column(s, justify="right", header_style=STATUS_STYLE[s], no_wrap=True)
-    table.add_column("TOTAL", justify="right", style="bold")
-    for name in st.names:
-        cells = [_n(st.count(name, s), s) for s in present]
-        table.add_row(name, *cells, str(st.count(name, None)))
-    if len(st.names) > 1 or not st.names:
-        table.add_section()
+    need = NAME_MIN + sum(len(s) + 3 for s in present) + 8
+    if width is None or need <= width:
+        return present
+    return [*ACTIVE_ORDER, "FINISHED"]
+
+
+def _count(st: Stats, name: str | None, column: str) -> int:
+    if column == "FINISHED":
+        return sum(st.count(name, s) for s in FINISHED)
+    return st.count(name, column)
+
+
+def counts_table(
+    st: Stats,
+    *,
+    width: int | None = None,
+    names: list[str] | None = None,
+    title: str | None = "sagas by name and status",
+    compact: bool = False,
+) -> Table:
+    """Counts by saga name (``names``: those rows only, default all) and status, with the
+    totals row. Status names are never cut: past ``width`` finished statuses share a column."""
+    table = Table(
+        box=None if compact else box.SIMPLE_HEAD,
+        title=title,
+        title_justify="left",
+        show_edge=not compact,
+        header_style="bold",
+        pad_edge=not compact,
+    )
+    # NAME gives way when the status columns need the room: cut with an ellipsis.
+    table.add_column("NAME", no_wrap=False, min_width=4, overflow="ellipsis")
+    columns = _columns(st, width)
+    for s in columns:
+        table.add_column(s, justify="right", header_style=STATUS_STYLE.get(s, ""), no_wrap=True)
+    table.add_column("TOTAL", justify="right", style="bold", no_wrap=True)
+    shown = st.names if names is None else names
+    for name in shown:
+        cells = [_n(_count(st, name, s), s) for s in columns]
+        cell = lit(name)
+        cell.no_wrap, cell.overflow = True, "ellipsis"
+        table.add_row(cell, *cells, str(st.count(name, None)))
+    if len(shown) != 1 or len(st.names) != 1:
+        if not compact:
+            table.add_section()
         table.add_row(
             Text("all", style="bold"),
-            *[_n(st.count(None, s), s) for s in present],
+            *[_n(_count(st, None, s), s) for s in columns],
             str(st.count(None, None)),
         )
     return table
@@ -77,15 +131,30 @@ def orphans_line(st: Stats) -> Text | None:
     if not st.orphans:
         return None
     groups = ", ".join(f"{g.saga_name} v{g.definition_version} ({g.count})" for g in st.orphans)
-    return Text(
+    return lit(
         f"warning: {st.orphaned} active saga(s) of a version no live worker runs: {groups}; "
         "see `sagactl orphans`",
-        style="bold yellow",
+        "bold yellow",
     )
 
 
-def stats_view(st: Stats) -> Group:
-    parts: list[RenderableType] = [counts_table(st), summary_lines(st)]
+def finished_line(st: Stats) -> Text:
+    """The finished statuses one by one, for when they share the FINISHED column."""
+    text = Text.assemble(("finished", "bold"), ": ")
+    text.no_wrap, text.overflow = True, "ellipsis"
+    for i, s in enumerate(FINISHED):
+        text.append(" · " if i else "")
+        text.append(s, style=STATUS_STYLE.get(s, ""))
+        text.append(f" {st.count(None, s)}")
+    return text
+
+
+def stats_view(st: Stats, *, width: int | None = None) -> Group:
+    table = counts_table(st, width=width)
+    parts: list[RenderableType] = [table]
+    if "FINISHED" in [c.header for c in table.columns]:
+        parts.append(finished_line(st))
+    parts.append(summary_lines(st))
     line = orphans_line(st)
     if line is not None:
         parts.append(line)
@@ -95,7 +164,7 @@ def stats_view(st: Stats) -> Group:
 WORKER_STYLE = {"live": "green", "stale": "yellow", "stopped": "dim"}
 
 
-def sagas_cell(w: WorkerRow) -> str:
+def sagas_cell(w: WorkerRow) -> Text:
     """The saga names a worker runs, each with its definition versions (``order v1,2``)
     when the worker advertises them (a worker from before versioning does not)."""
     versions: dict[str, set[int]] = {}
@@ -107,9 +176,12 @@ def sagas_cell(w: WorkerRow) -> str:
                         v for v in vs if isinstance(v, int)
                     )
     if not versions:
-        return ", ".join(w.saga_names) or "-"
-    return ", ".join(
-        f"{name} v{','.join(str(v) for v in sorted(vs))}" for name, vs in sorted(versions.items())
+        return lit(", ".join(w.saga_names) or "-")
+    return lit(
+        ", ".join(
+            f"{name} v{','.join(str(v) for v in sorted(vs))}"
+            for name, vs in sorted(versions.items())
+        )
     )
 
 
@@ -122,10 +194,10 @@ def workers_table(workers: list[WorkerView], now: datetime) -> Table:
     for v in workers:
         w = v.row
         table.add_row(
-            w.id,
-            w.host,
+            lit(w.id),
+            lit(w.host),
             str(w.pid),
-            w.version,
+            lit(w.version),
             Text(v.state, style=WORKER_STYLE[v.state]),
             age(w.started_at, now)
             if v.state != "stopped"
@@ -139,53 +211,11 @@ def workers_table(workers: list[WorkerView], now: datetime) -> Table:
     return table
 
 
-def failures_table(d: Dashboard) -> Table:
-    now = d.stats.at
-    table = Table(box=box.SIMPLE_HEAD, title="latest failures", title_justify="left")
-    table.add_column("ID", style="bold", no_wrap=True)
-    table.add_column("NAME", no_wrap=True)
-    table.add_column("STATUS", no_wrap=True)
-    table.add_column("STEP", no_wrap=True)
-    table.add_column("UPDATED", justify="right", no_wrap=True)
-    table.add_column("LAST ERROR", style="red", no_wrap=True, overflow="ellipsis", ratio=1)
-    for s in d.failures:
-        table.add_row(
-            short_id(s.id),
-            s.saga_name,
-            status_text(s.status),
-            step_cell(s),
-            f"{age(s.updated_at, now)} ago",
-            shorten(s.last_error, 100),
-        )
-    if not d.failures:
-        table.add_row("", "", Text("none", style="green"), "", "", "")
-    return table
-
-
-def dashboard(d: Dashboard, *, source: str, interval: float) -> Group:
-    """One frame of ``watch``: title, sagas by status, workers, latest failures."""
-    title = Text.assemble(
-        ("sagactl watch", "bold"),
-        f"  {source}  ·  {clock(d.stats.at)}  ·  every {duration(interval)}  ·  Ctrl-C to quit",
-    )
-    notes: list[RenderableType] = [Text(n, style="yellow") for n in d.notes]
-    return Group(
-        Panel(title, box=box.HEAVY),
-        Panel(stats_view(d.stats), title="sagas", title_align="left"),
-        Panel(
-            Group(workers_table(d.workers, d.stats.at), *notes),
-            title="workers",
-            title_align="left",
-        ),
-        Panel(failures_table(d), title="failures", title_align="left"),
-    )
-
-
 def db_report(report: dict[str, Any], *, changes: list[str] | None = None) -> Group:
     parts: list[RenderableType] = []
     if changes is not None:
         if changes:
-            parts.extend(Text(f"✔ {c}", style="green") for c in changes)
+            parts.extend(lit(f"✔ {c}", "green") for c in changes)
         else:
             parts.append(Text("nothing to do: the schema was already up to date", style="green"))
     table = Table(box=box.SIMPLE_HEAD, title="schema", title_justify="left")
@@ -195,10 +225,10 @@ def db_report(report: dict[str, Any], *, changes: list[str] | None = None) -> Gr
         missing = [*entry.get("missing_columns", []), *entry.get("missing_indexes", [])]
         ok = bool(entry.get("up_to_date"))
         table.add_row(
-            name,
+            lit(name),
             "yes" if entry.get("exists") else Text("no", style="red"),
-            str(entry.get("version") or "-"),
-            ", ".join(missing) or "-",
+            lit(entry.get("version") or "-"),
+            lit(", ".join(missing) or "-"),
             Text("yes", style="green") if ok else Text("no", style="bold red"),
         )
     parts.append(table)
@@ -212,4 +242,48 @@ def db_report(report: dict[str, Any], *, changes: list[str] | None = None) -> Gr
         )
     )
     parts.append(verdict)
+    return Group(*parts)
+
+
+def orphans_view(
+    groups: list[OrphanGroup],
+    listed: dict[tuple[str, int], list[str]] | None,
+    now: datetime,
+) -> RenderableType:
+    table = Table(
+        box=box.SIMPLE_HEAD,
+        title="active sagas no live worker runs",
+        title_justify="left",
+        pad_edge=False,
+    )
+    for col, justify in (
+        ("NAME", "left"),
+        ("VERSION", "left"),
+        ("COUNT", "right"),
+        ("OLDEST", "left"),
+        ("LIVE WORKERS RUN", "left"),
+    ):
+        table.add_column(col, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+    for g in groups:
+        table.add_row(
+            lit(g.saga_name),
+            f"v{g.definition_version}",
+            str(g.count),
+            f"{clock(g.oldest_created_at)} ({age(g.oldest_created_at, now)} ago)",
+            ", ".join(f"v{v}" for v in g.live_versions) or Text("no version", style="red"),
+        )
+    parts: list[RenderableType] = [table]
+    if listed is not None:
+        for g in groups:
+            key = (g.saga_name, g.definition_version)
+            shown = listed.get(key, [])
+            more = g.count - len(shown)
+            parts.append(
+                lit(
+                    f"{g.saga_name} v{g.definition_version}"
+                    + (f" (oldest {len(shown)} of {g.count})" if more > 0 else ""),
+                    "bold",
+                )
+            )
+            parts.extend(lit(f"  {i}") for i in shown)
     return Group(*parts)

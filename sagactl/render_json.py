@@ -3,22 +3,64 @@ stable: add fields, never rename or remove). Times are ISO-8601 UTC strings endi
 
 from __future__ import annotations
 
+import re
+from datetime import datetime
 from typing import Any
 
 from saga_core.snapshot import SagaSnapshot
 from saga_core.versioning import OrphanGroup
-from sagactl.runtime import iso
+from sagactl.runtime import iso, to_json
 from sagactl.stats import Dashboard, Stats, WorkerView
 
-__all__ = ["dashboard_json", "orphan_json", "saga_json", "stats_json", "worker_json"]
+__all__ = [
+    "dashboard_json",
+    "history_json",
+    "json_text",
+    "orphan_json",
+    "saga_json",
+    "stats_json",
+    "worker_json",
+]
+
+_TIME_KEY = re.compile(r"(?:^at|_at|since)$")
+"""History fields holding a time: ``at``, ``last_at``, ``waiting_since``, ..."""
+
+
+def _iso_text(value: Any) -> Any:
+    """A stored ISO-8601 time string in sagactl's form (UTC, ``Z``); anything else as is."""
+    if not isinstance(value, str) or len(value) < 19 or value[10:11] != "T":
+        return value
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        return value
+    return iso(when) if when.tzinfo is not None else value
+
+
+def history_json(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """History entries with their time fields written like every JSON time of sagactl
+    (saga_core stores ``+00:00``); payloads (input, output, event) are left alone."""
+    return [
+        {k: _iso_text(v) if _TIME_KEY.search(k) else v for k, v in e.items()}
+        if isinstance(e, dict)
+        else e
+        for e in history
+    ]
+
+
+def json_text(value: Any, *, indent: int | None = None) -> str:
+    """``value`` as sagactl writes JSON (see ``runtime.to_json``)."""
+    return to_json(value, indent=indent)
 
 
 def saga_json(s: SagaSnapshot) -> dict[str, Any]:
     """Every field of the snapshot (``SagaAdminSnapshot`` adds context, steps_state and
-    step_history)."""
+    step_history). Times are ISO-8601 UTC ending in ``Z``, in the history too."""
     data = s.model_dump(mode="json")
     for key in ("deadline_at", "created_at", "updated_at", "finished_at"):
         data[key] = iso(getattr(s, key))
+    if isinstance(data.get("step_history"), list):
+        data["step_history"] = history_json(data["step_history"])
     return data
 
 

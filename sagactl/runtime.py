@@ -1,9 +1,13 @@
 """What every command shares: the global options, settings, the two consoles (data on
-stdout, messages on stderr), the database session and the error-to-exit-code boundary."""
+stdout, messages on stderr), the database session and the error-to-exit-code boundary.
+
+Start-up time matters for a console (``sagactl --help`` should be instant): this module and
+every ``cmd_*`` module import only typer, rich and the standard library at import time;
+SQLAlchemy, pydantic and ``saga_core`` are imported when a command runs (``connect``)."""
 
 from __future__ import annotations
 
-import asyncio
+import gc
 import json
 import os
 import sys
@@ -14,18 +18,19 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import typer
 from rich.console import Console
-from rich.markup import escape
+from rich.text import Text
 
-from saga_core.admin import SagaAdmin
-from saga_core.orchestrator import SagaOrchestrator
-from saga_core.settings import SagaSettings, load_settings
-from sagactl.appload import bare_orchestrator, load_app, make_engine, pick_orchestrator
-from sagactl.errors import classify
 from sagactl.exitcodes import ExitCode
+from sagactl.safe import clean, json_escape
+
+if TYPE_CHECKING:
+    from saga_core.admin import SagaAdmin
+    from saga_core.orchestrator import SagaOrchestrator
+    from saga_core.settings import SagaSettings
 
 __all__ = ["ColorMode", "GlobalOptions", "OutputFormat", "Runtime", "Session", "to_json"]
 
@@ -67,15 +72,39 @@ class Session:
         return _utc(await self.admin.db_now())
 
 
+_gc_paused = False
+
+
+def pause_gc() -> None:
+    """Turn the garbage collector off while sagactl starts (``main`` only): importing
+    SQLAlchemy, pydantic and saga_core creates many objects and triggers collections that
+    find no garbage, a large part of the start-up time."""
+    global _gc_paused
+    if gc.isenabled():
+        gc.disable()
+        _gc_paused = True
+
+
+def resume_gc() -> None:
+    """Once the heavy modules are imported: move what exists out of the collector's sight
+    (it lives until exit anyway) and turn the collector back on for the command's work."""
+    global _gc_paused
+    if _gc_paused:
+        gc.freeze()
+        gc.enable()
+        _gc_paused = False
+
+
 def _utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def iso(value: datetime | None) -> str | None:
-    """ISO-8601 UTC with a ``Z``, as every JSON time of sagactl."""
+    """ISO-8601 UTC with microseconds and a ``Z`` (``2026-12-01T17:38:46.123456Z``), as
+    every JSON time of sagactl."""
     if value is None:
         return None
-    return _utc(value).isoformat().replace("+00:00", "Z")
+    return _utc(value).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def _default(value: Any) -> Any:
@@ -95,7 +124,10 @@ def _default(value: Any) -> Any:
 
 
 def to_json(value: Any, *, indent: int | None = None) -> str:
-    return json.dumps(value, default=_default, indent=indent, ensure_ascii=False)
+    """JSON for stdout and stderr: UTF-8 text, with the characters a terminal interprets
+    escaped (``safe.json_escape``), so stored text cannot act on the terminal it is shown on."""
+    text = json.dumps(value, default=_default, indent=indent, ensure_ascii=False)
+    return json_escape(text)
 
 
 class Runtime:
@@ -112,7 +144,14 @@ class Runtime:
 
     def _console(self, *, stderr: bool) -> Console:
         stream = sys.stderr if stderr else sys.stdout
-        kw: dict[str, Any] = {"stderr": stderr, "highlight": False}
+        # No markup and no emoji codes: nothing printed is parsed, stored text stays literal
+        # (render with rich Text objects for style).
+        kw: dict[str, Any] = {
+            "stderr": stderr,
+            "highlight": False,
+            "markup": False,
+            "emoji": False,
+        }
         if self.options.color is ColorMode.ALWAYS:
             kw.update(force_terminal=True, no_color=False)
         elif self.options.color is ColorMode.NEVER:
@@ -145,17 +184,18 @@ class Runtime:
 
     def info(self, message: str) -> None:
         """A message for people on stderr (never in JSON modes' stdout)."""
-        self.err.print(
-            escape(self.scrub(message)), style="dim" if self.text else None, soft_wrap=True
-        )
+        text = Text(clean(self.scrub(message)), style="dim" if self.text else "")
+        self.err.print(text, soft_wrap=True)
 
     def warn(self, message: str) -> None:
-        self.err.print(f"[yellow]warning:[/] {escape(self.scrub(message))}", soft_wrap=True)
+        text = Text.assemble(("warning:", "yellow"), " ", clean(self.scrub(message)))
+        self.err.print(text, soft_wrap=True)
 
     def error(self, message: str, code: ExitCode) -> None:
         message = self.scrub(message)
         if self.text:
-            self.err.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
+            text = Text.assemble(("error:", "bold red"), " ", clean(message))
+            self.err.print(text, soft_wrap=True)
         else:
             err = {"error": {"code": int(code), "kind": code.name.lower(), "message": message}}
             sys.stderr.write(to_json(err) + "\n")
@@ -166,6 +206,8 @@ class Runtime:
     @property
     def settings(self) -> SagaSettings:
         if self._settings is None:
+            from saga_core.settings import load_settings
+
             o = self.options
             self._settings = load_settings(
                 o.config, database_url=o.database_url, app=o.app or None, table=o.table
@@ -196,9 +238,13 @@ class Runtime:
 
     @asynccontextmanager
     async def connect(self) -> AsyncIterator[Session]:
+        from saga_core.admin import SagaAdmin
+        from sagactl.appload import bare_orchestrator, load_app, make_engine, pick_orchestrator
+
         settings = self.settings
         url = settings.effective_database_url()
         engine = make_engine(url)
+        resume_gc()
         apps: list[SagaOrchestrator[Any]] = []
         try:
             if settings.app:
@@ -215,16 +261,25 @@ class Runtime:
                 await e.dispose()
 
     def run(
-        self, work: Callable[[], Awaitable[int | None]], *, on_interrupt: int = 130
+        self,
+        work: Callable[[], Awaitable[int | None]],
+        *,
+        on_interrupt: int = 130,
+        quiet_interrupt: bool = False,
     ) -> NoReturn:
-        """Run ``work`` and exit with its code; every error becomes a message and a code."""
+        """Run ``work`` and exit with its code; every error becomes a message and a code.
+        Ctrl-C exits ``on_interrupt``, saying so unless that is 0 or ``quiet_interrupt``."""
+        import asyncio
+
         try:
             code = int(asyncio.run(_call(work)) or 0)
         except KeyboardInterrupt:
-            if on_interrupt:
+            if on_interrupt and not quiet_interrupt:
                 self.err.print("interrupted")
             code = on_interrupt
         except Exception as exc:
+            from sagactl.errors import classify
+
             exit_code, message = classify(exc)
             self.error(message, exit_code)
             if os.environ.get("SAGACTL_TRACEBACK"):

@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
+import os
 from typing import Annotated
 
 import typer
-from rich.live import Live
 
-from saga_core.settings import mask_url
 from sagactl.errors import CliError
 from sagactl.exitcodes import ExitCode
-from sagactl.render_dash import dashboard
-from sagactl.render_json import dashboard_json
 from sagactl.runtime import Runtime
-from sagactl.stats import gather_dashboard
 from sagactl.timeparse import parse_duration
+
+# saga_core and the rendering are imported when the command runs (see ``runtime``).
 
 __all__ = ["watch_cmd"]
 
@@ -32,10 +29,19 @@ def watch_cmd(
         int | None, typer.Option("--count", "-c", min=1, help="Stop after this many refreshes.")
     ] = None,
 ) -> None:
-    """A live dashboard of stats, workers and the latest failures, until Ctrl-C. With ``-o json``/``jsonl``, one JSON document per refresh."""
+    """A live dashboard of the sagas by name and status, the workers and the latest failures, until Ctrl-C (or --count refreshes); it fits the terminal, 80x24 included. With -o json or -o jsonl: one JSON document per refresh."""
     rt: Runtime = ctx.obj
 
     async def work() -> int:
+        import asyncio
+
+        from rich.live import Live
+
+        from saga_core.settings import mask_url
+        from sagactl.render_json import dashboard_json
+        from sagactl.render_watch import dashboard
+        from sagactl.stats import gather_dashboard
+
         every = parse_duration(interval).total_seconds()
         span = parse_duration(window)
         if every <= 0:
@@ -52,8 +58,10 @@ def watch_cmd(
                     await asyncio.sleep(every)
             with Live(console=rt.out, auto_refresh=False, redirect_stderr=False) as live:
                 while True:
+                    data = await gather_dashboard(s, span)
+                    width, height = _size(rt)
                     frame = dashboard(
-                        await gather_dashboard(s, span), source=source, interval=every
+                        data, source=source, interval=every, width=width, height=height
                     )
                     live.update(frame, refresh=True)
                     done += 1
@@ -62,3 +70,13 @@ def watch_cmd(
                     await asyncio.sleep(every)
 
     rt.run(work, on_interrupt=0)
+
+
+def _size(rt: Runtime) -> tuple[int, int | None]:
+    """The frame's size: the terminal's (read every time: it may be resized); for output
+    that is not a terminal, the width sagactl uses there and $LINES if set."""
+    console = rt.out
+    if console.is_terminal:
+        return console.size.width, console.size.height
+    lines = os.environ.get("LINES", "")
+    return console.width, int(lines) if lines.isdigit() and int(lines) > 0 else None

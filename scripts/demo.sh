@@ -52,6 +52,9 @@ if [ "${SAGA_FORCE_INSTALL:-0}" != "0" ] || [ ! -f "$STAMP" ] || [ "$(cat "$STAM
     echo "$WANT" >"$STAMP"
 fi
 
+# The demo's closing hint repeats this command as it was typed.
+export SAGA_DEMO_COMMAND="bash $(printf '%q' "$0")"
+
 # `examples` is not installed: import it from the checkout. -P keeps the current directory
 # off sys.path, so a directory of yours named `examples` cannot shadow it.
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"

@@ -12,8 +12,8 @@ from rich.console import Console
 from saga_core import SagaAdmin
 from sagactl.appload import bare_orchestrator, make_engine
 from sagactl.argv import hoist_global_options
-from sagactl.render_dash import dashboard
-from sagactl.render_text import show_page
+from sagactl.render_show import show_page
+from sagactl.render_watch import dashboard
 from sagactl.runtime import GlobalOptions, Runtime
 from sagactl.stats import gather_dashboard
 from sagactl.timeparse import TimeArgError, parse_duration, parse_when
@@ -65,17 +65,26 @@ def test_watch_frame_layout(pg_url: str, seeded: Seeded) -> None:
 
     d = asyncio.run(frame())
     console = _console(140)
-    console.print(dashboard(d, source="db · saga_state", interval=2.0))  # type: ignore[arg-type]
+    frame_ = dashboard(d, source="db · saga_state", interval=2.0, width=140)  # type: ignore[arg-type]
+    console.print(frame_)
     lines = console.export_text().splitlines()
-    titles = [ln for ln in lines if ln.startswith("╭─ ")]
-    assert [t.split()[1] for t in titles] == ["sagas", "workers", "failures"]
-    assert lines[0].startswith("┏") and "sagactl watch" in lines[1] and "every 2.0s" in lines[1]
-    assert all(len(ln) == 140 for ln in lines if ln[:1] in "╭│╰┏┃┗")
-    sagas_panel = "\n".join(lines[lines.index(titles[0]) : lines.index(titles[1])])
-    assert "order_manual" in sagas_panel and "due now: 1" in sagas_panel
-    failures_panel = "\n".join(lines[lines.index(titles[2]) :])
-    assert str(seeded["failed"])[:8] in failures_panel and "card declined" in failures_panel
+    assert lines[0].startswith("sagactl watch") and "every 2.0s" in lines[0]
+    # One title per section, each once (no panel title repeated by a table title).
+    heads = [ln.split()[0] for ln in lines if ln[:1].isalpha() and ln.split()[0] in SECTIONS]
+    assert heads == ["sagas", "workers", "failures"]
+    assert all(len(ln) <= 140 for ln in lines)
+    sagas = "\n".join(lines[1 : next(i for i, ln in enumerate(lines) if ln.startswith("workers"))])
+    assert "order_manual" in sagas and "due now 1" in sagas
+    for status in ("RUNNING", "SUSPENDED", "COMPENSATING", "COMPLETED", "FAILED", "ABORTED"):
+        assert status in sagas  # wide enough for one column per status
+    failures = "\n".join(
+        lines[next(i for i, ln in enumerate(lines) if ln.startswith("failures")) :]
+    )
+    assert str(seeded["failed"])[:8] in failures and "card declined" in failures
     assert "(no sagad worker has registered)" in "\n".join(lines)
+
+
+SECTIONS = ("sagas", "workers", "failures")
 
 
 @pytest.mark.parametrize(

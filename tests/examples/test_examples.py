@@ -213,6 +213,37 @@ def test_demo_command_fails_when_sagas_do_not_settle(tmp_path: Path) -> None:
     assert db.exists()  # a database given by the user is kept
 
 
+def test_demo_hints_work_as_typed(tmp_path: Path) -> None:
+    """The demo's closing hint runs as printed, from a shell whose PATH has no virtualenv:
+    sagactl by its path; without --database-url, the demo again, keeping its database."""
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(tmp_path),
+        "COLUMNS": "120",
+        "NO_COLOR": "1",
+        "PYTHONPATH": str(ROOT),
+    }
+
+    def run(command: list[str]) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180
+        )
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr
+        return proc
+
+    demo = run([sys.executable, "-m", "examples"])
+    hint = demo.stdout.splitlines()[-1].strip()
+    assert hint == f"{sys.executable} -m examples --database-url sqlite:///saga-demo.db"
+    again = run(["bash", "-c", hint])
+    assert (tmp_path / "saga-demo.db").exists()
+    hint = again.stdout.splitlines()[-1].strip()
+    assert "Inspect them:" in again.stdout
+    sagactl = Path(sys.executable).with_name("sagactl")
+    assert hint == f"{sagactl} list --database-url sqlite+aiosqlite:///saga-demo.db"
+    listed = run(["bash", "-c", hint])
+    assert "showing 1-6 of 6" in listed.stderr and "deploy_model" in listed.stdout
+
+
 def quickstart_program() -> tuple[str, str]:
     """The runnable program of README.md and the output it documents."""
     text = (ROOT / "README.md").read_text()

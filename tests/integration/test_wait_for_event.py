@@ -219,7 +219,7 @@ def test_bad_timeouts() -> None:
 async def test_sagactl_show_explains_the_wait(h: Harness) -> None:
     from rich.console import Console
 
-    from sagactl.render_text import show_page
+    from sagactl.render_show import show_page
 
     step = Approval(timedelta(hours=1))
     define(h, step)
