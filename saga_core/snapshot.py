@@ -9,9 +9,20 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from saga_core.machine import SagaStatus
-from saga_core.store.base import SagaRow
+from saga_core.store.base import REFUSALS_UNRECORDED, REFUSED, SagaRow, WorkerRow
+from saga_core.versioning import OrphanGroup
 
-__all__ = ["SagaAdminSnapshot", "SagaSnapshot"]
+__all__ = [
+    "REFUSALS_UNRECORDED",
+    "REFUSED",
+    "OrphanGroup",
+    "SagaAdminSnapshot",
+    "SagaSnapshot",
+    "WorkerRow",
+]
+# The history markers of refused event deliveries (``step_history`` entries of phase
+# ``event``), the worker registry rows of ``SagaAdmin.workers()`` and the groups of
+# ``SagaAdmin.orphans()`` are read models too: consoles import them from here.
 
 
 class SagaSnapshot(BaseModel):
@@ -97,6 +108,18 @@ class SagaAdminSnapshot(SagaSnapshot):
     context: dict[str, Any]
     steps_state: list[dict[str, Any]]
     step_history: list[dict[str, Any]]
+
+    @property
+    def waiting(self) -> dict[str, Any] | None:
+        """The event wait the current step is in (``wait_for_event``): ``step_id``,
+        ``since``, ``timeout_s`` and, for a named wait, ``event_name`` (a parallel saga's
+        waiting branches: ``event_names``); ``None`` when the saga waits for no event."""
+        from saga_core.executor import WAITING_KEY
+
+        marker = self.context.get(WAITING_KEY)
+        if marker is None:
+            return None
+        return dict(marker) if isinstance(marker, dict) else {}
 
     @classmethod
     def from_row(cls, row: SagaRow) -> SagaAdminSnapshot:
