@@ -11,7 +11,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from saga_core.versioning import ORPHAN_STATUSES, OrphanGroup, find_orphans
+from saga_core.snapshot import OrphanGroup
 from sagactl.fmt import age, clock
 from sagactl.render_json import orphan_json
 from sagactl.runtime import OutputFormat, Runtime, iso
@@ -36,24 +36,14 @@ def orphans_cmd(
         async with rt.connect() as s:
             now = await s.now()
             stale_after = s.settings.worker_stale_after
-            # One read of the registry for both the orphans and the live count.
+            groups = await s.admin.orphans(stale_after=stale_after)
             views = workers_view(await s.admin.workers(), now, stale_after)
-            live_rows = [v.row for v in views if v.state == "live"]
-            live = len(live_rows)
-            groups = find_orphans(
-                await s.admin.version_summary(), live_rows, table=s.admin.store.table_name
-            )
+            live = sum(v.state == "live" for v in views)
             listed: dict[tuple[str, int], list[str]] | None = None
             if ids:
                 listed = {}
                 for g in groups:
-                    sagas = await s.admin.list_sagas(
-                        status=list(ORPHAN_STATUSES),
-                        saga_name=g.saga_name,
-                        definition_version=g.definition_version,
-                        limit=limit,
-                        oldest_first=True,
-                    )
+                    sagas = await s.admin.orphan_sagas(g, limit=limit)
                     listed[(g.saga_name, g.definition_version)] = [str(x.id) for x in sagas]
         total = sum(g.count for g in groups)
 

@@ -6,8 +6,7 @@ from typing import Annotated, Any
 
 import typer
 
-from saga_core.admin import DEFAULT_PURGE_BATCH
-from saga_core.machine import TERMINAL_STATUSES, SagaStatus
+from saga_core import SagaAdmin, SagaStatus
 from sagactl.actions import check_reason
 from sagactl.confirm import confirm
 from sagactl.errors import CliError
@@ -18,7 +17,7 @@ from sagactl.timeparse import TimeArgError, parse_duration
 
 __all__ = ["purge_cmd"]
 
-FINAL = [s.value for s in SagaStatus if s in TERMINAL_STATUSES]
+FINAL = [s.value for s in SagaStatus if s.is_terminal]
 
 
 def _statuses(values: list[str] | None) -> list[str]:
@@ -54,7 +53,7 @@ def purge_cmd(
     ] = None,
     batch_size: Annotated[
         int, typer.Option("--batch-size", min=1, help="Rows deleted per transaction.")
-    ] = DEFAULT_PURGE_BATCH,
+    ] = SagaAdmin.DEFAULT_PURGE_BATCH,
     reason: ReasonOpt = None,
     yes: YesOpt = False,
     dry_run: DryRunOpt = False,

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 from rich.text import Text
 
-from saga_core.machine import SagaStatus
+from saga_core import SagaStatus
 
 __all__ = [
     "STATUS_STYLE",

@@ -11,8 +11,8 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from saga_core.machine import SagaStatus
-from saga_core.store import WorkerRow
+from saga_core import SagaStatus
+from saga_core.snapshot import WorkerRow
 from sagactl.fmt import STATUS_STYLE, age, clock, duration, short_id, shorten, status_text
 from sagactl.render_text import step_cell
 from sagactl.stats import Dashboard, Stats, WorkerView

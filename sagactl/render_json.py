@@ -5,8 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from saga_core.snapshot import SagaSnapshot
-from saga_core.versioning import OrphanGroup
+from saga_core.snapshot import OrphanGroup, SagaSnapshot
 from sagactl.runtime import iso
 from sagactl.stats import Dashboard, Stats, WorkerView
 

@@ -14,10 +14,8 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from saga_core.executor import WAITING_KEY
-from saga_core.machine import SagaStatus
-from saga_core.snapshot import SagaAdminSnapshot, SagaSnapshot
-from saga_core.store.base import REFUSALS_UNRECORDED, REFUSED
+from saga_core import SagaStatus
+from saga_core.snapshot import REFUSALS_UNRECORDED, REFUSED, SagaAdminSnapshot, SagaSnapshot
 from sagactl.fmt import (
     age,
     clock,
@@ -175,8 +173,8 @@ def _lease(s: SagaSnapshot, now: datetime) -> Text:
 
 
 def _wait_name(s: SagaAdminSnapshot) -> str | None:
-    marker = s.context.get(WAITING_KEY)
-    name = marker.get("event_name") if isinstance(marker, dict) else None
+    marker = s.waiting
+    name = marker.get("event_name") if marker is not None else None
     return name if isinstance(name, str) else None
 
 
@@ -195,7 +193,7 @@ def header(s: SagaAdminSnapshot, now: datetime) -> Panel:
         ("updated", f"{clock(s.updated_at)} ({age(s.updated_at, now)} ago)"),
         ("finished", clock(s.finished_at) if s.finished_at else "-"),
         ("lease", _lease(s, now)),
-        ("due", _due(s, now, waiting=WAITING_KEY in s.context, event_name=_wait_name(s))),
+        ("due", _due(s, now, waiting=s.waiting is not None, event_name=_wait_name(s))),
         ("token", str(s.step_execution_token)),
         ("definition", f"version {s.definition_version}, fingerprint {s.definition_fingerprint}"),
     ]
