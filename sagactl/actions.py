@@ -115,9 +115,14 @@ def read_json_arg(text: str | None, file: Path | None, what: str) -> Any:
         try:
             import sys
 
-            text = sys.stdin.read() if str(file) == "-" else file.read_text()
+            text = sys.stdin.read() if str(file) == "-" else file.read_text(encoding="utf-8")
         except OSError as exc:
             raise CliError(f"cannot read {what} from {file}: {exc}", ExitCode.USAGE) from None
+        except UnicodeDecodeError as exc:
+            raise CliError(
+                f"{what} from {file} is not valid UTF-8 ({exc.reason} at byte {exc.start})",
+                ExitCode.USAGE,
+            ) from None
     if text is None:
         return None
     try:

@@ -9,13 +9,13 @@ from typing import Annotated
 
 import typer
 
-from sagactl.argv import hoist_global_options
+from sagactl.argv import hoist_global_options, output_format, undecodable
 from sagactl.cmd_db import db_app
 from sagactl.cmd_orphans import orphans_cmd
 from sagactl.cmd_purge import purge_cmd
 from sagactl.cmd_read import list_cmd, show_cmd, stats_cmd, workers_cmd
 from sagactl.cmd_repair import abort_cmd, compensate_cmd, notify_cmd, retry_cmd, skip_cmd
-from sagactl.exitcodes import EXIT_CODES_HELP
+from sagactl.exitcodes import EXIT_CODES_HELP, ExitCode
 from sagactl.runtime import ColorMode, GlobalOptions, OutputFormat, Runtime
 from sagactl.watch import watch_cmd
 
@@ -119,7 +119,14 @@ app.add_typer(db_app, rich_help_panel=OPERATE)
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``sagactl`` console script."""
-    args = hoist_global_options(sys.argv[1:] if argv is None else argv)
+    raw = sys.argv[1:] if argv is None else argv
+    args = hoist_global_options(raw)
+    problem = undecodable(raw)
+    if problem is not None:
+        fmt = output_format(args)
+        output = OutputFormat(fmt) if fmt in OutputFormat._value2member_map_ else OutputFormat.TEXT
+        Runtime(GlobalOptions(output=output, color=ColorMode.NEVER)).error(problem, ExitCode.USAGE)
+        return int(ExitCode.USAGE)
     command = typer.main.get_command(app)
     try:
         command.main(args=args, prog_name="sagactl", standalone_mode=True)

@@ -4,19 +4,26 @@ from __future__ import annotations
 
 from sqlalchemy.exc import DBAPIError, ProgrammingError
 
-from saga_core.checkpoint import is_transient
 from saga_core.errors import (
     SagaError,
     SagaInputError,
     SagaNotFoundError,
     SagaStateError,
     SagaStoreError,
+    is_transient,
 )
 from saga_core.settings import SettingsError
 from sagactl.exitcodes import ExitCode
 from sagactl.timeparse import TimeArgError
 
-__all__ = ["CliError", "classify"]
+__all__ = ["NO_URL_MESSAGE", "CliError", "classify"]
+
+NO_URL_MESSAGE = (
+    "no database URL configured; give one with --database-url URL, the SAGA_DATABASE_URL "
+    "environment variable, or database_url in the config file (--config FILE or "
+    "$SAGA_CONFIG), e.g. postgresql+asyncpg://user@host/db or sqlite+aiosqlite:///path/saga.db "
+    "(sagactl never guesses one: a default SQLite file would be created empty)"
+)
 
 # Connection failures that are not transient but still mean "cannot reach the database".
 _CONNECT_ERRORS = frozenset(
