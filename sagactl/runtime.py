@@ -42,27 +42,28 @@ class StdoutClosed(Exception):
 
 
 class _Stdout:
-    """``sys.stdout`` (looked up on each call), with a write to a closed pipe raised as
-    :class:`StdoutClosed`, so that it is never mistaken for a lost database connection
-    (asyncpg reports those as BrokenPipeError too)."""
+    """Standard output, with a write to a closed pipe raised as :class:`StdoutClosed`, so
+    that it is never mistaken for a lost database connection (asyncpg reports those as
+    BrokenPipeError too). It wraps the stream itself, not ``sys.stdout`` at each call:
+    rich's Live replaces ``sys.stdout`` with a proxy that writes back to the console."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
 
     def write(self, text: str) -> int:
         try:
-            return sys.stdout.write(text)
+            return int(self._stream.write(text))
         except BrokenPipeError as exc:
             raise StdoutClosed from exc
 
     def flush(self) -> None:
         try:
-            sys.stdout.flush()
+            self._stream.flush()
         except BrokenPipeError as exc:
             raise StdoutClosed from exc
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(sys.stdout, name)
-
-
-STDOUT = _Stdout()
+        return getattr(self._stream, name)
 
 
 def _stdout_closed(exc: BaseException) -> bool:
@@ -159,6 +160,7 @@ class Runtime:
         self.options = options
         self.output = options.output
         self._settings: SagaSettings | None = None
+        self.stdout = _Stdout(sys.stdout)
         self.out = self._console(stderr=False)
         self.err = self._console(stderr=True)
 
@@ -168,7 +170,7 @@ class Runtime:
         stream = sys.stderr if stderr else sys.stdout
         kw: dict[str, Any] = {"stderr": stderr, "highlight": False}
         if not stderr:
-            kw["file"] = STDOUT
+            kw["file"] = self.stdout
         if self.options.color is ColorMode.ALWAYS:
             kw.update(force_terminal=True, no_color=False)
         elif self.options.color is ColorMode.NEVER:
@@ -191,13 +193,13 @@ class Runtime:
     def emit(self, data: Any) -> None:
         """One JSON document on stdout (``json``: indented; ``jsonl``: one line)."""
         indent = 2 if self.output is OutputFormat.JSON else None
-        STDOUT.write(to_json(data, indent=indent) + "\n")
-        STDOUT.flush()
+        self.stdout.write(to_json(data, indent=indent) + "\n")
+        self.stdout.flush()
 
     def emit_lines(self, items: Iterable[Any]) -> None:
         for item in items:
-            STDOUT.write(to_json(item) + "\n")
-        STDOUT.flush()
+            self.stdout.write(to_json(item) + "\n")
+        self.stdout.flush()
 
     def info(self, message: str) -> None:
         """A message for people on stderr (never in JSON modes' stdout)."""

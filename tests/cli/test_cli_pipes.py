@@ -23,6 +23,7 @@ COMMANDS = [
     ["orphans", "-o", "json"],
     ["db", "status"],
     ["-o", "jsonl", "watch", "--count", "3", "--interval", "0.1s"],
+    ["watch", "--count", "2", "--interval", "0.1s"],
     ["abort", "--status", "FAILED", "--dry-run"],
     ["purge", "--older-than", "1d", "--dry-run", "-o", "json"],
 ]
