@@ -13,6 +13,7 @@ from rich.text import Text
 
 from saga_core.snapshot import OrphanGroup
 from sagactl.fmt import age, clock
+from sagactl.options import MAX_ROWS
 from sagactl.render_json import orphan_json
 from sagactl.runtime import OutputFormat, Runtime, iso
 from sagactl.stats import workers_view
@@ -26,7 +27,14 @@ def orphans_cmd(
         bool, typer.Option("--ids", help="Also list the ids of the sagas, oldest first.")
     ] = False,
     limit: Annotated[
-        int, typer.Option("--limit", "-l", min=1, help="With --ids: at most this many per group.")
+        int,
+        typer.Option(
+            "--limit",
+            "-l",
+            min=1,
+            max=MAX_ROWS,
+            help="With --ids: at most this many per group.",
+        ),
     ] = 100,
 ) -> None:
     """Active sagas (RUNNING, SUSPENDED, COMPENSATING) whose definition version no live sagad worker runs, by saga name and version: they wait until a worker registering that version starts. FAILED sagas wait for an operator anyway and are not listed."""

@@ -11,7 +11,7 @@ from sagactl.actions import check_reason
 from sagactl.confirm import confirm
 from sagactl.errors import CliError
 from sagactl.exitcodes import ExitCode
-from sagactl.options import DryRunOpt, ReasonOpt, YesOpt
+from sagactl.options import MAX_ROWS, DryRunOpt, ReasonOpt, YesOpt
 from sagactl.runtime import Runtime
 from sagactl.timeparse import TimeArgError, parse_duration
 
@@ -52,7 +52,7 @@ def purge_cmd(
         ),
     ] = None,
     batch_size: Annotated[
-        int, typer.Option("--batch-size", min=1, help="Rows deleted per transaction.")
+        int, typer.Option("--batch-size", min=1, max=MAX_ROWS, help="Rows deleted per transaction.")
     ] = SagaAdmin.DEFAULT_PURGE_BATCH,
     reason: ReasonOpt = None,
     yes: YesOpt = False,

@@ -115,3 +115,24 @@ def test_the_longest_duration_is_accepted(subprocess_env: dict[str, str], seeded
     assert json.loads(r.stdout)["total"] == 8
     r = run(subprocess_env, "list", "--since", "99999999999d")
     assert "--since: '99999999999d' is too long a duration" in r.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["list", "--limit", "99999999999999999999"],
+        ["list", "--offset", "99999999999999999999"],
+        ["list", "--page", "99999999999999999999"],
+        ["retry", "--status", "FAILED", "--limit", "99999999999999999999", "--dry-run"],
+        ["orphans", "--ids", "--limit", "99999999999999999999"],
+        ["purge", "--older-than", "1d", "--batch-size", "99999999999999999999", "--dry-run"],
+    ],
+    ids=lambda a: " ".join(a)[:40],
+)
+def test_numbers_past_any_table_are_usage_errors(
+    subprocess_env: dict[str, str], seeded: Seeded, args: list[str]
+) -> None:
+    r = run(subprocess_env, *args)
+    assert r.returncode == 2, (args, r.stderr)
+    assert "Input should be less than or equal to" in r.stderr
+    assert "database error" not in r.stderr
