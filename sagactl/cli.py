@@ -132,6 +132,14 @@ def main(argv: list[str] | None = None) -> int:
         command.main(args=args, prog_name="sagactl", standalone_mode=True)
     except SystemExit as exc:
         code = exc.code
+        if code == 1 and (
+            isinstance(exc.__context__, BrokenPipeError)
+            or type(sys.stdout).__name__ == "PacifyFlushWrapper"
+        ):
+            # Help or usage printed to a closed stdout: rich (Console.on_broken_pipe) or
+            # click (typer's copy in recent versions) then exit 1. Quiet and 0 instead, as
+            # for the output of every command (Runtime.run).
+            return 0
         return code if isinstance(code, int) else (0 if code is None else 1)
     return 0
 

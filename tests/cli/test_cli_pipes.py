@@ -26,6 +26,8 @@ COMMANDS = [
     ["watch", "--count", "2", "--interval", "0.1s"],
     ["abort", "--status", "FAILED", "--dry-run"],
     ["purge", "--older-than", "1d", "--dry-run", "-o", "json"],
+    ["--help"],
+    ["list", "--help"],
 ]
 
 
