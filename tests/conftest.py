@@ -508,7 +508,9 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         _prepare_pg()
 
 
+@pytest.hookimpl(trylast=True)
 def pytest_sessionfinish(session: pytest.Session) -> None:
+    # trylast: after pytest has torn the session's fixtures down (they may use the database).
     _release_pg()
 
 
