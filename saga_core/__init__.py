@@ -7,34 +7,89 @@ database. See the README for the guarantees.
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from loguru import logger
 
-from saga_core.admin import SagaAdmin
-from saga_core.context import StepContext, WaitForEvent, current_step
-from saga_core.definition import BaseStep, InputContext, SagaBuilder, SagaDefinition, StepRef
-from saga_core.errors import (
-    ActiveSagaAlreadyExistsError,
-    SagaConflictError,
-    SagaDefinitionError,
-    SagaError,
-    SagaInputError,
-    SagaNotFoundError,
-    SagaStateError,
-    SagaStoreError,
-    TypeValidationError,
-)
-from saga_core.machine import SagaStatus
-from saga_core.orchestrator import SagaEngine, SagaOrchestrator
-from saga_core.retry import ExponentialRetry, FixedRetry, NoRetry, RetryPolicy
-from saga_core.schema import schema_status, upgrade_schema
-from saga_core.snapshot import SagaAdminSnapshot, SagaSnapshot
-from saga_core.state import SagaState, SagaStateMixin
 from saga_core.version import VERSION
+
+if TYPE_CHECKING:
+    from saga_core.admin import SagaAdmin
+    from saga_core.context import StepContext, WaitForEvent, current_step
+    from saga_core.definition import BaseStep, InputContext, SagaBuilder, SagaDefinition, StepRef
+    from saga_core.errors import (
+        ActiveSagaAlreadyExistsError,
+        SagaConflictError,
+        SagaDefinitionError,
+        SagaError,
+        SagaInputError,
+        SagaNotFoundError,
+        SagaStateError,
+        SagaStoreError,
+        TypeValidationError,
+    )
+    from saga_core.machine import SagaStatus
+    from saga_core.orchestrator import SagaEngine, SagaOrchestrator
+    from saga_core.retry import ExponentialRetry, FixedRetry, NoRetry, RetryPolicy
+    from saga_core.schema import schema_status, upgrade_schema
+    from saga_core.snapshot import SagaAdminSnapshot, SagaSnapshot
+    from saga_core.state import SagaState, SagaStateMixin
 
 __version__ = VERSION
 
 # A library stays silent unless the application asks: logger.enable("saga_core").
 logger.disable("saga_core")
+
+# The public names, imported on first use: ``import saga_core`` (and ``sagactl --help``)
+# stays cheap, and ``from saga_core import SagaStatus`` loads only what that name needs.
+_WHERE = {
+    "SagaAdmin": "admin",
+    "StepContext": "context",
+    "WaitForEvent": "context",
+    "current_step": "context",
+    "BaseStep": "definition",
+    "InputContext": "definition",
+    "SagaBuilder": "definition",
+    "SagaDefinition": "definition",
+    "StepRef": "definition",
+    "ActiveSagaAlreadyExistsError": "errors",
+    "SagaConflictError": "errors",
+    "SagaDefinitionError": "errors",
+    "SagaError": "errors",
+    "SagaInputError": "errors",
+    "SagaNotFoundError": "errors",
+    "SagaStateError": "errors",
+    "SagaStoreError": "errors",
+    "TypeValidationError": "errors",
+    "SagaStatus": "machine",
+    "SagaEngine": "engine",
+    "SagaOrchestrator": "orchestrator",
+    "ExponentialRetry": "retry",
+    "FixedRetry": "retry",
+    "NoRetry": "retry",
+    "RetryPolicy": "retry",
+    "schema_status": "schema",
+    "upgrade_schema": "schema",
+    "SagaAdminSnapshot": "snapshot",
+    "SagaSnapshot": "snapshot",
+    "SagaState": "state",
+    "SagaStateMixin": "state",
+}
+
+
+def __getattr__(name: str) -> Any:
+    where = _WHERE.get(name)
+    if where is None:
+        raise AttributeError(f"module 'saga_core' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"saga_core.{where}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
 
 __all__ = [
     "ActiveSagaAlreadyExistsError",

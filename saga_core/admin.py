@@ -3,6 +3,12 @@
 Every action takes the saga's row lock for the length of one short transaction, applies a
 pure state-machine transition, records who did it and why in the history, and rotates the
 fencing token (so a worker still running the old step cannot overwrite the result).
+
+Every action is also a compare-and-set when asked: given ``expected_status`` and/or
+``expected_updated_at`` (the saga as the caller saw it, e.g. as listed before a confirmation
+prompt), it checks them on the locked row and, when the saga has changed meanwhile, changes
+nothing and raises :class:`~saga_core.errors.SagaConflictError` carrying the saga's status and
+``updated_at`` as they are now.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ import dataclasses
 import getpass
 import uuid
 from collections.abc import Callable, Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, TypeVar
 
 from pydantic import ValidationError
@@ -20,6 +26,7 @@ from pydantic import ValidationError
 from saga_core import history as h
 from saga_core import machine as m
 from saga_core import waits
+from saga_core.context import check_event_name
 from saga_core.engine import SagaEngine
 from saga_core.errors import SagaConflictError, SagaInputError, SagaNotFoundError, SagaStateError
 from saga_core.payload import check_note_text, check_size, to_json_data
@@ -53,6 +60,50 @@ def _default_actor() -> str:
         return "unknown"
 
 
+def _utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _expected_status(status: m.SagaStatus | str | None) -> str | None:
+    if status is None:
+        return None
+    if not isinstance(status, str):
+        raise SagaInputError(f"expected_status must be one status, got {status!r}")
+    found = _statuses(status)
+    assert found is not None
+    return found[0]
+
+
+def _expected_time(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    if not isinstance(value, datetime):
+        raise SagaInputError(f"expected_updated_at must be a datetime, got {value!r}")
+    return _utc(value)
+
+
+def _check_expected(
+    row: SagaRow, status: str | None, updated_at: datetime | None, sid: uuid.UUID
+) -> None:
+    """Raise SagaConflictError when ``row`` is no longer the saga the caller saw."""
+    moved = status is not None and row.status != status
+    moved = moved or (updated_at is not None and _utc(row.updated_at) != updated_at)
+    if not moved:
+        return
+    saw = []
+    if status is not None:
+        saw.append(status)
+    if updated_at is not None:
+        saw.append(f"updated {updated_at.isoformat()}")
+    raise SagaConflictError(
+        f"saga {sid} changed since you looked: now {row.status}, updated "
+        f"{_utc(row.updated_at).isoformat()} (you saw {', '.join(saw)}); nothing was "
+        "changed, look again",
+        status=row.status,
+        updated_at=_utc(row.updated_at),
+    )
+
+
 def _statuses(status: m.SagaStatus | str | Sequence[m.SagaStatus | str] | None) -> list[str] | None:
     if status is None:
         return None
@@ -78,6 +129,9 @@ class SagaAdmin(Generic[M]):
     Raises:
         SagaInputError: an ``actor`` that cannot be stored (NUL, lone surrogates, too long).
     """
+
+    DEFAULT_PURGE_BATCH = DEFAULT_PURGE_BATCH
+    """Rows deleted per statement (and transaction) by :meth:`purge` unless told."""
 
     def __init__(self, *, engine: SagaEngine[M], actor: str | None = None) -> None:
         check_note_text(actor, "actor")
@@ -205,6 +259,16 @@ class SagaAdmin(Generic[M]):
         live = live_workers(await self.store.worker_list(), now, float(stale_after))
         return find_orphans(summary, live, table=self.store.table_name)
 
+    async def orphan_sagas(self, group: OrphanGroup, *, limit: int = 100) -> list[SagaSnapshot]:
+        """The sagas of one group of :meth:`orphans` (as they are now), oldest first."""
+        return await self.list_sagas(
+            status=list(ORPHAN_STATUSES),
+            saga_name=group.saga_name,
+            definition_version=group.definition_version,
+            limit=limit,
+            oldest_first=True,
+        )
+
     async def db_now(self) -> datetime:
         return await self.store.db_now()
 
@@ -212,45 +276,56 @@ class SagaAdmin(Generic[M]):
         self,
         *,
         saga_id: uuid.UUID | str | None = None,
-        token: uuid.UUID | None = None,
+        token: uuid.UUID | str | None = None,
         aggregation_id: str | None = None,
         event_name: str | None = None,
         event: dict[str, Any] | None = None,
     ) -> waits.Delivery:
-        """What ``notify`` with these arguments would do now (accepted, queued, or why it
-        would be refused), without writing anything. By ``saga_id`` and ``token``, or by
-        ``aggregation_id`` and ``event_name`` (the active saga of it, else its newest).
+        """What ``SagaOrchestrator.notify`` would do now with the same arguments, without
+        writing anything (no event stored, no refusal recorded): ``accepted`` (and whether
+        the event would wait in the inbox, ``queued``), or the ``reason`` it would be
+        refused for, the saga concerned and its status.
+
+        By ``saga_id`` and ``token``, or by correlation (``aggregation_id`` and
+        ``event_name``: the active saga of that aggregation id, else its newest). A plain
+        read: a delivery made later decides again on the locked row.
 
         Raises:
-            SagaNotFoundError: no such saga.
-            SagaInputError: not exactly one of the two forms.
+            SagaInputError: not exactly one of the two forms; a malformed token or event name.
+            SagaNotFoundError: no such saga; no saga ever had that aggregation id.
         """
-        if (saga_id is None) == (aggregation_id is None) or (
-            (saga_id is None) != (token is None) or (aggregation_id is None) != (event_name is None)
-        ):
+        token_form = (saga_id is not None, token is not None)
+        name_form = (aggregation_id is not None, event_name is not None)
+        if sorted([token_form, name_form]) != [(False, False), (True, True)]:
             raise SagaInputError(
-                "preview_delivery needs saga_id= and token=, or aggregation_id= and event_name="
+                "preview_delivery needs saga_id and token, or aggregation_id and event_name"
             )
+        row: SagaRow | None
         if saga_id is not None:
+            if not isinstance(token, uuid.UUID):
+                try:
+                    token = uuid.UUID(str(token))
+                except ValueError:
+                    raise SagaInputError(f"token must be a UUID, got {token!r}") from None
             row = await self.store.saga_get(await self.resolve_id(saga_id), with_history=False)
+            if row is None:
+                raise SagaNotFoundError(f"no saga with id {saga_id}", saga_id)
         else:
-            found = await self.store.saga_list(
-                SagaFilter(
-                    aggregation_id=aggregation_id,
-                    statuses=sorted(s.value for s in m.ACTIVE_STATUSES),
-                ),
-                limit=1,
-            ) or await self.store.saga_list(SagaFilter(aggregation_id=aggregation_id), limit=1)
-            row = found[0] if found else None
-        if row is None:
-            raise SagaNotFoundError(
-                f"no saga with id {saga_id}"
-                if saga_id is not None
-                else f"no saga with aggregation_id {aggregation_id!r}"
+            check_event_name(event_name, "event_name")
+            active = SagaFilter(
+                aggregation_id=aggregation_id, statuses=sorted(s.value for s in m.ACTIVE_STATUSES)
             )
+            found = await self.store.saga_list(active, limit=1) or await self.store.saga_list(
+                SagaFilter(aggregation_id=aggregation_id), limit=1
+            )
+            if not found:
+                raise SagaNotFoundError(
+                    f"no saga with aggregation_id {aggregation_id!r}", aggregation_id
+                )
+            row = found[0]
         decide = waits.Delivering(
             event=event,
-            token=token,
+            token=token if isinstance(token, uuid.UUID) else None,
             aggregation_id=aggregation_id,
             event_name=event_name,
             max_inbox_bytes=4 * self.engine.max_payload_bytes,
@@ -315,13 +390,21 @@ class SagaAdmin(Generic[M]):
         reason: str | None,
         actor: str | None,
         extra: dict[str, Any] | None = None,
+        *,
+        expected_status: m.SagaStatus | str | None = None,
+        expected_updated_at: datetime | None = None,
     ) -> SagaAdminSnapshot:
         check_note_text(reason, "reason")
         check_note_text(actor, "actor")
+        want_status = _expected_status(expected_status)
+        want_time = _expected_time(expected_updated_at)
         sid = await self.resolve_id(saga_id)
         who = actor or self.actor
 
         def apply(row: SagaRow, now: datetime) -> RowUpdate:
+            # On the locked row, before the transition: a saga that changed since the caller
+            # looked is refused as such, not judged by a state nobody confirmed.
+            _check_expected(row, want_status, want_time, sid)
             t, context = compute(row, now)
             base = row.context if context is None else context
             # An operator ends every event wait (its token is spent) and the retry waits of
@@ -373,16 +456,31 @@ class SagaAdmin(Generic[M]):
         return SagaAdminSnapshot.from_row(row)
 
     async def retry_step(
-        self, saga_id: uuid.UUID | str, *, reason: str | None = None, actor: str | None = None
+        self,
+        saga_id: uuid.UUID | str,
+        *,
+        reason: str | None = None,
+        actor: str | None = None,
+        expected_status: m.SagaStatus | str | None = None,
+        expected_updated_at: datetime | None = None,
     ) -> SagaAdminSnapshot:
         """Run the failed step (or failed compensation) again now, retry counter reset.
-        Allowed from SUSPENDED and FAILED; raises SagaStateError otherwise."""
+        Allowed from SUSPENDED and FAILED; raises SagaStateError otherwise.
+
+        With ``expected_status`` and/or ``expected_updated_at`` (the saga as you saw it),
+        the action is a compare-and-set: if the locked row differs, nothing is changed and
+        SagaConflictError (a SagaStateError) is raised with the saga's current ``status``
+        and ``updated_at``. A worker's checkpoint changes ``updated_at``; a lease renewal
+        does not.
+        """
         return await self._act(
             saga_id,
             "RETRY",
             lambda row, now: (m.admin_retry(machine_state(row), shape_of(row)), None),
             reason,
             actor,
+            expected_status=expected_status,
+            expected_updated_at=expected_updated_at,
         )
 
     async def skip_step(
@@ -392,6 +490,8 @@ class SagaAdmin(Generic[M]):
         mock_output: Any = None,
         reason: str | None = None,
         actor: str | None = None,
+        expected_status: m.SagaStatus | str | None = None,
+        expected_updated_at: datetime | None = None,
     ) -> SagaAdminSnapshot:
         """Mark the current step (or compensation) done and continue.
 
@@ -400,14 +500,24 @@ class SagaAdmin(Generic[M]):
         skipped step is not compensated by a later rollback. Allowed from SUSPENDED and
         FAILED.
 
+        With ``expected_status`` and/or ``expected_updated_at`` (the saga as you saw it),
+        the action is a compare-and-set: if the locked row differs, nothing is changed and
+        SagaConflictError (a SagaStateError) is raised with the saga's current ``status``
+        and ``updated_at``. A worker's checkpoint changes ``updated_at``; a lease renewal
+        does not.
+
         Raises:
             SagaInputError: ``mock_output`` does not fit the output model (nothing changed).
             SagaStateError: the status does not allow a skip.
+            SagaConflictError: the saga is not as expected, or moved on meanwhile.
         """
+        want_status = _expected_status(expected_status)
+        want_time = _expected_time(expected_updated_at)
         sid = await self.resolve_id(saga_id)
         row = await self.store.saga_get(sid, with_history=False)
         if row is None:
             raise SagaNotFoundError(f"no saga with id {saga_id}", saga_id)
+        _check_expected(row, want_status, want_time, sid)
         state = machine_state(row)
         if state.status not in m.RETRYABLE:
             raise SagaStateError(
@@ -463,14 +573,36 @@ class SagaAdmin(Generic[M]):
             return t, ctx
 
         extra = {"mock_output": out_json} if out_json is not None else None
-        return await self._act(sid, "SKIP", compute, reason, actor, extra)
+        return await self._act(
+            sid,
+            "SKIP",
+            compute,
+            reason,
+            actor,
+            extra,
+            expected_status=want_status,
+            expected_updated_at=want_time,
+        )
 
     async def compensate_step(
-        self, saga_id: uuid.UUID | str, *, reason: str | None = None, actor: str | None = None
+        self,
+        saga_id: uuid.UUID | str,
+        *,
+        reason: str | None = None,
+        actor: str | None = None,
+        expected_status: m.SagaStatus | str | None = None,
+        expected_updated_at: datetime | None = None,
     ) -> SagaAdminSnapshot:
         """Start (or resume) the rollback from the newest completed step; with none
         completed the saga ends COMPENSATED. Allowed from SUSPENDED, FAILED, and RUNNING
-        when no worker holds a live lease."""
+        when no worker holds a live lease.
+
+        With ``expected_status`` and/or ``expected_updated_at`` (the saga as you saw it),
+        the action is a compare-and-set: if the locked row differs, nothing is changed and
+        SagaConflictError (a SagaStateError) is raised with the saga's current ``status``
+        and ``updated_at``. A worker's checkpoint changes ``updated_at``; a lease renewal
+        does not.
+        """
 
         def compute(row: SagaRow, now: datetime) -> tuple[m.Transition, None]:
             live = (
@@ -480,17 +612,40 @@ class SagaAdmin(Generic[M]):
             )
             return m.admin_compensate(machine_state(row), shape_of(row), lease_live=live), None
 
-        return await self._act(saga_id, "COMPENSATE", compute, reason, actor)
+        return await self._act(
+            saga_id,
+            "COMPENSATE",
+            compute,
+            reason,
+            actor,
+            expected_status=expected_status,
+            expected_updated_at=expected_updated_at,
+        )
 
     async def abort(
-        self, saga_id: uuid.UUID | str, *, reason: str | None = None, actor: str | None = None
+        self,
+        saga_id: uuid.UUID | str,
+        *,
+        reason: str | None = None,
+        actor: str | None = None,
+        expected_status: m.SagaStatus | str | None = None,
+        expected_updated_at: datetime | None = None,
     ) -> SagaAdminSnapshot:
         """Stop now without rollback (ABORTED). An in-flight step's late result is rejected.
-        Allowed from any non-terminal status."""
+        Allowed from any non-terminal status.
+
+        With ``expected_status`` and/or ``expected_updated_at`` (the saga as you saw it),
+        the action is a compare-and-set: if the locked row differs, nothing is changed and
+        SagaConflictError (a SagaStateError) is raised with the saga's current ``status``
+        and ``updated_at``. A worker's checkpoint changes ``updated_at``; a lease renewal
+        does not.
+        """
         return await self._act(
             saga_id,
             "ABORT",
             lambda row, now: (m.admin_abort(machine_state(row)), None),
             reason,
             actor,
+            expected_status=expected_status,
+            expected_updated_at=expected_updated_at,
         )

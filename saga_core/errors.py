@@ -10,12 +10,14 @@ Every expected error derives from :class:`SagaError`::
     ├── SagaNotFoundError            no saga with that id (or an ambiguous id prefix)
     ├── ActiveSagaAlreadyExistsError another saga for the aggregation_id is still active
     ├── SagaStateError               the saga's current status does not allow the action
-    │   └── SagaConflictError        the saga changed while an action was applied; try again
+    │   └── SagaConflictError        the saga changed while an action was applied, or since
+    │                                the caller looked (admin compare-and-set); look again
     └── SagaStoreError               the database is unreachable or the schema is missing
 """
 
 from __future__ import annotations
 
+from datetime import datetime
 from uuid import UUID
 
 
@@ -68,4 +70,24 @@ class SagaStoreError(SagaError):
 
 
 class SagaConflictError(SagaStateError):
-    """The saga changed between reading and writing it; nothing was changed, try again."""
+    """The saga changed between reading and writing it; nothing was changed, look again.
+
+    Also raised by an admin action given ``expected_status`` / ``expected_updated_at`` when
+    the saga is no longer as the caller saw it. ``status`` and ``updated_at`` are the
+    saga's as found, when known.
+    """
+
+    def __init__(
+        self, message: str, *, status: str | None = None, updated_at: datetime | None = None
+    ) -> None:
+        super().__init__(message, status=status)
+        self.updated_at = updated_at
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether ``exc`` is a database error that may go away by itself (a lost connection,
+    a server restarting or refusing more clients, a timeout), as saga_core's workers
+    classify it: worth retrying later, unlike a missing table or a constraint violation."""
+    from saga_core.checkpoint import is_transient as transient
+
+    return transient(exc)

@@ -8,7 +8,9 @@ environment variables, which override the TOML file, which overrides the default
 from __future__ import annotations
 
 import os
+import re
 import tomllib
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -22,7 +24,7 @@ from pydantic_settings import (
 
 from saga_core.errors import SagaError
 
-__all__ = ["SagaSettings", "SettingsError", "load_settings", "mask_url"]
+__all__ = ["SagaSettings", "SettingsError", "load_settings", "mask_secrets", "mask_url"]
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///saga.db"
 
@@ -149,6 +151,53 @@ def mask_url(url: str) -> str:
         return str(make_url(url).render_as_string(hide_password=True))
     except Exception:
         return "<unparseable URL>"
+
+
+# The userinfo of a URL inside free text, by SQLAlchemy's own URL grammar (make_url: the
+# username is ``[^:/]*``, the password ``[^@]*`` up to the ``@``), kept within one token.
+_URL_PASSWORD = re.compile(r"(?P<head>[\w+]+://[^:/@\s]*:)(?P<password>[^@\s]*)@")
+
+MIN_FREE_TEXT_PASSWORD = 8
+"""Shorter passwords are masked only where they stand in a URL (see :func:`mask_secrets`)."""
+
+
+def mask_secrets(text: str, urls: Iterable[str | None] = ()) -> str:
+    """``text`` (an error message, a log line) with database passwords masked as ``***``,
+    by the structure of URLs rather than by blind substring replacement:
+
+    1. in every URL in ``text`` (``scheme://user:password@host...``, SQLAlchemy's URL
+       grammar), the password component is replaced, the rest left as it was;
+    2. the password of each of ``urls`` (the URLs in use) is masked where it stands as a
+       URL's password component, ``:password@`` (as typed or percent-encoded);
+    3. elsewhere in free text (a driver message quoting it), that password is masked only
+       when it is at least ``MIN_FREE_TEXT_PASSWORD`` (8) characters long and stands as a
+       whole token (no letter or digit right before or after it). A short password, such
+       as ``e``, would otherwise turn "database unreachable" into "databas*** unr***achabl***";
+       a long one does not occur in a message by chance.
+    """
+    from urllib.parse import quote
+
+    from sqlalchemy.engine import make_url
+
+    text = _URL_PASSWORD.sub(
+        lambda m: f"{m.group('head')}***@" if m.group("password") else m.group(0), text
+    )
+    for raw in urls:
+        if not raw:
+            continue
+        try:
+            password = make_url(raw).password
+        except Exception:
+            continue
+        if not password:
+            continue
+        secret = str(password)
+        for form in {secret, quote(secret, safe=""), quote(secret, safe=" +")}:
+            text = text.replace(f":{form}@", ":***@")
+        if len(secret) >= MIN_FREE_TEXT_PASSWORD:
+            token = re.compile(r"(?<![A-Za-z0-9])" + re.escape(secret) + r"(?![A-Za-z0-9])")
+            text = token.sub("***", text)
+    return text
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

@@ -8,11 +8,23 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from saga_core.history import REFUSALS_UNRECORDED, REFUSED
 from saga_core.machine import SagaStatus
 from saga_core.rows import RETRY_AT_KEY, waits_of
-from saga_core.store.base import SagaRow
+from saga_core.store.base import SagaRow, WorkerRow
+from saga_core.versioning import OrphanGroup
 
-__all__ = ["SagaAdminSnapshot", "SagaSnapshot"]
+__all__ = [
+    "REFUSALS_UNRECORDED",
+    "REFUSED",
+    "OrphanGroup",
+    "SagaAdminSnapshot",
+    "SagaSnapshot",
+    "WorkerRow",
+]
+# The history markers of refused event deliveries (``step_history`` entries of phase
+# ``event``), the worker registry rows of ``SagaAdmin.workers()`` and the groups of
+# ``SagaAdmin.orphans()`` are read models too: consoles import them from here.
 
 
 class SagaSnapshot(BaseModel):

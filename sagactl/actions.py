@@ -10,10 +10,7 @@ from typing import Any
 
 from rich.text import Text
 
-from saga_core.context import check_event_name
-from saga_core.errors import SagaNotFoundError, SagaStateError
-from saga_core.machine import ACTIVE_STATUSES, SagaStatus
-from saga_core.snapshot import SagaAdminSnapshot, SagaSnapshot
+from saga_core import SagaAdminSnapshot, SagaSnapshot, SagaStateError, SagaStatus
 from sagactl.confirm import confirm
 from sagactl.errors import CliError
 from sagactl.exitcodes import ExitCode
@@ -35,6 +32,7 @@ __all__ = [
 ]
 
 S = SagaStatus
+ACTIVE = frozenset(s for s in SagaStatus if not s.is_terminal)
 
 
 @dataclass(frozen=True)
@@ -64,9 +62,7 @@ ACTIONS: dict[str, ActionSpec] = {
         frozenset({S.SUSPENDED, S.FAILED, S.RUNNING}),
         "roll back from the newest completed step",
     ),
-    "abort": ActionSpec(
-        "abort", "aborted", frozenset(ACTIVE_STATUSES), "stop now without rollback"
-    ),
+    "abort": ActionSpec("abort", "aborted", ACTIVE, "stop now without rollback"),
     "notify": ActionSpec(
         "notify",
         "notified",
@@ -121,9 +117,14 @@ def read_json_arg(text: str | None, file: Path | None, what: str) -> Any:
         try:
             import sys
 
-            text = sys.stdin.read() if str(file) == "-" else file.read_text()
+            text = sys.stdin.read() if str(file) == "-" else file.read_text(encoding="utf-8")
         except OSError as exc:
             raise CliError(f"cannot read {what} from {file}: {exc}", ExitCode.USAGE) from None
+        except UnicodeDecodeError as exc:
+            raise CliError(
+                f"{what} from {file} is not valid UTF-8 ({exc.reason} at byte {exc.start})",
+                ExitCode.USAGE,
+            ) from None
     if text is None:
         return None
     try:
@@ -133,17 +134,21 @@ def read_json_arg(text: str | None, file: Path | None, what: str) -> Any:
 
 
 async def apply_action(
-    s: Session, action: str, saga_id: uuid.UUID, reason: str | None, mock_output: Any = None
+    s: Session, action: str, seen: SagaSnapshot, reason: str | None, mock_output: Any = None
 ) -> SagaAdminSnapshot:
+    """Act on the saga ``seen`` as the operator saw it (listed or shown before the
+    confirmation): a compare-and-set on its status and ``updated_at``, so a saga that
+    changed meanwhile is refused with SagaConflictError and left alone."""
     admin = s.admin
+    cas: dict[str, Any] = {"expected_status": seen.status, "expected_updated_at": seen.updated_at}
     if action == "retry":
-        return await admin.retry_step(saga_id, reason=reason)
+        return await admin.retry_step(seen.id, reason=reason, **cas)
     if action == "skip":
-        return await admin.skip_step(saga_id, mock_output=mock_output, reason=reason)
+        return await admin.skip_step(seen.id, mock_output=mock_output, reason=reason, **cas)
     if action == "compensate":
-        return await admin.compensate_step(saga_id, reason=reason)
+        return await admin.compensate_step(seen.id, reason=reason, **cas)
     if action == "abort":
-        return await admin.abort(saga_id, reason=reason)
+        return await admin.abort(seen.id, reason=reason, **cas)
     raise ValueError(action)
 
 
@@ -206,7 +211,7 @@ async def act_one(
         f"{ACTIONS[action].verb.capitalize()} saga {short_id(snap.id)} ({clean(snap.saga_name)})?",
         yes=yes,
     )
-    after = await apply_action(s, action, snap.id, reason, mock_output)
+    after = await apply_action(s, action, snap, reason, mock_output)
     _result(rt, action, snap, after)
     return 0
 
@@ -269,17 +274,9 @@ async def notify_by_correlation(
 ) -> int:
     """Deliver to the active saga of ``aggregation_id`` waiting for ``event_name`` (a named
     wait); saga_core decides, and records a refusal in the saga's history."""
-    check_event_name(event_name, "--event-name")
-    active = await s.admin.list_sagas(
-        aggregation_id=aggregation_id, status=sorted(ACTIVE_STATUSES), limit=1
-    )
-    found = active or await s.admin.list_sagas(aggregation_id=aggregation_id, limit=1)
-    if not found:
-        raise SagaNotFoundError(f"no saga with aggregation_id {aggregation_id!r}")
-    snap = await s.admin.get_saga(found[0].id)
-    why = (
-        await s.admin.preview_delivery(aggregation_id=aggregation_id, event_name=event_name)
-    ).reason
+    preview = await s.admin.preview_delivery(aggregation_id=aggregation_id, event_name=event_name)
+    snap = await s.admin.get_saga(preview.saga_id)
+    why = preview.reason
     if dry_run:
         if rt.text:
             verdict = "would deliver" if why is None else f"would be refused ({why})"
@@ -297,7 +294,7 @@ async def notify_by_correlation(
                 }
             )
         return 0
-    if not active:
+    if preview.status.is_terminal:
         # Spares a confirmation that cannot succeed, as for every action; nothing recorded.
         raise SagaStateError(f"cannot notify: {why}", status=snap.status.value)
     rt.info(f"notify {event_name!r}: {describe(snap)}")

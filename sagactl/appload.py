@@ -12,9 +12,8 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase
 
-from saga_core.orchestrator import SagaOrchestrator
-from saga_core.state import SagaState, SagaStateMixin
-from sagactl.errors import CliError
+from saga_core import SagaOrchestrator, SagaState, SagaStateMixin
+from sagactl.errors import NO_URL_MESSAGE, CliError
 from sagactl.exitcodes import ExitCode
 
 __all__ = ["load_app", "make_engine", "model_for_table", "pick_orchestrator"]
@@ -52,7 +51,7 @@ def bare_orchestrator(engine: AsyncEngine, table: str) -> SagaOrchestrator[Any]:
     )
 
 
-async def _resolve(target: str, database_url: str) -> list[SagaOrchestrator[Any]]:
+async def _resolve(target: str, database_url: str | None) -> list[SagaOrchestrator[Any]]:
     module_name, _, attr = target.partition(":")
     if os.getcwd() not in sys.path:
         # Like `python -m`: the application's package is importable from where sagactl runs.
@@ -71,6 +70,11 @@ async def _resolve(target: str, database_url: str) -> list[SagaOrchestrator[Any]
             )
         obj = getattr(obj, part)
     if not isinstance(obj, SagaOrchestrator | list | tuple) and callable(obj):
+        if database_url is None:
+            raise CliError(
+                f"--app {target} is a factory that takes the database URL: {NO_URL_MESSAGE}",
+                ExitCode.USAGE,
+            )
         obj = obj(database_url)
         if inspect.isawaitable(obj):
             obj = await obj
@@ -85,8 +89,9 @@ async def _resolve(target: str, database_url: str) -> list[SagaOrchestrator[Any]
     return items
 
 
-async def load_app(targets: list[str], database_url: str) -> list[SagaOrchestrator[Any]]:
-    """Every orchestrator named by ``--app`` (in order)."""
+async def load_app(targets: list[str], database_url: str | None) -> list[SagaOrchestrator[Any]]:
+    """Every orchestrator named by ``--app`` (in order). A factory is called with
+    ``database_url``, which it needs (``None``: none was configured)."""
     found: list[SagaOrchestrator[Any]] = []
     for target in targets:
         found.extend(await _resolve(target, database_url))

@@ -13,7 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from saga_core.snapshot import SagaSnapshot
+from saga_core import SagaConflictError, SagaSnapshot, SagaStateError
 from sagactl.actions import ACTIONS, allowed_text, apply_action
 from sagactl.confirm import confirm
 from sagactl.errors import classify
@@ -33,17 +33,31 @@ SAMPLE = 10
 @dataclass(frozen=True)
 class Outcome:
     saga: SagaSnapshot
+    """The saga as listed before the confirmation."""
     ok: bool
     status: str | None = None
     code: ExitCode = ExitCode.OK
     message: str | None = None
+    found: str | None = None
+    """The status the saga had when the action was refused (it may have changed since it
+    was listed); ``None``: as listed."""
+
+    changed: bool = False
+    """Refused because the saga changed after it was listed (compare-and-set)."""
+
+    @property
+    def from_status(self) -> str:
+        """The status the action really met: with the compare-and-set on what was listed,
+        the listed one when it succeeded."""
+        return self.found or self.saga.status.value
 
     def to_json(self) -> dict[str, Any]:
         return {
             "id": str(self.saga.id),
             "saga_name": self.saga.saga_name,
             "ok": self.ok,
-            "from_status": self.saga.status.value,
+            "from_status": self.from_status,
+            "listed_status": self.saga.status.value,
             "status": self.status,
             "error": None
             if self.ok
@@ -133,14 +147,16 @@ def _report(rt: Runtime, action: str, total: int, outcomes: list[Outcome]) -> No
             table.add_row(
                 short_id(o.saga.id),
                 lit(o.saga.saga_name),
-                status_text(o.saga.status.value),
+                status_text(o.from_status),
                 status_text(o.status) if o.status else Text("-", style="dim"),
                 Text(spec.done, style="green") if o.ok else lit(o.message or "", "red"),
             )
         rt.out.print(table)
     summary = f"{spec.done} {len(outcomes) - len(failed)} of {len(outcomes)} saga(s)"
     if failed:
-        rt.warn(f"{summary}; {len(failed)} failed (exit {int(ExitCode.PARTIAL)})")
+        moved = sum(o.changed for o in failed)
+        note = f", {moved} of them changed since listed and left alone" if moved else ""
+        rt.warn(f"{summary}; {len(failed)} failed{note} (exit {int(ExitCode.PARTIAL)})")
     else:
         rt.info(summary)
 
@@ -181,11 +197,15 @@ async def run_bulk(
     with _progress(rt, spec.verb, len(targets)) as advance:
         for target in targets:
             try:
-                after = await apply_action(s, action, target.id, reason, mock_output)
+                # A compare-and-set on the saga as listed: one that changed while the
+                # operator read the prompt is skipped and reported, never acted on.
+                after = await apply_action(s, action, target, reason, mock_output)
                 outcomes.append(Outcome(target, True, after.status.value))
             except Exception as exc:
                 code, message = classify(exc)
-                outcomes.append(Outcome(target, False, None, code, message))
+                found = exc.status if isinstance(exc, SagaStateError) else None
+                changed = isinstance(exc, SagaConflictError)
+                outcomes.append(Outcome(target, False, None, code, message, found, changed))
                 if code is ExitCode.UNREACHABLE:
                     stop = code
                     break

@@ -10,14 +10,14 @@ from typing import Annotated
 
 import typer
 
-from sagactl.argv import hoist_global_options
+from sagactl.argv import hoist_global_options, output_format, undecodable
 from sagactl.cmd_db import db_app
 from sagactl.cmd_orphans import orphans_cmd
 from sagactl.cmd_purge import purge_cmd
 from sagactl.cmd_read import list_cmd, stats_cmd, workers_cmd
 from sagactl.cmd_repair import abort_cmd, compensate_cmd, notify_cmd, retry_cmd, skip_cmd
 from sagactl.cmd_show import show_cmd
-from sagactl.exitcodes import EXIT_CODES_HELP
+from sagactl.exitcodes import EXIT_CODES_HELP, ExitCode
 from sagactl.helpfmt import Command, Group
 from sagactl.runtime import ColorMode, GlobalOptions, OutputFormat, Runtime, pause_gc
 from sagactl.watch import watch_cmd
@@ -124,12 +124,27 @@ app.add_typer(db_app, rich_help_panel=OPERATE)
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``sagactl`` console script."""
     pause_gc()
-    args = hoist_global_options(sys.argv[1:] if argv is None else argv)
+    raw = sys.argv[1:] if argv is None else argv
+    args = hoist_global_options(raw)
+    problem = undecodable(raw)
+    if problem is not None:
+        fmt = output_format(args)
+        output = OutputFormat(fmt) if fmt in OutputFormat._value2member_map_ else OutputFormat.TEXT
+        Runtime(GlobalOptions(output=output, color=ColorMode.NEVER)).error(problem, ExitCode.USAGE)
+        return int(ExitCode.USAGE)
     command = typer.main.get_command(app)
     try:
         command.main(args=args, prog_name="sagactl", standalone_mode=True)
     except SystemExit as exc:
         code = exc.code
+        if code == 1 and (
+            isinstance(exc.__context__, BrokenPipeError)
+            or type(sys.stdout).__name__ == "PacifyFlushWrapper"
+        ):
+            # Help or usage printed to a closed stdout: rich (Console.on_broken_pipe) or
+            # click (typer's copy in recent versions) then exit 1. Quiet and 0 instead, as
+            # for the output of every command (Runtime.run).
+            return 0
         return code if isinstance(code, int) else (0 if code is None else 1)
     finally:
         # The interpreter's last collection at exit walks every object of SQLAlchemy,

@@ -28,9 +28,11 @@ def _orchestrators(s: Session) -> list[Any]:
 
 
 async def _status(s: Session) -> dict[str, Any]:
+    from saga_core import schema_status
+
     merged: dict[str, Any] = {"expected_version": None, "tables": {}, "up_to_date": True}
     for o in _orchestrators(s):
-        report = await o.engine.store.schema_status()
+        report = await schema_status(o.engine.sql_engine, [o.engine.model_class])
         merged["expected_version"] = report["expected_version"]
         merged["tables"].update(report["tables"])
         merged["up_to_date"] = merged["up_to_date"] and report["up_to_date"]

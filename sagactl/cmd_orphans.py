@@ -6,10 +6,11 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from sagactl.options import MAX_ROWS
 from sagactl.runtime import OutputFormat, Runtime, iso
 
 if TYPE_CHECKING:
-    from saga_core.versioning import OrphanGroup
+    from saga_core.snapshot import OrphanGroup
 
 # saga_core and the rendering are imported inside the command (see ``runtime``).
 
@@ -22,14 +23,20 @@ def orphans_cmd(
         bool, typer.Option("--ids", help="Also list the ids of the sagas, oldest first.")
     ] = False,
     limit: Annotated[
-        int, typer.Option("--limit", "-l", min=1, help="With --ids: at most this many per group.")
+        int,
+        typer.Option(
+            "--limit",
+            "-l",
+            min=1,
+            max=MAX_ROWS,
+            help="With --ids: at most this many per group.",
+        ),
     ] = 100,
 ) -> None:
     """Active sagas (RUNNING, SUSPENDED, COMPENSATING) whose definition version no live sagad worker runs, by saga name and version: they wait until a worker registering that version starts. FAILED sagas wait for an operator anyway and are not listed."""
     rt: Runtime = ctx.obj
 
     async def work() -> int:
-        from saga_core.versioning import ORPHAN_STATUSES, find_orphans
         from sagactl.render_dash import orphans_view
         from sagactl.render_json import orphan_json
         from sagactl.stats import workers_view
@@ -37,24 +44,14 @@ def orphans_cmd(
         async with rt.connect() as s:
             now = await s.now()
             stale_after = s.settings.worker_stale_after
-            # One read of the registry for both the orphans and the live count.
+            groups = await s.admin.orphans(stale_after=stale_after)
             views = workers_view(await s.admin.workers(), now, stale_after)
-            live_rows = [v.row for v in views if v.state == "live"]
-            live = len(live_rows)
-            groups = find_orphans(
-                await s.admin.version_summary(), live_rows, table=s.admin.store.table_name
-            )
+            live = sum(v.state == "live" for v in views)
             listed: dict[tuple[str, int], list[str]] | None = None
             if ids:
                 listed = {}
                 for g in groups:
-                    sagas = await s.admin.list_sagas(
-                        status=list(ORPHAN_STATUSES),
-                        saga_name=g.saga_name,
-                        definition_version=g.definition_version,
-                        limit=limit,
-                        oldest_first=True,
-                    )
+                    sagas = await s.admin.orphan_sagas(g, limit=limit)
                     listed[(g.saga_name, g.definition_version)] = [str(x.id) for x in sagas]
         total = sum(g.count for g in groups)
 

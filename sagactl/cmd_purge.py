@@ -9,7 +9,7 @@ from rich.text import Text
 
 from sagactl.errors import CliError
 from sagactl.exitcodes import ExitCode
-from sagactl.options import DryRunOpt, ReasonOpt, YesOpt
+from sagactl.options import MAX_ROWS, DryRunOpt, ReasonOpt, YesOpt
 from sagactl.runtime import Runtime
 from sagactl.timeparse import TimeArgError, parse_duration
 
@@ -17,14 +17,14 @@ __all__ = ["purge_cmd"]
 
 # saga_core is imported inside the command (see ``runtime``).
 PURGE_BATCH = 500
-"""``saga_core.admin.DEFAULT_PURGE_BATCH``, written out so --help needs no saga_core (a test
-checks they agree)."""
+"""``SagaAdmin.DEFAULT_PURGE_BATCH``, written out so --help needs no saga_core (a test checks
+they agree)."""
 
 
 def _final() -> list[str]:
-    from saga_core.machine import TERMINAL_STATUSES, SagaStatus
+    from saga_core import SagaStatus
 
-    return [s.value for s in SagaStatus if s in TERMINAL_STATUSES]
+    return [s.value for s in SagaStatus if s.is_terminal]
 
 
 def _statuses(values: list[str] | None) -> list[str]:
@@ -60,7 +60,7 @@ def purge_cmd(
         ),
     ] = None,
     batch_size: Annotated[
-        int, typer.Option("--batch-size", min=1, help="Rows deleted per transaction.")
+        int, typer.Option("--batch-size", min=1, max=MAX_ROWS, help="Rows deleted per transaction.")
     ] = PURGE_BATCH,
     reason: ReasonOpt = None,
     yes: YesOpt = False,

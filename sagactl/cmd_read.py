@@ -6,7 +6,15 @@ from typing import Annotated
 
 import typer
 
-from sagactl.options import AggregationOpt, NameOpt, SinceOpt, StatusOpt, UntilOpt
+from sagactl.options import (
+    MAX_OFFSET,
+    MAX_ROWS,
+    AggregationOpt,
+    NameOpt,
+    SinceOpt,
+    StatusOpt,
+    UntilOpt,
+)
 from sagactl.runtime import OutputFormat, Runtime, iso
 from sagactl.timeparse import parse_duration
 
@@ -22,10 +30,15 @@ def list_cmd(
     aggregation_id: AggregationOpt = None,
     since: SinceOpt = None,
     until: UntilOpt = None,
-    limit: Annotated[int, typer.Option("--limit", "-l", min=0, help="Rows per page.")] = 50,
-    offset: Annotated[int, typer.Option("--offset", min=0, help="Skip this many rows.")] = 0,
+    limit: Annotated[
+        int, typer.Option("--limit", "-l", min=0, max=MAX_ROWS, help="Rows per page.")
+    ] = 50,
+    offset: Annotated[
+        int, typer.Option("--offset", min=0, max=MAX_OFFSET, help="Skip this many rows.")
+    ] = 0,
     page: Annotated[
-        int | None, typer.Option("--page", "-p", min=1, help="Page number (sets --offset).")
+        int | None,
+        typer.Option("--page", "-p", min=1, max=MAX_OFFSET, help="Page number (sets --offset)."),
     ] = None,
 ) -> None:
     """List sagas, newest first: id, name, status, step, attempt, age, last update, worker holding it, last error."""

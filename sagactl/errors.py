@@ -8,7 +8,14 @@ from sagactl.timeparse import TimeArgError
 # SQLAlchemy and saga_core are imported inside the functions below: ``CliError`` is needed
 # by every command module, which ``sagactl --help`` imports (see ``runtime``).
 
-__all__ = ["CliError", "classify"]
+__all__ = ["NO_URL_MESSAGE", "CliError", "classify"]
+
+NO_URL_MESSAGE = (
+    "no database URL configured; give one with --database-url URL, the SAGA_DATABASE_URL "
+    "environment variable, or database_url in the config file (--config FILE or "
+    "$SAGA_CONFIG), e.g. postgresql+asyncpg://user@host/db or sqlite+aiosqlite:///path/saga.db "
+    "(sagactl never guesses one: a default SQLite file would be created empty)"
+)
 
 # Connection failures that are not transient but still mean "cannot reach the database".
 _CONNECT_ERRORS = frozenset(
@@ -43,7 +50,7 @@ def _chain(exc: BaseException) -> list[BaseException]:
 def _unreachable(exc: BaseException) -> bool:
     from sqlalchemy.exc import ProgrammingError
 
-    from saga_core.checkpoint import is_transient
+    from saga_core.errors import is_transient
 
     for e in _chain(exc):
         if type(e).__name__ in _CONNECT_ERRORS:

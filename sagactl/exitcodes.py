@@ -16,7 +16,8 @@ class ExitCode(IntEnum):
     NOT_FOUND = 3
     """No saga with that id (or an ambiguous id prefix)."""
     ILLEGAL = 4
-    """The saga's status does not allow the action (or a stale notify token)."""
+    """The saga's status does not allow the action, or the saga changed since it was read
+    (compare-and-set); a stale notify token."""
     PARTIAL = 5
     """A bulk action failed for at least one saga."""
     UNREACHABLE = 6

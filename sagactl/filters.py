@@ -6,10 +6,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from saga_core.machine import SagaStatus
+from saga_core import SagaStatus
 from sagactl.errors import CliError
 from sagactl.exitcodes import ExitCode
-from sagactl.timeparse import parse_when, resolve_when
+from sagactl.timeparse import TimeArgError, parse_when, resolve_when
 
 __all__ = ["SagaFilters"]
 
@@ -57,8 +57,8 @@ class SagaFilters:
             statuses=statuses,
             names=_split(name),
             aggregation_id=aggregation_id,
-            since=parse_when(since) if since else None,
-            until=parse_when(until) if until else None,
+            since=_when_arg("--since", since),
+            until=_when_arg("--until", until),
         )
 
     @property
@@ -88,6 +88,15 @@ class SagaFilters:
         if self.until:
             parts.append(f"until {_when(self.until)}")
         return ", ".join(parts) or "no filter"
+
+
+def _when_arg(option: str, text: str | None) -> timedelta | datetime | None:
+    if not text:
+        return None
+    try:
+        return parse_when(text)
+    except TimeArgError as exc:
+        raise TimeArgError(f"{option}: {exc}") from None
 
 
 def _when(value: timedelta | datetime) -> str:

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 from rich.text import Text
 
-from saga_core.machine import SagaStatus
+from saga_core import SagaStatus
 from sagactl.safe import clean
 
 __all__ = [

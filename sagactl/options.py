@@ -7,6 +7,8 @@ from typing import Annotated
 import typer
 
 __all__ = [
+    "MAX_OFFSET",
+    "MAX_ROWS",
     "AggregationOpt",
     "DryRunOpt",
     "LimitOpt",
@@ -19,6 +21,11 @@ __all__ = [
 ]
 
 FILTERS = "Filters"
+
+MAX_ROWS = 1_000_000
+"""The most rows one command lists or acts on: beyond it, a typo (and beyond 2**63 the
+database would refuse the number anyway)."""
+MAX_OFFSET = 10**12
 
 StatusOpt = Annotated[
     list[str] | None,
@@ -63,6 +70,7 @@ LimitOpt = Annotated[
     typer.Option(
         "--limit",
         min=1,
+        max=MAX_ROWS,
         help="Act on at most this many matching sagas, oldest first (bulk; default 1000).",
         rich_help_panel=FILTERS,
     ),

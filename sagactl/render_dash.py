@@ -11,9 +11,8 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from saga_core.machine import SagaStatus
-from saga_core.store import WorkerRow
-from saga_core.versioning import OrphanGroup
+from saga_core import SagaStatus
+from saga_core.snapshot import OrphanGroup, WorkerRow
 from sagactl.fmt import STATUS_STYLE, age, clock, duration, lit
 from sagactl.stats import Stats, WorkerView
 

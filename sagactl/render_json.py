@@ -7,8 +7,7 @@ import re
 from datetime import datetime
 from typing import Any
 
-from saga_core.snapshot import SagaSnapshot
-from saga_core.versioning import OrphanGroup
+from saga_core.snapshot import OrphanGroup, SagaSnapshot
 from sagactl.runtime import iso, to_json
 from sagactl.stats import Dashboard, Stats, WorkerView
 

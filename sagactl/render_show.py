@@ -16,9 +16,8 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from saga_core.history import REFUSALS_UNRECORDED, REFUSED
-from saga_core.machine import SagaStatus
-from saga_core.snapshot import SagaAdminSnapshot, SagaSnapshot
+from saga_core import SagaStatus
+from saga_core.snapshot import REFUSALS_UNRECORDED, REFUSED, SagaAdminSnapshot, SagaSnapshot
 from sagactl.fmt import (
     STATUS_STYLE,
     age,

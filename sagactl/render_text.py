@@ -11,7 +11,7 @@ from rich import box
 from rich.table import Table
 from rich.text import Text
 
-from saga_core.machine import SagaStatus
+from saga_core import SagaStatus
 from saga_core.snapshot import SagaSnapshot
 from sagactl.fmt import age, lit, relative, short_id, shorten, status_text
 

@@ -149,8 +149,14 @@ class _Budget:
 
 
 # Rows handed out in rounds: a few of each list first, then the rest in this order.
-_ROUNDS = (("failures", MIN_FAILURE_ROWS), ("names", 3), ("workers", 2))
-_ROUNDS += (("names", 10**9), ("workers", 10**9), ("failures", 10**9))
+_ROUNDS: tuple[tuple[str, int], ...] = (
+    ("failures", MIN_FAILURE_ROWS),
+    ("names", 3),
+    ("workers", 2),
+    ("names", 10**9),
+    ("workers", 10**9),
+    ("failures", 10**9),
+)
 
 
 def _budget(lines: int, names: int, workers: int, failures: int, failed: int) -> _Budget:

@@ -28,11 +28,66 @@ from sagactl.exitcodes import ExitCode
 from sagactl.safe import clean, json_escape
 
 if TYPE_CHECKING:
-    from saga_core.admin import SagaAdmin
-    from saga_core.orchestrator import SagaOrchestrator
+    from saga_core import SagaAdmin, SagaOrchestrator
     from saga_core.settings import SagaSettings
 
-__all__ = ["ColorMode", "GlobalOptions", "OutputFormat", "Runtime", "Session", "to_json"]
+__all__ = [
+    "ColorMode",
+    "GlobalOptions",
+    "OutputFormat",
+    "Runtime",
+    "Session",
+    "StdoutClosed",
+    "to_json",
+]
+
+
+class StdoutClosed(Exception):
+    """Standard output was closed by its reader (``sagactl list | head -1``)."""
+
+
+class _Stdout:
+    """Standard output, with a write to a closed pipe raised as :class:`StdoutClosed`, so
+    that it is never mistaken for a lost database connection (asyncpg reports those as
+    BrokenPipeError too). It wraps the stream itself, not ``sys.stdout`` at each call:
+    rich's Live replaces ``sys.stdout`` with a proxy that writes back to the console."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return int(self._stream.write(text))
+        except BrokenPipeError as exc:
+            raise StdoutClosed from exc
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError as exc:
+            raise StdoutClosed from exc
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def _stdout_closed(exc: BaseException) -> bool:
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, StdoutClosed):
+            return True
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    return False
+
+
+def _silence_stdout() -> None:
+    """Point fd 1 at /dev/null: the interpreter's last flush must not fail again."""
+    with suppress(OSError, ValueError, AttributeError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
 
 
 class OutputFormat(StrEnum):
@@ -137,6 +192,7 @@ class Runtime:
         self.options = options
         self.output = options.output
         self._settings: SagaSettings | None = None
+        self.stdout = _Stdout(sys.stdout)
         self.out = self._console(stderr=False)
         self.err = self._console(stderr=True)
 
@@ -152,6 +208,8 @@ class Runtime:
             "markup": False,
             "emoji": False,
         }
+        if not stderr:
+            kw["file"] = self.stdout
         if self.options.color is ColorMode.ALWAYS:
             kw.update(force_terminal=True, no_color=False)
         elif self.options.color is ColorMode.NEVER:
@@ -174,13 +232,13 @@ class Runtime:
     def emit(self, data: Any) -> None:
         """One JSON document on stdout (``json``: indented; ``jsonl``: one line)."""
         indent = 2 if self.output is OutputFormat.JSON else None
-        sys.stdout.write(to_json(data, indent=indent) + "\n")
-        sys.stdout.flush()
+        self.stdout.write(to_json(data, indent=indent) + "\n")
+        self.stdout.flush()
 
     def emit_lines(self, items: Iterable[Any]) -> None:
         for item in items:
-            sys.stdout.write(to_json(item) + "\n")
-        sys.stdout.flush()
+            self.stdout.write(to_json(item) + "\n")
+        self.stdout.flush()
 
     def info(self, message: str) -> None:
         """A message for people on stderr (never in JSON modes' stdout)."""
@@ -215,46 +273,51 @@ class Runtime:
         return self._settings
 
     def scrub(self, text: str) -> str:
-        """``text`` with every database password we know of replaced by ``***``."""
-        from sqlalchemy.engine import make_url
+        """``text`` with the database passwords we know of masked (``***``) by URL
+        structure (see ``saga_core.settings.mask_secrets``)."""
+        from saga_core.settings import mask_secrets
 
         urls = [self.options.database_url, os.environ.get("SAGA_DATABASE_URL")]
         if self._settings is not None:
             urls.append(self._settings.database_url)
-            with suppress(OSError):
+            with suppress(OSError, UnicodeDecodeError):
                 urls.append(self._settings.effective_database_url())
-        for url in urls:
-            if not url:
-                continue
-            try:
-                password = make_url(url).password
-            except Exception:
-                continue
-            if password:
-                text = text.replace(str(password), "***")
-        return text
+        return mask_secrets(text, urls)
 
     # --- database --------------------------------------------------------------------------
 
     @asynccontextmanager
     async def connect(self) -> AsyncIterator[Session]:
-        from saga_core.admin import SagaAdmin
+        from saga_core import SagaAdmin
         from sagactl.appload import bare_orchestrator, load_app, make_engine, pick_orchestrator
+        from sagactl.errors import NO_URL_MESSAGE, CliError
 
         settings = self.settings
-        url = settings.effective_database_url()
-        engine = make_engine(url)
-        resume_gc()
+        # Only a URL someone gave: the settings' default (./saga.db) would be created empty
+        # in whatever directory sagactl runs from. An --app orchestrator object names its
+        # own database; a factory needs the URL (load_app says so).
+        url = (
+            settings.effective_database_url()
+            if "database_url" in settings.model_fields_set
+            else None
+        )
+        if url is None and not settings.app:
+            raise CliError(NO_URL_MESSAGE, ExitCode.USAGE)
+        engines: dict[int, Any] = {}
         apps: list[SagaOrchestrator[Any]] = []
         try:
             if settings.app:
                 apps = await load_app(settings.app, url)
+                resume_gc()
                 orch = pick_orchestrator(apps, settings.table, "table" in settings.model_fields_set)
             else:
+                assert url is not None
+                engine = make_engine(url)
+                resume_gc()
+                engines[id(engine)] = engine
                 orch = bare_orchestrator(engine, settings.table)
             yield Session(settings, orch, SagaAdmin(engine=orch.engine), apps)
         finally:
-            engines = {id(engine): engine}
             for o in apps:
                 engines[id(o.engine.sql_engine)] = o.engine.sql_engine
             for e in engines.values():
@@ -278,6 +341,11 @@ class Runtime:
                 self.err.print("interrupted")
             code = on_interrupt
         except Exception as exc:
+            if _stdout_closed(exc):
+                # The reader of our output has gone (`| head -1`): nothing left to say,
+                # and no error, as for any command-line tool whose output was cut short.
+                _silence_stdout()
+                raise typer.Exit(0) from None
             from sagactl.errors import classify
 
             exit_code, message = classify(exc)

@@ -6,11 +6,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from saga_core.admin import SagaAdmin
-from saga_core.machine import SagaStatus
-from saga_core.snapshot import SagaSnapshot
-from saga_core.store import WorkerRow
-from saga_core.versioning import OrphanGroup, find_orphans
+from saga_core import SagaAdmin, SagaStatus
+from saga_core.snapshot import OrphanGroup, SagaSnapshot, WorkerRow
 from sagactl.errors import classify
 from sagactl.exitcodes import ExitCode
 from sagactl.runtime import Session
@@ -102,7 +99,7 @@ async def _orphans(
         return None
     if not live:
         return None
-    return find_orphans(await admin.version_summary(), live, table=admin.store.table_name)
+    return await admin.orphans(stale_after=stale_after)
 
 
 def workers_view(rows: list[WorkerRow], now: datetime, stale_after: float) -> list[WorkerView]:

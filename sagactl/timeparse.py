@@ -9,6 +9,9 @@ from datetime import UTC, datetime, timedelta
 __all__ = ["TimeArgError", "parse_duration", "parse_when", "resolve_when"]
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+MAX_DURATION = timedelta(days=36500)
+"""The longest duration accepted (100 years): anything longer is a typo, and far longer
+ones overflow the calendar."""
 _PART = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
 
 
@@ -24,6 +27,11 @@ def parse_duration(text: str) -> timedelta:
             f"{text!r} is not a duration; use a number and a unit: 30s, 15m, 2h, 7d (or 1h30m)"
         )
     seconds = sum(float(n) * _UNITS[u] for n, u in _PART.findall(raw))
+    if not seconds <= MAX_DURATION.total_seconds():  # also inf from 1e400-long digits
+        shown = text if len(text) <= 40 else text[:37] + "..."
+        raise TimeArgError(
+            f"{shown!r} is too long a duration: at most {MAX_DURATION.days}d (100 years)"
+        )
     return timedelta(seconds=seconds)
 
 
@@ -49,5 +57,8 @@ def resolve_when(value: timedelta | datetime | None, now: datetime) -> datetime 
     if value is None:
         return None
     if isinstance(value, timedelta):
-        return now - value
+        try:
+            return now - value
+        except OverflowError:
+            raise TimeArgError(f"{value} before {now} is before year 1") from None
     return value

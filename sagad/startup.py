@@ -12,7 +12,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from saga_core import SagaEngine
-from saga_core.settings import mask_url
+from saga_core.settings import mask_secrets, mask_url
 from sagad.errors import DatabaseUnavailableError, SchemaError
 
 __all__ = ["describe_url", "distinct_databases", "verify_schema", "wait_for_database"]
@@ -58,6 +58,8 @@ async def wait_for_database(engines: list[AsyncEngine], timeout: float) -> None:
                 break
             except Exception as exc:
                 reason = _one_line(exc) if not isinstance(exc, TimeoutError) else "timed out"
+                # A driver message may quote the DSN, or the password itself.
+                reason = mask_secrets(reason, [engine.url.render_as_string(hide_password=False)])
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise DatabaseUnavailableError(

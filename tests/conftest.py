@@ -26,6 +26,13 @@ Which server is used, first match wins
 (d) Otherwise the run stops with a message saying what to install.
 PostgreSQL tests are never skipped silently.
 
+The server is chosen, and the fresh database created, once collection is done and only when
+a collected test needs PostgreSQL; any failure there stops the run with one plain message
+(never a fixture traceback). The suite needs about ``CONNECTIONS_NEEDED`` (50) connections
+at once: a server that refuses with "too many clients" (SQLSTATE 53300), at the start or
+in the middle of the run, stops the run with a message saying so and how to point
+``TEST_DATABASE_URL`` at another server.
+
 Environment variables
 ---------------------
 TEST_DATABASE_URL=postgresql://user[:pw]@host:port/db
@@ -35,7 +42,8 @@ SAGA_TEST_NO_LOCAL_PG=1
     machine whose local server is running:
     ``SAGA_TEST_NO_LOCAL_PG=1 pytest tests/integration/test_pg_plumbing.py``.
 SAGA_TEST_PG_CTL=/path/to/pg_ctl
-    pg_ctl to use for path (c) instead of searching for one.
+    pg_ctl to use for path (c) instead of searching for one; ``none``: never start a
+    throwaway server (path c is skipped).
 """
 
 from __future__ import annotations
@@ -52,7 +60,7 @@ import sys
 import tempfile
 import threading
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
@@ -67,6 +75,7 @@ LOCAL_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 PROBE_TIMEOUT_S = 2.0
 CONNECT_TIMEOUT_S = 10.0
 DB_PREFIX = "saga_test_"
+CONNECTIONS_NEEDED = 50
 
 INSTALL_HINT = (
     "install PostgreSQL server binaries (Debian/Ubuntu: `apt-get install postgresql`; "
@@ -105,8 +114,8 @@ def _run_async(factory: Callable[[], Awaitable[T]]) -> T:
     return result[0]
 
 
-def _probe(dsn: str, timeout: float) -> str | None:
-    """Return None when ``dsn`` accepts a connection, else a short error text."""
+def _probe(dsn: str, timeout: float) -> Exception | None:
+    """Return None when ``dsn`` accepts a connection, else the error."""
 
     async def attempt() -> None:
         conn = await asyncpg.connect(dsn, timeout=timeout)
@@ -115,16 +124,53 @@ def _probe(dsn: str, timeout: float) -> str | None:
     try:
         _run_async(attempt)
     except Exception as exc:
-        return f"{type(exc).__name__}: {exc}".strip()
+        return exc
     return None
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}".strip()
 
 
 def _redact(dsn: str) -> str:
     return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", dsn)
 
 
+def too_many_clients(exc: BaseException) -> BaseException | None:
+    """The error in ``exc``'s chain saying the server refuses more connections (SQLSTATE
+    53300: "too many clients already", or a role's or database's connection limit)."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        text = str(cur).lower()
+        if getattr(cur, "sqlstate", None) == "53300" or "too many clients" in text:
+            return cur
+        if isinstance(cur, BaseExceptionGroup):
+            for inner in cur.exceptions:
+                found = too_many_clients(inner)
+                if found is not None:
+                    return found
+        orig = getattr(cur, "orig", None)
+        cur = orig if isinstance(orig, BaseException) else (cur.__cause__ or cur.__context__)
+    return None
+
+
+def too_many_message(where: str, exc: BaseException) -> str:
+    return (
+        f"{where} refuses more connections ({_describe(exc)}). The test suite needs about "
+        f"{CONNECTIONS_NEEDED} PostgreSQL connections at once (the fresh test database, and "
+        "the pools of the workers and of the sagad and sagactl processes the tests start). "
+        "Free some (other clients of that server, or raise its max_connections), or point "
+        "TEST_DATABASE_URL=postgresql://user@host:port/db at a server with room (the user "
+        "needs the CREATEDB privilege)."
+    )
+
+
 def _stop_session(message: str) -> NoReturn:
-    # pytest.exit ends the whole run with a non-zero status (never a skip).
+    # pytest.exit ends the whole run with a non-zero status (never a skip). It is only
+    # called before any fixture is set up (see pytest_collection_finish): raised from a
+    # fixture, pytest would bury it under a teardown traceback of tmp_path.
     pytest.exit(f"PostgreSQL test setup failed: {message}")
 
 
@@ -139,6 +185,8 @@ def _pg_ctl_version_key(path: str) -> tuple[int, ...]:
 def find_pg_ctl() -> str | None:
     """Locate a pg_ctl binary: $SAGA_TEST_PG_CTL, PATH, then well-known dirs."""
     override = os.environ.get("SAGA_TEST_PG_CTL")
+    if override == "none":
+        return None
     if override:
         if not os.access(override, os.X_OK):
             _stop_session(f"SAGA_TEST_PG_CTL={override} is not an executable pg_ctl")
@@ -298,17 +346,31 @@ def _discover_server() -> PgServer:
             _stop_session(f"TEST_DATABASE_URL is not a usable PostgreSQL URL: {exc}")
         error = _probe(maintenance, CONNECT_TIMEOUT_S)
         if error is not None:
+            crowded = too_many_clients(error)
+            if crowded is not None:
+                _stop_session(
+                    too_many_message(f"TEST_DATABASE_URL {_redact(maintenance)}", crowded)
+                )
             _stop_session(
                 f"TEST_DATABASE_URL is set but {_redact(maintenance)} does not accept "
-                f"connections: {error}. Fix or unset TEST_DATABASE_URL."
+                f"connections: {_describe(error)}. Fix or unset TEST_DATABASE_URL."
             )
         return PgServer(maintenance, "TEST_DATABASE_URL")
 
     # (b) local server
     if os.environ.get("SAGA_TEST_NO_LOCAL_PG", "") in ("", "0"):
-        local_error = _probe(LOCAL_DSN, PROBE_TIMEOUT_S)
-        if local_error is None:
+        probe_error = _probe(LOCAL_DSN, PROBE_TIMEOUT_S)
+        if probe_error is None:
             return PgServer(LOCAL_DSN, "local server 127.0.0.1:5432")
+        crowded = too_many_clients(probe_error)
+        if crowded is not None:
+            # Reachable but full: starting another server behind the user's back would hide
+            # that; say so instead.
+            _stop_session(
+                too_many_message(f"the local server {LOCAL_DSN}", crowded)
+                + " SAGA_TEST_NO_LOCAL_PG=1 uses a throwaway server instead."
+            )
+        local_error = _describe(probe_error)
     else:
         local_error = "probe disabled by SAGA_TEST_NO_LOCAL_PG"
 
@@ -316,10 +378,15 @@ def _discover_server() -> PgServer:
     pg_ctl = find_pg_ctl()
     if pg_ctl is None:
         # (d) nothing usable
+        no_pg_ctl = (
+            "SAGA_TEST_PG_CTL=none rules out a throwaway server"
+            if os.environ.get("SAGA_TEST_PG_CTL") == "none"
+            else "no pg_ctl was found on PATH or in /usr/lib/postgresql/*/bin to start a "
+            "throwaway server"
+        )
         _stop_session(
             "no PostgreSQL server available: TEST_DATABASE_URL is unset, "
-            f"{LOCAL_DSN} is not reachable ({local_error}), and no pg_ctl was found on "
-            "PATH or in /usr/lib/postgresql/*/bin to start a throwaway server. "
+            f"{LOCAL_DSN} is not reachable ({local_error}), and {no_pg_ctl}. "
             f"To fix: {INSTALL_HINT}."
         )
     try:
@@ -376,39 +443,111 @@ def drop_database(maintenance_dsn: str, name: str) -> None:
 # --------------------------------------------------------------------- fixtures
 
 
+@dataclass
+class _PgSession:
+    server: PgServer | None = None
+    url: str | None = None
+    database: str | None = None
+
+
+_PG = _PgSession()
 _USED_SERVERS: list[str] = []
 
 
-@pytest.fixture(scope="session")
-def pg_server() -> Iterator[PgServer]:
-    """The PostgreSQL server chosen for this session (see module docstring)."""
+def _prepare_pg() -> _PgSession:
+    """Choose the server and create the session's fresh database (once)."""
+    if _PG.url is not None:
+        return _PG
     server = _discover_server()
+    _PG.server = server
     _USED_SERVERS.append(f"{server.source}: {_redact(server.maintenance_dsn)}")
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture(scope="session")
-def pg_url(pg_server: PgServer) -> Iterator[str]:
-    """SQLAlchemy async URL of a fresh ``saga_test_<hex>`` database for this session."""
     name = f"{DB_PREFIX}{uuid.uuid4().hex[:16]}"
     try:
-        create_database(pg_server.maintenance_dsn, name)
+        create_database(server.maintenance_dsn, name)
     except Exception as exc:
+        crowded = too_many_clients(exc)
+        if crowded is not None:
+            _stop_session(
+                too_many_message(f"{_redact(server.maintenance_dsn)} ({server.source})", crowded)
+            )
         _stop_session(
-            f"could not CREATE DATABASE {name} on {_redact(pg_server.maintenance_dsn)} "
-            f"({pg_server.source}): {type(exc).__name__}: {exc}. "
-            "The user needs the CREATEDB privilege."
+            f"could not CREATE DATABASE {name} on {_redact(server.maintenance_dsn)} "
+            f"({server.source}): {_describe(exc)}. The user needs the CREATEDB privilege; "
+            "or point TEST_DATABASE_URL=postgresql://user@host:port/db at a server where it has it."
         )
+    _PG.database = name
+    _PG.url = async_url(server.maintenance_dsn, database=name)
+    return _PG
+
+
+def _release_pg() -> None:
+    server, name = _PG.server, _PG.database
+    if server is None:
+        return
     try:
-        yield async_url(pg_server.maintenance_dsn, database=name)
+        if name is not None:
+            try:
+                drop_database(server.maintenance_dsn, name)
+            except Exception as exc:
+                print(f"\nwarning: could not drop test database {name}: {exc}", file=sys.stderr)
     finally:
-        try:
-            drop_database(pg_server.maintenance_dsn, name)
-        except Exception as exc:
-            print(f"\nwarning: could not drop test database {name}: {exc}", file=sys.stderr)
+        server.stop()
+        _PG.server = _PG.url = _PG.database = None
+
+
+def _needs_pg(item: pytest.Item) -> bool:
+    return item.get_closest_marker("postgres") is not None
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Set PostgreSQL up before the first test when any collected test needs it: a failure
+    stops the run here, with its message alone."""
+    if session.config.option.collectonly:
+        return
+    if any(_needs_pg(item) for item in session.items):
+        _prepare_pg()
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    # trylast: after pytest has torn the session's fixtures down (they may use the database).
+    _release_pg()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """A test that failed because the server refused more connections stops the run with a
+    plain message (the suite would only fail on, test after test, with deep tracebacks)."""
+    report = yield
+    if call.excinfo is not None and report.failed:
+        crowded = too_many_clients(call.excinfo.value)
+        if crowded is not None:
+            server = _PG.server
+            where = (
+                f"the PostgreSQL server {_redact(server.maintenance_dsn)} ({server.source})"
+                if server is not None
+                else "the PostgreSQL server"
+            )
+            message = f"stopped, PostgreSQL is full: {too_many_message(where, crowded)}"
+            report.longrepr = message
+            item.session.shouldstop = message
+    return report
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> PgServer:
+    """The PostgreSQL server chosen for this session (see module docstring)."""
+    server = _prepare_pg().server
+    assert server is not None
+    return server
+
+
+@pytest.fixture(scope="session")
+def pg_url(pg_server: PgServer) -> str:
+    """SQLAlchemy async URL of a fresh ``saga_test_<hex>`` database for this session."""
+    url = _prepare_pg().url
+    assert url is not None
+    return url
 
 
 @pytest.fixture(scope="session")
