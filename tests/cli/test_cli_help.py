@@ -60,10 +60,10 @@ def test_help_names_the_metavars() -> None:
 
 
 def test_purge_batch_default_is_saga_cores() -> None:
-    from saga_core.admin import DEFAULT_PURGE_BATCH
+    from saga_core import SagaAdmin
     from sagactl.cmd_purge import PURGE_BATCH
 
-    assert PURGE_BATCH == DEFAULT_PURGE_BATCH
+    assert SagaAdmin.DEFAULT_PURGE_BATCH == PURGE_BATCH
 
 
 PROBE = """
