@@ -277,7 +277,7 @@ class Run:
         for attempt in range(5):
             sent = time.monotonic()
             try:
-                row, _ = await self.deps.store.saga_update_locked(
+                row, written = await self.deps.store.saga_update_locked(
                     self.saga_id, fn, lease_token=self.lease.token
                 )
                 break
@@ -291,7 +291,12 @@ class Run:
         self.context = dict(row.context)
         self.steps = [dict(s) for s in row.steps_state]
         self.state = machine_state(row)
-        if row.lease_owner is not None and row.deadline_at is not None:
+        if written and row.lease_owner is not None and row.deadline_at is not None:
+            # Only a row this write changed tells the lease: its updated_at is the write's
+            # database time. An unchanged row's updated_at dates from its last write, while
+            # renewals (which leave updated_at alone) have moved deadline_at on since: their
+            # difference would overstate the lease by the row's age, and the keeper would stop
+            # renewing a lease that is about to run out.
             self.lease.confirm(sent, (row.deadline_at - row.updated_at).total_seconds())
         return row
 
