@@ -312,13 +312,17 @@ class Executor:
 
     async def _wait_over(self, run: Run, spec: StepSpec, wait: Wait) -> m.Transition | None:
         """Claimed while the step waited for an event: its wait timed out, unless its event
-        arrived as the claim was made (then consumed: None, the step runs again)."""
+        arrived as the claim was made (then consumed: None, the step runs again), or the
+        claim came before the wait's end (the saga was made due early, e.g. released after
+        an error whose write had in fact suspended it): then the wait goes on."""
         index = spec.index
         token = str(run.step_token(index))
         timed_out: list[tuple[m.Transition, a.Outcome]] = []
+        goes_on: list[m.Transition] = []
 
         def decide(row: SagaRow, now: datetime) -> RowUpdate:
             timed_out.clear()  # decided again if the write must be retried
+            goes_on.clear()
             inbox = list(row.inbox or [])
             at = now.isoformat()
             match = next(
@@ -339,6 +343,12 @@ class Executor:
                     deadline=DeadlineChange.HOLD,
                 )
             state = run.state
+            if not wait.timed_out(now):
+                # Not timed out by the database clock: suspended again until the wait's end.
+                until = wait.until_dt()
+                t = m.suspended_for_event(state, None if until is None else until - now)
+                goes_on.append(t)
+                return update_for(t, run.steps, at=at, history=[], context=run.context)
             number = state.steps[index].attempts + 1
             out = a.wait_timed_out(run, spec, number, state.retry_counter + 1, wait)
             out.entry["at"] = at
@@ -365,6 +375,11 @@ class Executor:
             )
 
         await run.locked(decide)
+        if goes_on:
+            run.log.bind(step=spec.step_id).info(
+                "step {} was claimed before its wait ended: it waits on", spec.step_id
+            )
+            return goes_on[0]
         if not timed_out:
             return None
         t, out = timed_out[0]
