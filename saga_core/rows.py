@@ -164,18 +164,30 @@ def new_token() -> str:
 
 def with_tokens(row: SagaRow) -> list[dict[str, Any]]:
     """The row's per-step state, every step carrying its token. Sagas stored by earlier
-    versions had one token, the ``step_execution_token`` column: the step at the cursor
-    keeps it (it is what that step handed out), the others get new ones."""
+    versions had one token, the ``step_execution_token`` column, rotated by every claim:
+    every step that ran in the last claim handed it out. The steps that version's wait
+    marker lists as waiting (else the step at the cursor) keep it; the others get one
+    derived from it and their step id, so that every reader of the row (a delivery, the
+    worker running the saga) gives a step the same token until a write stores them."""
     steps = row.steps_state
     if all("token" in s for s in steps):
         return [dict(s) for s in steps]
+    legacy = str(row.step_execution_token)
+    marker = row.context.get(LEGACY_WAITING_KEY)
+    waiting: set[str] = set()
+    if isinstance(marker, dict):
+        listed = marker.get("branches") or [marker.get("step_id")]
+        waiting = (
+            {str(x) for x in listed if isinstance(x, str)} if isinstance(listed, list) else set()
+        )
     out = []
     for i, s in enumerate(steps):
         s = dict(s)
         if "token" not in s:
-            s["token"] = (
-                str(row.step_execution_token) if i == row.current_step_index else new_token()
-            )
+            sid = str(s.get("step_id"))
+            keeps = sid in waiting if waiting else i == row.current_step_index
+            derived = uuid.uuid5(row.step_execution_token, str(s.get("step_id")))
+            s["token"] = legacy if keeps else str(derived)
         out.append(s)
     return out
 

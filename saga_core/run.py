@@ -289,7 +289,12 @@ class Run:
         else:  # pragma: no cover - the loop returns or raises
             raise AssertionError
         self.context = dict(row.context)
-        self.steps = [dict(s) for s in row.steps_state]
+        steps = [dict(s) for s in row.steps_state]
+        if not all("token" in s for s in steps):
+            # A row stored by an earlier version, not rewritten yet (the write changed
+            # nothing): its steps keep the tokens this run gave them.
+            steps = with_tokens(row)
+        self.steps = steps
         self.state = machine_state(row)
         if written and row.lease_owner is not None and row.deadline_at is not None:
             # Only a row this write changed tells the lease: its updated_at is the write's

@@ -101,7 +101,9 @@ def meant_for(entry: dict[str, Any], token: str, step_id: str, wait_name: str | 
     """Whether an inbox entry is for a step (``token``, ``step_id``) that waits for an event
     named ``wait_name`` (None: an unnamed wait, reached by its token only)."""
     if entry.get("token") is not None:
-        return bool(entry.get("token") == token)
+        # The step id too: waiting branches of a saga stored by an earlier version share
+        # the one token that version handed out.
+        return bool(entry.get("token") == token) and entry.get("step_id") in (None, step_id)
     candidates = entry.get("steps")
     return (
         wait_name is not None
@@ -128,6 +130,17 @@ def _live(state: m.MachineState, shape: m.Shape, index: int) -> bool:
     if state.steps[index].status is not m.StepStatus.PENDING:
         return False
     return shape.parallel or index == state.cursor
+
+
+def _bound_step(steps: list[dict[str, Any]], entry: dict[str, Any]) -> int | None:
+    """The step an inbox entry bound to a token is for: the step with that token (and the
+    entry's step id, when it names one: steps of a saga stored by an earlier version may
+    share a token)."""
+    token, step_id = str(entry.get("token")), entry.get("step_id")
+    for i, s in enumerate(steps):
+        if s.get("token") == token and step_id in (None, s.get("step_id")):
+            return i
+    return None
 
 
 # --- the inbox, from the holder's side ------------------------------------------------------
@@ -175,10 +188,7 @@ def settle_inbox(
         token = entry.get("token")
         index: int | None = None
         if token is not None:
-            try:
-                index = step_with_token(out.steps, uuid.UUID(str(token)))
-            except ValueError:
-                index = None
+            index = _bound_step(out.steps, entry)
             if index is None or not _live(state, shape, index):
                 step_id = None if index is None else str(out.steps[index]["step_id"])
                 why = (
