@@ -261,6 +261,9 @@ class Executor:
         index = spec.index
         token = str(run.step_token(index))
         suspended: list[m.Transition] = []
+        # A transactional step that waits leaves none of its rows: its transaction ends
+        # here, before the row lock is taken (on SQLite it holds this process's write lock).
+        await self.deps.tx.discard(run)
 
         def decide(row: SagaRow, now: datetime) -> RowUpdate:
             suspended.clear()  # decided again if the write must be retried
