@@ -151,8 +151,13 @@ class Executor:
                 return
             if state.status is m.SagaStatus.RUNNING:
                 t = await self._forward(run)
-                if t is None:
-                    continue  # an event was consumed: the step runs again now
+                if t is None:  # an event was consumed: the step runs again now...
+                    if run.should_stop():  # ...unless this worker is handing sagas over
+                        await run.release(
+                            run.interrupted_note("worker draining: released between steps")
+                        )
+                        return
+                    continue
             elif state.status is m.SagaStatus.COMPENSATING:
                 t = await self._compensate(run)
             else:

@@ -7,7 +7,7 @@ at the drain flag; the same holds for ``yielding`` (a suspect waiting to run alo
 from __future__ import annotations
 
 from itkit import Harness, StepContext, Work, from_context
-from regresskit import REPLY, Ask, AskLog, describe, history
+from regresskit import REPLY, Ask, AskLog, describe, history, settle
 
 from saga_core import InputContext, SagaBuilder
 
@@ -42,3 +42,7 @@ async def test_draining_worker_does_not_rerun_a_step_after_consuming_an_early_ev
     )
     assert row.lease_owner is None and row.status == "RUNNING", describe(row)
     assert any(e["status"] == "INTERRUPTED" for e in history(row)), describe(row)
+    other = await h.worker()
+    row = await settle(h, other, sid)
+    assert row.status == "COMPLETED", describe(row)
+    assert [r.replies for r in log.of(sid)] == [0, 1]
