@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextvars
+import math
 import uuid
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -11,6 +12,7 @@ from typing import TYPE_CHECKING, Literal, NoReturn
 
 from saga_core.errors import SagaError
 from saga_core.payload import check_text
+from saga_core.retry import MAX_DELAY
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession
@@ -34,9 +36,19 @@ class WaitForEvent(Exception):
             if isinstance(timeout, bool) or not isinstance(timeout, timedelta | int | float):
                 raise SagaError(f"timeout must be a timedelta or seconds, got {timeout!r}")
             if not isinstance(timeout, timedelta):
+                if not math.isfinite(timeout) or timeout > MAX_DELAY.total_seconds():
+                    raise SagaError(
+                        f"timeout must be a finite number of seconds up to {MAX_DELAY.days} "
+                        f"days (None: no timeout), got {timeout!r}"
+                    )
                 timeout = timedelta(seconds=timeout)
             if timeout <= timedelta(0):
                 raise SagaError(f"timeout must be positive, got {timeout}")
+            if timeout > MAX_DELAY:
+                raise SagaError(
+                    f"timeout must be at most {MAX_DELAY.days} days (None: no timeout), "
+                    f"got {timeout}"
+                )
         if name is not None:
             check_event_name(name, "the name of an event wait")
         self.timeout: timedelta | None = timeout

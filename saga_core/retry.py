@@ -14,12 +14,17 @@ from datetime import timedelta
 from typing import Any
 
 __all__ = [
+    "MAX_DELAY",
     "ExponentialRetry",
     "FixedRetry",
     "NoRetry",
     "RetryPolicy",
     "default_compensation_policy",
 ]
+
+MAX_DELAY = timedelta(days=36500)
+"""The longest retry delay or event-wait timeout accepted (100 years): a due time further
+away cannot be computed or stored by every store (Python dates end in year 9999)."""
 
 
 def _as_timedelta(value: timedelta | float | int, name: str) -> timedelta:
@@ -30,11 +35,15 @@ def _as_timedelta(value: timedelta | float | int, name: str) -> timedelta:
     elif isinstance(value, int | float):
         if not math.isfinite(value):
             raise ValueError(f"{name} must be a finite number of seconds, got {value!r}")
+        if value > MAX_DELAY.total_seconds():
+            raise ValueError(f"{name} must be at most {MAX_DELAY.days} days, got {value!r} s")
         delay = timedelta(seconds=value)
     else:
         raise TypeError(f"{name} must be a timedelta or a number of seconds, got {value!r}")
     if delay < timedelta(0):
         raise ValueError(f"{name} must not be negative, got {delay}")
+    if delay > MAX_DELAY:
+        raise ValueError(f"{name} must be at most {MAX_DELAY.days} days, got {delay}")
     return delay
 
 
