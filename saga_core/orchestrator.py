@@ -114,6 +114,10 @@ class SagaOrchestrator(Generic[M]):
             raise SagaDefinitionError(
                 f"saga name must be a non-empty string of at most 200 characters, got {name!r}"
             )
+        try:
+            check_text(name, "saga name")  # storable: no NUL, no lone surrogates
+        except SagaInputError as exc:
+            raise SagaDefinitionError(str(exc)) from None
         if not isinstance(definition, SagaDefinition):
             raise SagaDefinitionError(
                 f"register({name!r}, ...) needs a SagaDefinition (from SagaBuilder.build()), got {definition!r}"

@@ -43,15 +43,46 @@ def check_text(value: Any, what: str, *, max_chars: int = 200) -> str:
     return value
 
 
+MAX_JSON_DEPTH = 256
+"""How deeply data passed in (start data, events, mock outputs) may nest. Deeper data
+cannot be encoded reliably (Python's encoder gives up near 1,000 levels, earlier from a deep
+call stack; pydantic at 255) and would fail later, in a store or a worker."""
+
+
+def _too_deep(value: Any, limit: int) -> bool:
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = item.values() if isinstance(item, dict) else item
+        stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list))
+    return False
+
+
+def _nested_too_deep(what: str) -> SagaInputError:
+    return SagaInputError(
+        f"{what} is nested more than {MAX_JSON_DEPTH} levels deep, which cannot be stored "
+        "reliably; flatten it"
+    )
+
+
 def to_json_data(value: Any, what: str) -> Any:
     """``value`` as plain JSON data (pydantic models are dumped); raises SagaInputError."""
     if isinstance(value, BaseModel):
         value = value.model_dump(mode="json")
     try:
         text = json.dumps(value, allow_nan=False, ensure_ascii=False)
+    except RecursionError:
+        raise _nested_too_deep(what) from None
     except (TypeError, ValueError) as exc:
         raise SagaInputError(f"{what} is not JSON serialisable: {exc}") from None
-    return json.loads(text)
+    data = json.loads(text)
+    # Only data with that many objects and arrays can nest that deep (counted in C).
+    many = text.count("{") + text.count("[") > MAX_JSON_DEPTH
+    if many and isinstance(data, dict | list) and _too_deep(data, MAX_JSON_DEPTH):
+        raise _nested_too_deep(what)
+    return data
 
 
 def _find_nul(value: Any) -> bool:
@@ -70,6 +101,8 @@ def check_size(value: Any, what: str, limit: int) -> int:
     them, SQLite's JSON functions refuse NaN)."""
     try:
         text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    except RecursionError:
+        raise _nested_too_deep(what) from None
     except (TypeError, ValueError) as exc:
         raise SagaInputError(f"{what} is not valid JSON: {exc}") from None
     # json.dumps escapes NUL as \u0000: look for that first, walk the value only on a hit.

@@ -16,6 +16,7 @@ from saga_core import waits
 from saga_core.context import check_event_name
 from saga_core.engine import SagaEngine
 from saga_core.errors import SagaInputError, SagaNotFoundError
+from saga_core.payload import check_text, json_object
 from saga_core.snapshot import SagaAdminSnapshot, SagaSnapshot
 from saga_core.state import SagaStateMixin
 from saga_core.store import SagaFilter, SagaRow, WorkerRow
@@ -216,6 +217,9 @@ class SagaQueries(Generic[M]):
             raise SagaInputError(
                 "preview_delivery needs saga_id and token, or aggregation_id and event_name"
             )
+        # The arguments notify checks, checked alike (a preview never says "accepted" for
+        # what notify refuses as bad input).
+        ev = None if event is None else json_object(event, "event", self.engine.max_payload_bytes)
         row: SagaRow | None
         if saga_id is not None:
             if not isinstance(token, uuid.UUID):
@@ -227,6 +231,7 @@ class SagaQueries(Generic[M]):
             if row is None:
                 raise SagaNotFoundError(f"no saga with id {saga_id}", saga_id)
         else:
+            check_text(aggregation_id, "aggregation_id")
             check_event_name(event_name, "event_name")
             active = SagaFilter(
                 aggregation_id=aggregation_id, statuses=sorted(s.value for s in m.ACTIVE_STATUSES)
@@ -240,7 +245,7 @@ class SagaQueries(Generic[M]):
                 )
             row = found[0]
         decide = waits.Delivering(
-            event=event,
+            event=ev,
             token=token if isinstance(token, uuid.UUID) else None,
             aggregation_id=aggregation_id,
             event_name=event_name,

@@ -30,7 +30,7 @@ def nest(depth: int) -> dict[str, Any]:
     return value
 
 
-DEPTHS = [985, 2000]
+DEPTHS = [300, 985, 2000]
 
 
 async def _waiting(h: Harness) -> tuple[Any, uuid.UUID, uuid.UUID]:
@@ -65,6 +65,15 @@ async def test_a_deeply_nested_event_is_a_clear_input_error(h: Harness, depth: i
             await w.orch.notify(event={"x": nest(depth)}, **kwargs)
     after = await h.row(sid)
     assert after.step_history == before.step_history and after.status == "SUSPENDED"
+
+
+async def test_data_nested_a_little_is_fine(h: Harness) -> None:
+    w, sid, token = await _waiting(h)
+    assert await w.orch.notify(saga_id=sid, token=token, event={"x": nest(200)})
+    await w.drain()  # the step runs again with the event (and waits again)
+    row = await h.row(sid)
+    assert row.context["latest_event"] == {"x": nest(200)}, describe(row)
+    assert [e["status"] for e in row.step_history or []].count("WAITING") == 2, describe(row)
 
 
 @pytest.mark.parametrize("name", ["bad\udcffname", "nul\x00name"])
