@@ -24,6 +24,7 @@ from saga_core import attempt as a
 from saga_core import history as h
 from saga_core import machine as m
 from saga_core import waits
+from saga_core.errors import is_transient
 from saga_core.lease import LeaseLost
 from saga_core.rows import RETRY_AT_KEY, rotate_token, waits_of, with_waits
 from saga_core.run import Run
@@ -286,12 +287,22 @@ class _Branches:
             self._apply(i, task.result())  # LeaseLost from a branch propagates
         expiring = any(t <= time.monotonic() for t in self.wait_held.values())
         if not done and self.wait_held and not expiring:
-            self.check_inbox = self.check_inbox or await run.deps.store.saga_inbox_pending(
-                run.saga_id
-            )
+            self.check_inbox = self.check_inbox or await self._inbox_pending()
         if expiring:
             await self._look_at_inbox()  # an event that made it in time wins over the timeout
         self._expire()
+
+    async def _inbox_pending(self) -> bool:
+        """Whether events wait in the inbox; a database that cannot be reached right now
+        stops nothing (the next look, a second later, asks again)."""
+        run = self.run
+        try:
+            return await run.deps.store.saga_inbox_pending(run.saga_id)
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            run.log.warning("could not look at the inbox (will look again): {}", exc)
+            return False
 
     async def _settle(self) -> m.Transition | None:
         run = self.run

@@ -4,6 +4,7 @@ every write the run makes (fenced by its lease token), shared by the sequential 
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import Callable, Coroutine
@@ -32,6 +33,7 @@ from saga_core.store.base import (
     Checkpoint,
     DeadlineChange,
     LeaseChange,
+    NotApplied,
     RowUpdate,
     SagaRow,
     SagaStore,
@@ -274,20 +276,34 @@ class Run:
     async def locked(self, fn: Callable[[SagaRow, datetime], RowUpdate | None]) -> SagaRow:
         """Lock the saga's row, compute an update from it (``fn``, pure) and write it, fenced
         by the lease (LeaseLost otherwise); the run adopts the row as written."""
-        for attempt in range(5):
+        conflicts, backoff = 0, 0.05
+        while True:
             sent = time.monotonic()
             try:
                 row, written = await self.deps.store.saga_update_locked(
-                    self.saga_id, fn, lease_token=self.lease.token
+                    self.saga_id, fn, lease_token=self.lease.token, tell_unapplied=True
                 )
                 break
             except SagaConflictError:
                 # SQLite: another process (a delivery) wrote between the read and the write;
                 # ``fn`` is pure: decide again on the row as it is now.
-                if attempt == 4:
+                conflicts += 1
+                if conflicts == 5:
                     raise
-        else:  # pragma: no cover - the loop returns or raises
-            raise AssertionError
+            except NotApplied as exc:
+                # The database went away before the write committed (a killed connection, a
+                # restart): nothing was written. Like a checkpoint, try again while the lease
+                # is known to hold; past it, another worker may have the saga.
+                self.lease.check()
+                if self.lease.left() <= 0:
+                    raise LeaseLost() from exc.cause
+                self.log.warning(
+                    "database unavailable for a locked write, retrying in {:.2f}s: {}",
+                    backoff,
+                    exc.cause,
+                )
+                await asyncio.sleep(min(backoff, max(self.lease.left(), 0.01)))
+                backoff = min(backoff * 2, 1.0)
         self.context = dict(row.context)
         steps = [dict(s) for s in row.steps_state]
         if not all("token" in s for s in steps):

@@ -19,12 +19,22 @@ __all__ = [
     "DeadlineChange",
     "DeliveryFn",
     "LeaseChange",
+    "NotApplied",
     "RowUpdate",
     "SagaFilter",
     "SagaRow",
     "SagaStore",
     "WorkerRow",
 ]
+
+
+class NotApplied(Exception):
+    """A transient database error (lost connection, server restarting) before a locked
+    write committed: nothing was written; ``cause`` is the error."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
 
 
 @dataclass(frozen=True)
@@ -267,12 +277,19 @@ class SagaStore(ABC):
 
     @abstractmethod
     async def saga_update_locked(
-        self, saga_id: uuid.UUID, fn: LockedFn, *, lease_token: uuid.UUID | None = None
+        self,
+        saga_id: uuid.UUID,
+        fn: LockedFn,
+        *,
+        lease_token: uuid.UUID | None = None,
+        tell_unapplied: bool = False,
     ) -> tuple[SagaRow, bool]:
         """Lock the row (history included), compute an update with ``fn(row, db_now)``
         (pure, may raise), write it, commit. With ``lease_token``: only while the row's lease
         token is still that one (``LeaseLost`` otherwise, nothing written). Returns the row
-        after it and whether anything was written. Raises SagaNotFoundError."""
+        after it and whether anything was written. Raises SagaNotFoundError. With
+        ``tell_unapplied``, a transient database error raised before the commit was sent
+        is raised as :class:`NotApplied` (safe to retry: nothing was written)."""
 
     @abstractmethod
     async def saga_inbox_pending(self, saga_id: uuid.UUID) -> bool:

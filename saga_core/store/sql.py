@@ -30,7 +30,12 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from saga_core import history as h
-from saga_core.errors import ActiveSagaAlreadyExistsError, SagaConflictError, SagaNotFoundError
+from saga_core.errors import (
+    ActiveSagaAlreadyExistsError,
+    SagaConflictError,
+    SagaNotFoundError,
+    is_transient,
+)
 from saga_core.lease import LeaseLost
 from saga_core.machine import ACTIVE_STATUSES
 from saga_core.rows import CLAIMABLE_STATUSES, SUSPECT_MIN_RECOVERIES
@@ -41,6 +46,7 @@ from saga_core.store.base import (
     DeliveryFn,
     LeaseChange,
     LockedFn,
+    NotApplied,
     RowUpdate,
     SagaRow,
     SagaStore,
@@ -436,25 +442,36 @@ class SqlSagaStore(SqlReads, SagaStore):
         )
 
     async def saga_update_locked(
-        self, saga_id: uuid.UUID, fn: LockedFn, *, lease_token: uuid.UUID | None = None
+        self,
+        saga_id: uuid.UUID,
+        fn: LockedFn,
+        *,
+        lease_token: uuid.UUID | None = None,
+        tell_unapplied: bool = False,
     ) -> tuple[SagaRow, bool]:
         t = self.table
         async with self._write_lock(), self.engine.begin() as conn:
-            current = await self._locked(conn, select(t).where(t.c.id == saga_id))
-            if current is None:
-                raise SagaNotFoundError(f"no saga with id {saga_id}", saga_id)
-            if lease_token is not None and current.lease_token != lease_token:
-                raise LeaseLost()
-            upd = fn(current, await self._clock(conn))
-            if upd is None:
-                return current, False
-            new = (await conn.execute(self._guarded(current, upd))).mappings().first()
-            if new is None:
-                raise SagaConflictError(
-                    f"saga {saga_id} changed while the action was being applied; try again"
-                )
-            if upd.deadline is DeadlineChange.AFTER and upd.delay <= timedelta(0):
-                await self._wake(conn)
+            try:
+                current = await self._locked(conn, select(t).where(t.c.id == saga_id))
+                if current is None:
+                    raise SagaNotFoundError(f"no saga with id {saga_id}", saga_id)
+                if lease_token is not None and current.lease_token != lease_token:
+                    raise LeaseLost()
+                upd = fn(current, await self._clock(conn))
+                if upd is None:
+                    return current, False
+                new = (await conn.execute(self._guarded(current, upd))).mappings().first()
+                if new is None:
+                    raise SagaConflictError(
+                        f"saga {saga_id} changed while the action was being applied; try again"
+                    )
+                if upd.deadline is DeadlineChange.AFTER and upd.delay <= timedelta(0):
+                    await self._wake(conn)
+            except Exception as exc:
+                # Before the commit: the server rolls back whatever this transaction did.
+                if tell_unapplied and is_transient(exc):
+                    raise NotApplied(exc) from exc
+                raise
         return SagaRow.from_mapping(new), True
 
     async def saga_deliver(
