@@ -24,6 +24,8 @@ from saga_core.store.sql import SqlSagaStore
 _LOCKS: weakref.WeakKeyDictionary[Any, asyncio.Lock] = weakref.WeakKeyDictionary()
 _PREPARED: weakref.WeakSet[Any] = weakref.WeakSet()
 BUSY_TIMEOUT_MS = 10_000
+_ENTRIES_PER_CALL = 50
+"""History entries appended per json_insert() call (SQLite allows 127 arguments)."""
 
 
 def prepare_sqlite_engine(engine: AsyncEngine) -> None:
@@ -63,11 +65,14 @@ class SqliteSagaStore(SqlSagaStore):
         return func.lower(func.hex(func.randomblob(16)))
 
     def _history_append(self, entries: list[dict[str, Any]]) -> ColumnElement[Any]:
+        # One json_insert() takes many path/value pairs (applied in order): nesting a call
+        # per entry overflows SQLite's parser from about 30 entries in one write.
         expr: ColumnElement[Any] = self.table.c.step_history
-        for entry in entries:
-            expr = func.json_insert(
-                expr, "$[#]", func.json(literal(json.dumps(entry, default=str)))
-            )
+        for start in range(0, len(entries), _ENTRIES_PER_CALL):
+            args: list[Any] = []
+            for entry in entries[start : start + _ENTRIES_PER_CALL]:
+                args += ["$[#]", func.json(literal(json.dumps(entry, default=str)))]
+            expr = func.json_insert(expr, *args)
         return expr
 
     def _history_replace(self, index: int, entry: dict[str, Any]) -> ColumnElement[Any]:
