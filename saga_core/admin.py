@@ -35,6 +35,7 @@ from saga_core.rows import (
     rotate_token,
     shape_of,
     update_for,
+    waits_of,
     with_tokens,
     without_holds,
 )
@@ -142,13 +143,12 @@ class SagaAdmin(SagaQueries[M]):
             _check_expected(row, want_status, want_time, sid)
             t, context = compute(row, now)
             base = row.context if context is None else context
-            # An operator ends every event wait and the retry waits of parallel branches
-            # (what runs next runs now) and spends the token of every pending step: a late
-            # reply to an execution the operator has overruled is refused.
+            # An operator ends every event wait (its token is spent) and the retry waits of
+            # parallel branches: what runs next runs now.
             steps = with_tokens(row)
-            before = machine_state(row)
-            for index, st in enumerate(before.steps):
-                if st.status is m.StepStatus.PENDING:
+            for step_id in waits_of(base):
+                index = next((i for i, s in enumerate(steps) if s["step_id"] == step_id), None)
+                if index is not None:
                     steps = rotate_token(steps, index)
             ctx = without_holds(base)
             at = now.isoformat()
