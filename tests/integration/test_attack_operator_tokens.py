@@ -6,6 +6,7 @@ token through an operator's retry: a late reply to the abandoned attempt is stil
 
 from __future__ import annotations
 
+import pytest
 from itkit import Harness, Work, from_context
 from regresskit import REPLY, Ask, AskLog, describe
 
@@ -16,6 +17,13 @@ def seen(ctx: InputContext) -> dict[str, int]:
     return {"replies": sum(1 for e in ctx.events if e.get("kind") == "reply")}
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="contract conflict for the lead: I11_SEMANTICS says a step's token is rotated when "
+    "an operator acts on the saga and SEMANTICS.md promises a new token after an action that "
+    "resumes work, but test_step_context.py::test_idempotency_key_survives_a_new_claim "
+    "asserts that an operator retry keeps it (the code rotates only waiting steps' tokens)",
+)
 async def test_operator_retry_of_a_retry_wait_rotates_the_token(h: Harness) -> None:
     log = AskLog()
     b = SagaBuilder()
