@@ -9,54 +9,15 @@ from datetime import datetime
 
 from loguru import logger
 
+from saga_core import dberrors
 from saga_core.store.base import Checkpoint, SagaStore
 
 CheckpointResult = datetime | None | bool
 
 
 def is_transient(exc: BaseException) -> bool:
-    """A database error that may go away: lost connection, server restarting, timeouts."""
-    from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
-
-    if isinstance(
-        exc, OperationalError | InterfaceError | ConnectionError | OSError | TimeoutError
-    ):
-        return True
-    if isinstance(exc, DBAPIError):
-        if exc.connection_invalidated:
-            return True
-        text = str(exc.orig).lower() if exc.orig is not None else str(exc).lower()
-        markers = (
-            "connection",
-            "terminating",
-            "shutting down",
-            "starting up",
-            "recovery mode",
-            "closed",
-            "too many clients",
-            "database is locked",
-        )
-        return any(m in text for m in markers)
-    # Raw asyncpg errors (the PostgreSQL hot path bypasses SQLAlchemy's wrapping): connection
-    # exceptions (SQLSTATE class 08), server shutdown/restart (57P01-57P03), too many
-    # connections, and a pooled connection found closed.
-    sqlstate = getattr(exc, "sqlstate", None)
-    if isinstance(sqlstate, str) and (
-        sqlstate.startswith("08") or sqlstate in {"57P01", "57P02", "57P03", "53300"}
-    ):
-        return True
-    name = type(exc).__name__
-    if name == "InterfaceError" and "closed" in str(exc).lower():
-        return True
-    if name == "InternalClientError" and "in progress" in str(exc).lower():
-        # The server ended the backend while asyncpg was mid-operation (an administrator's
-        # pg_terminate_backend, a restart): nothing was committed by this call.
-        return True
-    return name in {
-        "ConnectionDoesNotExistError",
-        "CannotConnectNowError",
-        "PostgresConnectionError",
-    }
+    """A database error that may go away: see :mod:`saga_core.dberrors`."""
+    return dberrors.is_transient(exc)
 
 
 class CheckpointWriter:

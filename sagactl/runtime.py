@@ -22,7 +22,7 @@ from rich.markup import escape
 
 from saga_core.admin import SagaAdmin
 from saga_core.orchestrator import SagaOrchestrator
-from saga_core.settings import SagaSettings, load_settings
+from saga_core.settings import SagaSettings, SettingsError, load_settings
 from sagactl.appload import bare_orchestrator, load_app, make_engine, pick_orchestrator
 from sagactl.errors import classify
 from sagactl.exitcodes import ExitCode
@@ -179,7 +179,7 @@ class Runtime:
         urls = [self.options.database_url, os.environ.get("SAGA_DATABASE_URL")]
         if self._settings is not None:
             urls.append(self._settings.database_url)
-            with suppress(OSError):
+            with suppress(SettingsError):
                 urls.append(self._settings.effective_database_url())
         for url in urls:
             if not url:
