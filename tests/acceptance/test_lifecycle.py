@@ -328,17 +328,3 @@ def test_example_config_documents_and_accepts_every_setting(tmp_path: Path) -> N
     enabled.write_text(re.sub(r"^# (\w+ = )", r"\1", text, flags=re.MULTILINE))
     settings = load_settings(enabled)
     assert settings.metrics_port == 9464 and settings.concurrency == 64
-
-
-def test_example_unit_fits_the_daemon() -> None:
-    unit = (CONFIG_DIR / "sagad.service").read_text()
-    directives = dict(
-        line.split("=", 1) for line in unit.splitlines() if re.match(r"^[A-Z]\w+=", line)
-    )
-    assert directives["Type"] == "notify"
-    assert directives["RestartPreventExitStatus"] == "78"
-    assert "WatchdogSec" in directives and "LoadCredential" in directives
-    defaults = SagaSettings()
-    assert int(directives["TimeoutStopSec"].rstrip("s")) > defaults.drain_timeout
-    assert int(directives["TimeoutStartSec"].rstrip("s")) > defaults.startup_timeout
-    assert "SAGA_DATABASE_PASSWORD_FILE=%d/db-password" in unit
