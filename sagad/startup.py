@@ -119,7 +119,12 @@ async def verify_schema(engines: list[SagaEngine[Any]], *, create: bool) -> list
             if not entry.get("exists"):
                 what = "does not exist"
             else:
-                missing = [*entry.get("missing_columns", []), *entry.get("missing_indexes", [])]
+                missing = [
+                    *entry.get("missing_columns", []),
+                    *entry.get("missing_indexes", []),
+                    *entry.get("missing_constraints", []),
+                    *(f"{c} (outdated)" for c in entry.get("outdated_constraints", [])),
+                ]
                 what = "is outdated (missing " + ", ".join(missing) + ")"
             problems.append(
                 f"schema: table {name} {what} in {describe_url(eng.sql_engine)}; "
