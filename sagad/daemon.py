@@ -244,6 +244,7 @@ class _Daemon:
             self.metrics.concurrency.set(settings.concurrency)
             self._spawn(self.metrics.probe_loop_lag(), "sagad-lag")
             self._spawn(_gauge(self.metrics, worker), "sagad-gauge")
+            self._spawn(self.metrics.backlog_loop(app.engines), "sagad-backlog")
             logger.info(
                 "metrics on http://{}:{}/metrics", settings.metrics_host, settings.metrics_port
             )

@@ -628,6 +628,34 @@ class SqlSagaStore(SagaStore):
             now = datetime.fromisoformat(now)
         return now
 
+    async def saga_backlog(self) -> tuple[int, datetime | None, int, int, datetime]:
+        """(claimable sagas due now, the oldest due time among them, FAILED sagas, SUSPENDED
+        sagas, the database clock) for monitoring, in one statement that reads only active
+        rows (through the partial index of active sagas), however many finished ones the
+        table holds."""
+        from datetime import UTC
+
+        t = self.table
+        now = self._now()
+        due = and_(t.c.status.in_(CLAIMABLE), t.c.deadline_at.is_not(None), t.c.deadline_at <= now)
+        stmt = select(
+            func.count().filter(due),
+            func.min(t.c.deadline_at).filter(due),
+            func.count().filter(t.c.status == "FAILED"),
+            func.count().filter(t.c.status == "SUSPENDED"),
+            now,
+        ).where(t.c.status.in_(ACTIVE))
+        async with self.engine.connect() as conn:
+            n_due, oldest, failed, suspended, db_now = (await conn.execute(stmt)).one()
+        stamps = []
+        for value in (oldest, db_now):
+            if isinstance(value, str):  # SQLite: an aggregate loses the column type
+                value = datetime.fromisoformat(value)
+            if value is not None and value.tzinfo is None:
+                value = value.replace(tzinfo=UTC)
+            stamps.append(value)
+        return int(n_due), stamps[0], int(failed), int(suspended), stamps[1]
+
     # --- worker registry --------------------------------------------------------------------
 
     async def worker_heartbeat(self, worker: dict[str, Any]) -> None:
