@@ -1,5 +1,5 @@
 """The classification of database errors, on exceptions of the real driver classes (the
-integration test ``test_dberrors.py`` provokes the ones a test server can produce)."""
+integration test ``test_dberrors_real.py`` provokes the ones a test server can produce)."""
 
 from __future__ import annotations
 
