@@ -4,11 +4,13 @@ acts.
 :func:`classify_db_error` looks through an exception and what it wraps (SQLAlchemy's
 ``DBAPIError.orig``, ``__cause__``, ``__context__``) for the most precise evidence there is:
 
+0. SQLAlchemy's ``connection_invalidated`` (the dialect saw a disconnect): unreachable;
 1. a PostgreSQL SQLSTATE (SQLAlchemy's asyncpg adapter and asyncpg's own errors carry one);
 2. an SQLite result code (``sqlite3.Error.sqlite_errorname``) or, failing that, its message;
 3. the Python type: ``OSError`` and ``TimeoutError`` (a refused or reset connection, an
    unknown host, a timeout), asyncpg's client-side errors by name;
-4. SQLAlchemy's own flags (an invalidated connection, a pool timeout).
+4. SQLAlchemy's own types (a pool timeout, an operational or interface error) and, for any
+   other ``DBAPIError``, words of a connection going away in its message.
 
 ::
 
@@ -170,6 +172,18 @@ _SQLITE_MESSAGES: tuple[tuple[str, DbProblem], ...] = (
     ("file is not a database", DbProblem.CONFIGURATION),
 )
 
+# Words of a driver message about a connection or a server going away, for a DBAPIError that
+# carries no code (an adapted error without a SQLSTATE).
+_UNAVAILABLE_MARKERS = (
+    "connection",
+    "terminating",
+    "shutting down",
+    "starting up",
+    "recovery mode",
+    "closed",
+    "too many clients",
+)
+
 # asyncpg's client-side errors, by name: saga_core imports no driver.
 _CLIENT_NAMES: dict[str, DbProblem] = {
     "ConnectionDoesNotExistError": DbProblem.UNREACHABLE,
@@ -260,12 +274,14 @@ def _by_sqlalchemy(exc: BaseException) -> DbProblem | None:
     if not module.startswith("sqlalchemy"):
         return None
     name = type(exc).__name__
-    if getattr(exc, "connection_invalidated", False):
-        return DbProblem.UNREACHABLE
     if name == "TimeoutError":  # the pool had no connection to give in time
         return DbProblem.TIMEOUT
     if name in ("OperationalError", "InterfaceError"):
         return DbProblem.UNAVAILABLE
+    if hasattr(exc, "orig"):  # another DBAPIError with nothing more precise in it
+        text = " ".join(_first_line(e) for e in _chain(exc)).lower()
+        if any(marker in text for marker in _UNAVAILABLE_MARKERS):
+            return DbProblem.UNAVAILABLE
     return None
 
 
@@ -273,7 +289,12 @@ def classify_db_error(exc: BaseException) -> DbErrorInfo:
     """The problem behind ``exc`` (see the module docstring for the rules)."""
     chain = _chain(exc)
     detail = _first_line(chain[-1])
-    # The most precise evidence wins, wherever it sits in the chain.
+    # SQLAlchemy asked the dialect and was told the connection is gone: whatever the error
+    # says otherwise, the next attempt gets a new connection.
+    for e in chain:
+        if getattr(e, "connection_invalidated", False) is True:
+            return DbErrorInfo(DbProblem.UNREACHABLE, _first_line(chain[-1]), _sqlstate(e))
+    # Otherwise the most precise evidence wins, wherever it sits in the chain.
     for e in chain:
         code = _sqlstate(e)
         if code is not None:

@@ -120,6 +120,18 @@ def test_sqlalchemy_flags_decide_when_the_driver_says_nothing() -> None:
     assert classify_db_error(plain).problem is DbProblem.UNAVAILABLE
     invalidated = DBAPIError("SELECT 1", {}, Exception("gone"), connection_invalidated=True)
     assert classify_db_error(invalidated).problem is DbProblem.UNREACHABLE
+    # A disconnect seen by the dialect wins over whatever code the error carries.
+    revoked_then_gone = DBAPIError(
+        "SELECT 1",
+        {},
+        asyncpg.InsufficientPrivilegeError("permission denied"),
+        connection_invalidated=True,
+    )
+    assert classify_db_error(revoked_then_gone).problem is DbProblem.UNREACHABLE
+    # A DBAPIError without any code: the words of a connection going away.
+    adapted = DBAPIError("SELECT 1", {}, Exception("the connection was closed mid-query"))
+    assert classify_db_error(adapted).problem is DbProblem.UNAVAILABLE
+    assert classify_db_error(DBAPIError("SELECT 1", {}, Exception("odd"))).kind is DbErrorKind.OTHER
     assert (
         classify_db_error(IntegrityError("INSERT", {}, Exception("dup"))).kind is DbErrorKind.OTHER
     )
