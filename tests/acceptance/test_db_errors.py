@@ -206,3 +206,25 @@ async def test_privilege_revoked_while_running_logs_errors_then_exits_78(
         await wait_until(marked_stopped, timeout=5, what="the worker row marked stopped")
     finally:
         await _admin(dsn, f"DROP OWNED BY {role}", f"DROP ROLE {role}")
+
+
+async def test_sagactl_permission_denied_is_refused_not_a_crash(
+    saga_db: SagaDb, pg_url: str
+) -> None:
+    role = f"saga_n_{uuid.uuid4().hex[:10]}"
+    dsn = plain_dsn(pg_url)
+    db = make_url(pg_url).database
+    await _admin(
+        dsn,
+        f"CREATE ROLE {role} LOGIN",
+        f'GRANT CONNECT ON DATABASE "{db}" TO {role}',
+        f"GRANT USAGE ON SCHEMA public TO {role}",
+    )
+    try:
+        as_role = make_url(pg_url).set(username=role).render_as_string(hide_password=False)
+        r = _sagactl("list", "--database-url", as_role, "--table", saga_db.table)
+        assert r.returncode == SAGACTL_REFUSED, r.stderr
+        assert "permission denied" in r.stderr and "(42501)" in r.stderr
+        assert "Security: database roles" in r.stderr
+    finally:
+        await _admin(dsn, f"DROP OWNED BY {role}", f"DROP ROLE {role}")
