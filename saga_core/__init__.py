@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from saga_core.machine import SagaStatus
     from saga_core.orchestrator import SagaEngine, SagaOrchestrator
     from saga_core.retry import ExponentialRetry, FixedRetry, NoRetry, RetryPolicy
-    from saga_core.schema import schema_status, upgrade_schema
+    from saga_core.schema import schema_status, upgrade_schema, upgrade_schema_sql, upgrade_script
     from saga_core.snapshot import SagaAdminSnapshot, SagaSnapshot
     from saga_core.state import SagaState, SagaStateMixin
 
@@ -71,6 +71,8 @@ _WHERE = {
     "RetryPolicy": "retry",
     "schema_status": "schema",
     "upgrade_schema": "schema",
+    "upgrade_schema_sql": "schema",
+    "upgrade_script": "schema",
     "SagaAdminSnapshot": "snapshot",
     "SagaSnapshot": "snapshot",
     "SagaState": "state",
@@ -124,4 +126,6 @@ __all__ = [
     "current_step",
     "schema_status",
     "upgrade_schema",
+    "upgrade_schema_sql",
+    "upgrade_script",
 ]

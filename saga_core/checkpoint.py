@@ -13,6 +13,8 @@ from collections.abc import Sequence
 
 from loguru import logger
 
+from saga_core import dberrors
+from saga_core.backoff import BackoffPolicy
 from saga_core.store.base import Applied, Checkpoint, SagaStore
 
 __all__ = ["CheckpointResult", "CheckpointWriter", "is_transient"]
@@ -23,48 +25,8 @@ longer matched (nothing written)."""
 
 
 def is_transient(exc: BaseException) -> bool:
-    """A database error that may go away: lost connection, server restarting, timeouts."""
-    from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
-
-    if isinstance(
-        exc, OperationalError | InterfaceError | ConnectionError | OSError | TimeoutError
-    ):
-        return True
-    if isinstance(exc, DBAPIError):
-        if exc.connection_invalidated:
-            return True
-        text = str(exc.orig).lower() if exc.orig is not None else str(exc).lower()
-        markers = (
-            "connection",
-            "terminating",
-            "shutting down",
-            "starting up",
-            "recovery mode",
-            "closed",
-            "too many clients",
-            "database is locked",
-        )
-        return any(m in text for m in markers)
-    # Raw asyncpg errors (the PostgreSQL hot path bypasses SQLAlchemy's wrapping): connection
-    # exceptions (SQLSTATE class 08), server shutdown/restart (57P01-57P03), too many
-    # connections, and a pooled connection found closed.
-    sqlstate = getattr(exc, "sqlstate", None)
-    if isinstance(sqlstate, str) and (
-        sqlstate.startswith("08") or sqlstate in {"57P01", "57P02", "57P03", "53300"}
-    ):
-        return True
-    name = type(exc).__name__
-    if name == "InterfaceError" and "closed" in str(exc).lower():
-        return True
-    if name == "InternalClientError" and "in progress" in str(exc).lower():
-        # The server ended the backend while asyncpg was mid-operation (an administrator's
-        # pg_terminate_backend, a restart): nothing was committed by this call.
-        return True
-    return name in {
-        "ConnectionDoesNotExistError",
-        "CannotConnectNowError",
-        "PostgresConnectionError",
-    }
+    """A database error that may go away: see :mod:`saga_core.dberrors`."""
+    return dberrors.is_transient(exc)
 
 
 Outcome = CheckpointResult | BaseException
@@ -78,7 +40,7 @@ class CheckpointWriter:
     def __init__(self, store: SagaStore, *, max_batch: int = 256, max_backoff: float = 5.0) -> None:
         self.store = store
         self.max_batch = max_batch
-        self.max_backoff = max_backoff
+        self.policy = BackoffPolicy(first=0.05, maximum=max_backoff, permanent_give_up_after=None)
         self._queue: list[tuple[Checkpoint, asyncio.Future[CheckpointResult]]] = []
         self._flusher: asyncio.Task[None] | None = None
 
@@ -142,22 +104,24 @@ class CheckpointWriter:
         return out
 
     async def _write_retrying(self, batch: Sequence[Checkpoint]) -> list[CheckpointResult]:
-        """Write ``batch`` in one transaction, retrying transient errors; others raise."""
-        backoff = 0.05
+        """Write ``batch`` in one transaction, retrying transient errors (the shared backoff
+        policy, without a deadline: a finished step's record waits for the database as long
+        as the process lives); others raise."""
+        backoff = self.policy.start()
         while True:
             try:
                 return await self.store.saga_checkpoint(batch)
             except Exception as exc:
                 if not is_transient(exc):
                     raise
+                wait = backoff.failure(exc)
                 logger.warning(
                     "database unavailable while writing {} checkpoint(s), retrying in {:.2f}s: {}",
                     len(batch),
-                    backoff,
+                    wait,
                     exc,
                 )
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, self.max_backoff)
+                await asyncio.sleep(wait)
 
     @property
     def pending(self) -> int:

@@ -1,7 +1,8 @@
 """The ``sagad`` command: ``sagad run`` (the default) and ``sagad check``.
 
 Settings: flag > ``SAGA_*`` environment > TOML file (``--config`` or ``$SAGA_CONFIG``) >
-defaults, validated once; exit codes in :mod:`sagad.errors`.
+defaults, validated once; exit codes in :mod:`sagad.errors` (a usage error exits 64, not
+click's 2).
 """
 
 from __future__ import annotations
@@ -17,13 +18,15 @@ from loguru import logger
 
 from saga_core.settings import SagaSettings, SettingsError, load_settings, mask_url
 from sagad import __version__
-from sagad.errors import EXIT_CONFIG, EXIT_CRASH, EXIT_OK, SagadError
+from sagad.errors import EXIT_CONFIG, EXIT_CRASH, EXIT_OK, EXIT_USAGE, SagadError
 
 __all__ = ["main"]
 
 T = TypeVar("T")
 
 COMMANDS = ("run", "check")
+CLICK_USAGE_EXIT = 2
+"""What typer (click) exits with on a usage error; ``main`` turns it into 64."""
 
 cli = typer.Typer(
     name="sagad",
@@ -184,7 +187,8 @@ def check(
     """Validate the settings, import the app, connect and verify the schema.
 
     Exits 0 when `sagad run` would start, 75 when the database is unreachable, 78 for a
-    configuration or schema problem (with the reason on stderr).
+    configuration or schema problem or a permanent database error (authentication failed,
+    unknown database, missing privilege), with the reason on stderr.
     """
     from sagad.daemon import load_app
     from sagad.logs import configure_logging
@@ -249,5 +253,9 @@ def main(argv: list[str] | None = None) -> int:
         cli(args=args, prog_name="sagad", standalone_mode=True)
     except SystemExit as exc:
         code = exc.code
+        if code == CLICK_USAGE_EXIT:
+            # A mistyped flag is EX_USAGE, which the unit's RestartPreventExitStatus= lists:
+            # restarting cannot fix a command line. (Only usage errors exit 2 here.)
+            return EXIT_USAGE
         return code if isinstance(code, int) else (0 if code is None else EXIT_CRASH)
     return EXIT_OK

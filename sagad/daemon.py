@@ -15,24 +15,32 @@ import contextlib
 import gc
 import signal
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from time import monotonic as loop_time
 from typing import Any
 
 from loguru import logger
 
 from saga_core import SagaEngine
-from saga_core.checkpoint import is_transient
+from saga_core.backoff import RetryGaveUp
+from saga_core.dberrors import DbErrorKind, classify_db_error
 from saga_core.settings import SagaSettings, SettingsError, load_settings, mask_url
 from sagad import __version__
 from sagad.apps import load_orchestrators
-from sagad.errors import EXIT_CRASH, EXIT_OK, ConfigError
+from sagad.dbproblems import describe
+from sagad.errors import EXIT_CRASH, EXIT_OK, ConfigError, SagadError
 from sagad.logs import set_level
 from sagad.metrics import Metrics
-from sagad.registry import Registry, check_single_sqlite_worker, new_worker_id
+from sagad.registry import Registry, new_worker_id
 from sagad.retention import run_retention
-from sagad.startup import describe_url, distinct_databases, verify_schema, wait_for_database
+from sagad.startup import (
+    STARTUP_BACKOFF,
+    database_error,
+    describe_url,
+    distinct_databases,
+    verify_schema,
+    wait_for_database,
+)
 from sagad.systemd import Notifier
 from sagad.wakeup import PgListener
 from sagad.worker import Worker
@@ -63,30 +71,35 @@ async def load_app(settings: SagaSettings, *, create_schema: bool = False) -> Lo
     """Import the app, reach its databases and verify the schema (shared with ``check``).
 
     Raises:
-        ConfigError, DatabaseUnavailableError, SchemaError.
+        ConfigError, DatabaseRefusedError, DatabaseUnavailableError, SchemaError.
     """
     try:
         url = settings.effective_database_url()
-    except OSError as exc:
-        raise ConfigError(
-            f"database_password_file: cannot read {settings.database_password_file}: {exc.strerror}"
-        ) from None
+    except SettingsError as exc:
+        raise ConfigError(*exc.problems) from None
     orchestrators = await load_orchestrators(
         settings.app, url, url_explicit="database_url" in settings.model_fields_set
     )
     engines = [o.engine for o in orchestrators]
     databases = distinct_databases(engines)
     await wait_for_database([e.sql_engine for e in databases], settings.startup_timeout)
-    deadline = loop_time() + settings.startup_timeout
+    backoff = replace(STARTUP_BACKOFF, give_up_after=settings.startup_timeout).start()
     while True:
         try:
             created = await verify_schema(engines, create=create_schema)
             break
+        except SagadError:
+            raise
         except Exception as exc:  # a connection lost during the check: try again
-            if not is_transient(exc) or loop_time() > deadline:
+            info = classify_db_error(exc)
+            if info.kind is DbErrorKind.OTHER:
                 raise
-            logger.warning("schema check interrupted ({}); retrying", exc)
-            await asyncio.sleep(0.5)
+            try:
+                wait = backoff.failure(exc)
+            except RetryGaveUp as gave_up:
+                raise database_error(gave_up, databases[0].sql_engine) from None
+            logger.warning("schema check interrupted ({}); retrying", describe(info))
+            await asyncio.sleep(wait)
     for line in created:
         logger.info("schema: {}", line)
     return LoadedApp(engines=engines, databases=databases)
@@ -203,14 +216,6 @@ class _Daemon:
         app = self.app = await load_app(settings, create_schema=self.opts.create_schema)
         for eng in app.engines:
             eng.worker_id = self.worker_id
-        for db in app.databases:
-            if db.store.dialect == "sqlite":
-                await check_single_sqlite_worker(
-                    db.store,
-                    worker_id=self.worker_id,
-                    stale_after=settings.worker_stale_after,
-                    where=str(db.sql_engine.url.database),
-                )
         if settings.metrics_port is not None:
             self.metrics = Metrics()
             for eng in app.engines:
@@ -221,14 +226,7 @@ class _Daemon:
             batch_size=settings.batch_size,
             poll_interval=settings.poll_interval,
             on_claim=self.metrics.on_claim if self.metrics else None,
-        )
-        self.registry = Registry(
-            [db.store for db in app.databases],
-            worker_id=self.worker_id,
-            saga_names=self.saga_names,
-            saga_versions=self.saga_versions,
-            info={"app": settings.app, "tables": self.tables},
-            state=lambda: (worker.in_flight, worker.concurrency),
+            permanent_error_timeout=settings.permanent_error_timeout,
         )
         listeners = [
             PgListener(db.sql_engine.url, set(self.tables), worker.wake)
@@ -241,7 +239,29 @@ class _Daemon:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(LISTENER_READY_WAIT_S):
                     await asyncio.gather(*(lst.listening.wait() for lst in listeners))
-        await self.registry.beat()
+        if self.metrics is not None and settings.metrics_port is not None:
+            self.metrics.start(settings.metrics_host, settings.metrics_port)  # may exit 78
+            self.metrics.concurrency.set(settings.concurrency)
+            self._spawn(self.metrics.probe_loop_lag(), "sagad-lag")
+            self._spawn(_gauge(self.metrics, worker), "sagad-gauge")
+            self._spawn(self.metrics.backlog_loop(app.engines), "sagad-backlog")
+            logger.info(
+                "metrics on http://{}:{}/metrics", settings.metrics_host, settings.metrics_port
+            )
+        # Registration comes last: a start-up that fails before it leaves no worker row
+        # behind, and from here on close() marks the row stopped whatever happens.
+        self.registry = Registry(
+            [db.store for db in app.databases],
+            worker_id=self.worker_id,
+            saga_names=self.saga_names,
+            saga_versions=self.saga_versions,
+            info={"app": settings.app, "tables": self.tables},
+            state=lambda: (worker.in_flight, worker.concurrency),
+        )
+        await self.registry.register(
+            stale_after=settings.worker_stale_after,
+            where={id(db.store): str(db.sql_engine.url.database) for db in app.databases},
+        )
         _tune_gc()
         self.heartbeat = asyncio.create_task(
             self.registry.run(settings.heartbeat_interval), name="sagad-heartbeat"
@@ -256,14 +276,6 @@ class _Daemon:
                     batch_size=settings.retention_batch_size,
                 ),
                 "sagad-retention",
-            )
-        if self.metrics is not None and settings.metrics_port is not None:
-            self.metrics.start(settings.metrics_host, settings.metrics_port)
-            self.metrics.concurrency.set(settings.concurrency)
-            self._spawn(self.metrics.probe_loop_lag(), "sagad-lag")
-            self._spawn(_gauge(self.metrics, worker), "sagad-gauge")
-            logger.info(
-                "metrics on http://{}:{}/metrics", settings.metrics_host, settings.metrics_port
             )
 
     @property
@@ -318,9 +330,16 @@ class _Daemon:
         await asyncio.wait({claim_loop, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
         stop_wait.cancel()
         crashed = claim_loop.done()
+        refused: SagadError | None = None
         if crashed:
             exc = claim_loop.exception() if not claim_loop.cancelled() else None
-            logger.opt(exception=exc).critical("claim loop ended unexpectedly: {}", exc)
+            if isinstance(exc, SagadError):
+                # A permanent database error outlasted permanent_error_timeout: stop the way
+                # a start-up error does (exit 78, so systemd shows the unit failed), after a
+                # normal drain (steps that can still finish do).
+                refused, crashed = exc, False
+            else:
+                logger.opt(exception=exc).critical("claim loop ended unexpectedly: {}", exc)
         self.state = "stopping"
         self.notifier.stopping(_status(worker, "stopping"))
         worker.stop()
@@ -338,6 +357,8 @@ class _Daemon:
             worker.counters.finished,
             cancelled,
         )
+        if refused is not None:
+            raise refused
         return EXIT_CRASH if crashed else EXIT_OK
 
     def reload(self) -> None:
@@ -373,6 +394,8 @@ class _Daemon:
         for task in self.background:
             task.cancel()
         await asyncio.gather(*self.background, return_exceptions=True)
+        if self.registry is not None:  # no-op when run() already did, or never registered
+            await self.registry.stopped()
         if self.metrics is not None:
             self.metrics.stop()
         if self.app is not None:

@@ -175,13 +175,19 @@ class SagadFactory:
         env: dict[str, str] | None = None,
         notify: NotifySocket | bool | None = True,
         cwd: Path | None = None,
+        journal: bool = False,
     ) -> Sagad:
+        """``journal``: set ``JOURNAL_STREAM`` to the log file's device and inode, as systemd
+        does when stderr is the journal."""
         sock = NotifySocket() if notify is True else (notify or None)
         child_env = base_env(**(env or {}))
         if sock is not None:
             child_env["NOTIFY_SOCKET"] = sock.address
         log_path = self.tmp_path / f"sagad-{len(self.started)}.log"
         with log_path.open("wb") as log:
+            if journal:
+                st = os.fstat(log.fileno())
+                child_env["JOURNAL_STREAM"] = f"{st.st_dev}:{st.st_ino}"
             proc = subprocess.Popen(
                 [*sagad_command(), *args],
                 stdout=log,

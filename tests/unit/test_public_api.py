@@ -43,6 +43,8 @@ PUBLIC = [
     "current_step",
     "schema_status",
     "upgrade_schema",
+    "upgrade_schema_sql",
+    "upgrade_script",
 ]
 
 SAGACTL_MAY_IMPORT = {"saga_core", "saga_core.settings", "saga_core.snapshot", "saga_core.errors"}
