@@ -85,8 +85,7 @@ class SagaEngine(Generic[M]):
             max_recoveries=max_recoveries,
         )
         self.flags = Flags()
-        self.tracing: Tracing | None = None if tracer_provider is None else Tracing(tracer_provider)
-        """OpenTelemetry spans of runs and attempts (``saga_core.tracing``); None: off."""
+        tracing = None if tracer_provider is None else Tracing(tracer_provider)
         self.store: SagaStore = make_store(bind, table, lease=execution_lease)
         self.definitions = Definitions()
         """name -> latest definition; every version through ``definition_for``."""
@@ -100,7 +99,7 @@ class SagaEngine(Generic[M]):
             emit=self.emit,
             tx=TxSteps(self.store, session_maker, self.writer),
         )
-        self.executor = Executor(deps, self.definition_for, self.tracing)
+        self.executor = Executor(deps, self.definition_for, tracing)
         self._held: dict[uuid.UUID, float] = {}
         """Sagas this engine claimed and has not finished driving -> when the claim was sent."""
         self._claims = 0
@@ -111,7 +110,21 @@ class SagaEngine(Generic[M]):
 
     @property
     def worker_id(self) -> str:
+        """Identifies this process in leases and history."""
         return self.settings.worker_id
+
+    @worker_id.setter
+    def worker_id(self, value: str) -> None:
+        self.settings.worker_id = value
+
+    @property
+    def tracing(self) -> Tracing | None:
+        """OpenTelemetry spans of runs and attempts (``saga_core.tracing``); None: off."""
+        return self.executor.tracing
+
+    @tracing.setter
+    def tracing(self, value: Tracing | None) -> None:
+        self.executor.tracing = value
 
     @property
     def execution_lease(self) -> timedelta:
