@@ -113,6 +113,12 @@ class SagaEngine(Generic[M]):
     def worker_id(self) -> str:
         return self.settings.worker_id
 
+    @worker_id.setter
+    def worker_id(self, value: str) -> None:
+        # sagad names every engine of its app after the process (one worker id); the
+        # settings object is the one the runs share, so they see it too.
+        self.settings.worker_id = value
+
     @property
     def execution_lease(self) -> timedelta:
         return self.settings.execution_lease
