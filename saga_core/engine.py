@@ -5,6 +5,7 @@ the settings, and keeps the registered definitions and what this process has cla
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
 import time
@@ -13,7 +14,6 @@ from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any, Generic, TypeVar
 
-from loguru import logger
 from sqlalchemy import Table
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -29,6 +29,8 @@ from saga_core.txstep import TxSteps
 from saga_core.versioning import Definitions
 
 __all__ = ["SagaEngine", "default_worker_id"]
+
+logger = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=SagaStateMixin)
 
@@ -183,7 +185,7 @@ class SagaEngine(Generic[M]):
             try:
                 listener(event, fields)
             except Exception as exc:  # a metrics bug must not break a saga
-                logger.warning("saga listener {!r} failed: {}", listener, exc)
+                logger.warning("saga listener %r failed: %s", listener, exc)
 
     # --- claims and runs ---------------------------------------------------------------------------
 
@@ -212,7 +214,7 @@ class SagaEngine(Generic[M]):
             self._unclaim = False
             if released:
                 logger.warning(
-                    "released {} saga(s) claimed by a claim whose reply was lost", released
+                    "released %s saga(s) claimed by a claim whose reply was lost", released
                 )
         sent = time.monotonic()
         self._claims += 1
@@ -252,7 +254,7 @@ class SagaEngine(Generic[M]):
             try:
                 await self.store.saga_release(row.id, row.lease_token, None)
             except Exception as exc:  # the lease expires; another worker takes over then
-                logger.bind(saga_id=str(row.id)).warning("could not release lease: {}", exc)
+                logger.warning("could not release lease: %s", exc, extra={"saga_id": str(row.id)})
 
     async def flush(self) -> None:
         """Wait until every checkpoint queued so far is written."""
