@@ -4,22 +4,31 @@ CPU of PostgreSQL, both the whole server and the part that works for one databas
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
-# Server-wide PostgreSQL processes that every commit needs (WAL, checkpoints, dirty pages).
-_SHARED_AUX = ("walwriter", "checkpointer", "background writer")
+
+def _stat(pid: int) -> list[str] | None:
+    """The fields of ``/proc/<pid>/stat`` after the command name (state, ppid, ...)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return None
 
 
 def proc_cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of ``pid`` (all its threads); 0 when it is gone."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (FileNotFoundError, ProcessLookupError):
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    fields = _stat(pid)
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK if fields else 0.0
+
+
+def reaped_children_cpu_seconds(pid: int) -> float:
+    """CPU seconds of the children ``pid`` has waited for (they exited)."""
+    fields = _stat(pid)
+    return (int(fields[13]) + int(fields[14])) / CLK_TCK if fields else 0.0
 
 
 def proc_peak_rss_mb(pid: int) -> float:
@@ -49,52 +58,78 @@ def _postgres_titles() -> dict[int, str]:
 
 
 def _works_for(title: str, database: str) -> bool:
-    """Whether a process title is a backend of ``database`` (or an autovacuum worker on it),
-    or one of the shared writers every commit needs."""
-    what = title.split(": ")[-1]
-    if what.startswith(_SHARED_AUX):
-        return True
-    words = what.split()
-    if what.startswith("autovacuum worker"):
-        return database in words
+    """Whether a process title is a backend of ``database`` or an autovacuum worker on it."""
+    words = title.split(": ")[-1].split()
+    if words[:2] == ["autovacuum", "worker"]:
+        return database in words[2:]
     # A backend: "user database host(port) state".
     return len(words) >= 2 and words[1] == database
 
 
+def _postmasters(pids: set[int]) -> list[int]:
+    """The PostgreSQL processes whose parent is not one: the servers' postmasters."""
+    return [pid for pid in pids if (f := _stat(pid)) and int(f[1]) not in pids]
+
+
+def _reaped(pids: list[int]) -> float:
+    return sum(reaped_children_cpu_seconds(pid) for pid in pids)
+
+
 @dataclass
 class PgCpu:
-    """PostgreSQL CPU between :meth:`start` and :meth:`stop`.
+    """PostgreSQL CPU seconds between :meth:`start` and :meth:`stop`.
 
-    ``total``: every process of the server (on a shared server, other tenants' work too);
-    ``own``: the backends connected to ``database`` (and autovacuum on it) plus the WAL
-    writer, checkpointer and background writer. Both are sums over the processes alive at
-    :meth:`stop` (a process started in between counts whole): a backend that disconnected
-    in between is missing, so keep the connections open until :meth:`stop`.
+    ``own``: the backends connected to ``database`` and autovacuum workers on it; a thread
+    samples them every ``interval`` seconds, so one that exits in between still counts (up
+    to its last sample). ``total``: every PostgreSQL process of the machine, the exited ones
+    included (from the postmasters' reaped-children times): on a shared server, other
+    people's work too, and the server-wide WAL writer, checkpointer and background writer,
+    whose work for one run may fall into the next.
     """
 
     database: str
-    _all0: dict[int, float] = field(default_factory=dict)
-    _own0: set[int] = field(default_factory=set)
+    interval: float = 0.5
     total: float = 0.0
     own: float = 0.0
+    _cpu0: dict[int, float] = field(default_factory=dict)
+    _last: dict[int, float] = field(default_factory=dict)
+    _reaped0: float = 0.0
+    _postmasters: list[int] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
 
-    def _sample(self) -> tuple[dict[int, float], set[int]]:
+    def _sample(self) -> dict[int, float]:
         cpu: dict[int, float] = {}
-        own: set[int] = set()
         for pid, title in _postgres_titles().items():
             cpu[pid] = proc_cpu_seconds(pid)
             if _works_for(title, self.database):
-                own.add(pid)
-        return cpu, own
+                self._last[pid] = cpu[pid]
+        return cpu
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._sample()
 
     def start(self) -> None:
-        self._all0, self._own0 = self._sample()
+        self._last = {}
+        self._cpu0 = self._sample()
+        self._postmasters = _postmasters(set(self._cpu0))
+        self._reaped0 = _reaped(self._postmasters)
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
 
     def stop(self) -> None:
-        cpu, own = self._sample()
-        delta = {pid: c - self._all0.get(pid, 0.0) for pid, c in cpu.items()}
-        self.total = sum(delta.values())
-        self.own = sum(delta[pid] for pid in own)
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        cpu = self._sample()
+        self.own = sum(c - self._cpu0.get(pid, 0.0) for pid, c in self._last.items())
+        self.total = sum(c - self._cpu0.get(pid, 0.0) for pid, c in cpu.items())
+        # Processes gone since start: their whole CPU is in their postmaster's reaped
+        # times, their CPU before start was already in _cpu0.
+        gone = sum(c for pid, c in self._cpu0.items() if pid not in cpu)
+        self.total += _reaped(self._postmasters) - self._reaped0 - gone
 
 
 def ms_per(seconds: float, n: int) -> float:
