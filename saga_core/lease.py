@@ -21,7 +21,19 @@ from datetime import datetime, timedelta
 
 from loguru import logger
 
-__all__ = ["DbClock", "Interrupted", "Lease", "LeaseLost"]
+__all__ = ["DbClock", "Interrupted", "Lease", "LeaseLost", "monotonic"]
+
+
+def monotonic() -> float:
+    """This process's monotonic clock as the running event loop keeps it (``loop.time()``;
+    ``time.monotonic()`` outside a loop). Every duration the run layer measures comes from
+    here, so that it agrees with the loop's own timers (``asyncio.sleep``, timeouts) and a
+    loop on virtual time (``saga_core.testing``) runs leases, retries and timeouts on it."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return time.monotonic()
+    return loop.time()
 
 
 class Interrupted(Exception):
@@ -42,10 +54,10 @@ class DbClock:
 
     def __init__(self, db_now: datetime, mono: float | None = None) -> None:
         self._db = db_now
-        self._mono = time.monotonic() if mono is None else mono
+        self._mono = monotonic() if mono is None else mono
 
     def now(self) -> datetime:
-        return self._db + timedelta(seconds=time.monotonic() - self._mono)
+        return self._db + timedelta(seconds=monotonic() - self._mono)
 
     def iso(self) -> str:
         return self.now().isoformat()
@@ -92,7 +104,7 @@ class Lease:
 
     def left(self) -> float:
         """Seconds of lease this process can count on from now."""
-        return self.valid_until - time.monotonic()
+        return self.valid_until - monotonic()
 
     def needs_renewal(self) -> bool:
         """Less than half the lease is known to be left."""
@@ -136,7 +148,7 @@ class Lease:
     async def renew(self) -> bool:
         """Renew once, now; False (and the lease marked lost) when the token no longer
         matches. Database errors propagate."""
-        sent = time.monotonic()
+        sent = monotonic()
         left = await self._renew(self.token)
         if left is None:
             self.mark_lost()
@@ -150,7 +162,7 @@ class Lease:
         the lease is lost (the step in flight is cancelled)."""
         retry = max(min(1.0, self.length / 10), 0.05)
         while not self.is_lost:
-            wait = self.valid_until - self.length / 2 - time.monotonic()
+            wait = self.valid_until - self.length / 2 - monotonic()
             if wait > 0:
                 await asyncio.sleep(wait)
                 continue
