@@ -1,5 +1,6 @@
 """The store conformance suite: the persistence seam (``SagaStore``) behaves the same on
-PostgreSQL and SQLite. Rows are written through the store itself, never through the ORM."""
+PostgreSQL, SQLite and the in-memory store of ``saga_core.testing`` (``ALSO_IN_MEMORY``).
+Rows are written through the store itself, never through the ORM."""
 
 from __future__ import annotations
 
@@ -21,6 +22,9 @@ from saga_core.store import (
     SagaFilter,
     SagaRow,
 )
+
+ALSO_IN_MEMORY = True
+"""Every test here runs on the three stores: pg, sqlite and memory."""
 
 LEASE = timedelta(seconds=30)
 
