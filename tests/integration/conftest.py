@@ -22,13 +22,24 @@ BACKENDS = [
 ]
 MEMORY = pytest.param("memory", id="memory")
 """The in-memory store of ``saga_core.testing`` (no SQL): added for modules that set
-``ALSO_IN_MEMORY = True`` (their tests need nothing but the store seam)."""
+``ALSO_IN_MEMORY = True`` (their tests need nothing but the store seam), except for their
+tests marked ``sql_only``."""
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "backend" in metafunc.fixturenames:
-        memory = [MEMORY] if getattr(metafunc.module, "ALSO_IN_MEMORY", False) else []
-        metafunc.parametrize("backend", [*BACKENDS, *memory])
+    if "backend" not in metafunc.fixturenames:
+        return
+    for mark in metafunc.definition.iter_markers("parametrize"):
+        names = mark.args[0]
+        if "backend" in (names.replace(" ", "").split(",") if isinstance(names, str) else names):
+            return  # the test chose its backends itself
+    memory = (
+        [MEMORY]
+        if getattr(metafunc.module, "ALSO_IN_MEMORY", False)
+        and metafunc.definition.get_closest_marker("sql_only") is None
+        else []
+    )
+    metafunc.parametrize("backend", [*BACKENDS, *memory])
 
 
 @pytest.fixture
