@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from saga_core.testing.calls import Boundary, CrashPoint, StepCalls
 from saga_core.testing.crash import CrashCase, CrashMatrix, crash_matrix
-from saga_core.testing.kit import SagaTestKit
+from saga_core.testing.kit import START, SagaTestKit
 from saga_core.testing.loop import VirtualTimeLoop, run, virtual_time
 from saga_core.testing.memdata import MemoryDatabase, StoreCrashed
 from saga_core.testing.memstore import MemorySagaStore
@@ -27,6 +27,7 @@ from saga_core.testing.result import SagaResult
 from saga_core.testing.wiring import memory_orchestrator
 
 __all__ = [
+    "START",
     "Boundary",
     "CrashCase",
     "CrashMatrix",

@@ -96,7 +96,8 @@ def _differences(case: CrashCase, free: CrashCase) -> tuple[str, ...]:
 
 def _runs(counts: dict[str, int], free: dict[str, int]) -> str:
     parts = []
-    for step_id in sorted(set(counts) | set(free), key=lambda s: (s not in free, s)):
+    # In the order the steps first ran (crash-free), as the saga runs them.
+    for step_id in [*free, *(s for s in counts if s not in free)]:
         n, m = counts.get(step_id, 0), free.get(step_id, 0)
         parts.append(
             f"{step_id}={n}" + ("" if n == m else f"(+{n - m})" if n > m else f"({n - m})")

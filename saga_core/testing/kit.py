@@ -298,6 +298,25 @@ class SagaTestKit:
             event=event,
         )
 
+    async def notify(
+        self,
+        *,
+        saga_id: uuid.UUID | None = None,
+        token: uuid.UUID | None = None,
+        aggregation_id: str | None = None,
+        event_name: str | None = None,
+        event: Any = None,
+    ) -> bool:
+        """:meth:`deliver`, saying only whether the event was accepted."""
+        delivery = await self.deliver(
+            saga_id=saga_id,
+            token=token,
+            aggregation_id=aggregation_id,
+            event_name=event_name,
+            event=event,
+        )
+        return delivery.accepted
+
     async def token(self, saga_id: uuid.UUID, step_id: str | None = None) -> uuid.UUID:
         """The token a step handed out (``current_step().token``): the current step's, or
         ``step_id``'s (a branch of a parallel saga)."""
