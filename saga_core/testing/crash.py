@@ -19,6 +19,7 @@ repeated.
 from __future__ import annotations
 
 import inspect
+import json
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -94,6 +95,10 @@ def _differences(case: CrashCase, free: CrashCase) -> tuple[str, ...]:
     return tuple(out)
 
 
+def _json(value: Any) -> str:
+    return json.dumps(value, separators=(", ", ": "), default=str)
+
+
 def _runs(counts: dict[str, int], free: dict[str, int]) -> str:
     parts = []
     # In the order the steps first ran (crash-free), as the saga runs them.
@@ -119,31 +124,27 @@ class CrashMatrix:
         return [c for c in self.cases if not c.matches]
 
     def report(self) -> str:
-        """A table: per case, the final status, takeovers, ``execute`` and ``compensate``
-        calls per step (``+n``: more than crash-free) and whether it ended the same."""
-        free = self.crash_free.result
-        head = (
+        """Per case: the final status, takeovers, ``execute`` and ``compensate`` calls per
+        step (``+n``: more than crash-free), the step outputs, and how it differs from the
+        crash-free run."""
+        free = self.crash_free
+        lines = [
             f"crash matrix of {self.saga_name!r}: crash-free run {free.status.value}; "
             f"{len(self.cases)} crash cases, {len(self.failures)} ending otherwise"
-        )
-        lines = [head]
-        for case in (self.crash_free, *self.cases):
+        ]
+        for case in (free, *self.cases):
             r = case.result
-            verdict = (
-                "-"
-                if case.crash is None
-                else "same"
-                if case.matches
-                else "DIFFERS: " + "; ".join(case.differences)
-            )
+            verdict = "" if case.crash is None else " - same" if case.matches else " - DIFFERS"
             if case.crash is not None and not case.struck:
                 verdict += " (the crash point was never reached)"
-            lines.append(
-                f"  {case.label}\n"
-                f"      {r.status.value}, takeovers {r.takeovers}; "
-                f"execute {_runs(r.executions, free.executions)}; "
-                f"compensate {_runs(r.compensations, free.compensations)}; {verdict}"
-            )
+            same = case.crash is not None and case.outputs == free.outputs
+            lines += [
+                f"  {case.label}: {r.status.value}, takeovers {r.takeovers}{verdict}",
+                f"      execute {_runs(r.executions, free.result.executions)}; "
+                f"compensate {_runs(r.compensations, free.result.compensations)}",
+                "      outputs " + ("as crash-free" if same else _json(case.outputs)),
+                *(f"      differs: {d}" for d in case.differences),
+            ]
         return "\n".join(lines)
 
     def assert_all_match_crash_free(self) -> None:

@@ -71,7 +71,7 @@ async def test_a_non_idempotent_step_is_caught() -> None:
     text = str(caught.value)
     assert "crash after charge's effect, before its checkpoint" in text
     assert "execute reserve=1 charge=2(+1) ship=1" in text
-    assert "DIFFERS: output of charge" in text
+    assert "differs: output of charge" in text
 
 
 @virtual_time
