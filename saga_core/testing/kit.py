@@ -129,6 +129,7 @@ class SagaTestKit:
         and reads, as ``sagactl`` would apply them."""
         self._registered: list[tuple[str, SagaDefinition, int]] = []
         self._numbers = itertools.count(1)
+        self._aggregations = itertools.count(1)
         self._worker = self._new_worker()
         self._crash: asyncio.Event | None = None
 
@@ -176,7 +177,7 @@ class SagaTestKit:
         return await self.client.start(
             saga_name=saga_name,
             initial_data=initial_data,
-            aggregation_id=aggregation_id or f"{saga_name}-{uuid.uuid4().hex[:12]}",
+            aggregation_id=aggregation_id or f"{saga_name}-{next(self._aggregations)}",
             run_at=run_at,
             idempotency_key=idempotency_key,
             trace_id=trace_id,
@@ -200,21 +201,28 @@ class SagaTestKit:
         once the lease has expired."""
         self.calls.arm(point)
 
-    async def run_until_settled(self, *, through_event_waits: bool = False) -> None:
+    async def run_until_settled(
+        self, *, through_event_waits: bool = False, limit: timedelta = timedelta(days=365)
+    ) -> None:
         """Run every saga until it is finished, FAILED, or waits for an event, jumping over
         retry delays, ``run_at`` times and the leases of crashed workers. With
         ``through_event_waits``, event waits with a timeout run into it too.
 
         Raises:
-            SagaError: a saga is due but no registered definition (name, version) runs it.
+            SagaError: a saga is due but no registered definition (name, version) runs it;
+                or the sagas have not settled after ``limit`` of virtual time (a step that
+                never returns, a retry policy without end): the running ones are released.
         """
         _virtual_loop()
+        give_up = self.now() + limit
         while True:
-            if await self._round():
+            if await self._round(give_up, limit):
                 continue
             wake = await self._next_wake(through_event_waits)
             if wake is None:
                 return
+            if wake[0] > give_up:
+                raise self._unsettled(limit)
             delay = (wake[0] - self.now()).total_seconds()
             if delay <= 0:
                 raise SagaError(
@@ -223,26 +231,35 @@ class SagaTestKit:
                 )
             await asyncio.sleep(delay)
 
+    @staticmethod
+    def _unsettled(limit: timedelta) -> SagaError:
+        return SagaError(
+            f"the sagas have not settled within {limit} of virtual time: a step that never "
+            "returns, or a retry policy without end?"
+        )
+
     async def advance(self, by: timedelta | float) -> None:
         """Let ``by`` of virtual time pass, running whatever comes due meanwhile (event
         waits time out when their time comes)."""
         _virtual_loop()
         seconds = by.total_seconds() if isinstance(by, timedelta) else float(by)
         until = self.now() + timedelta(seconds=seconds)
+        limit = timedelta(days=365)  # a run in progress at ``until`` finishes its steps
         while True:
-            while await self._round():
+            while await self._round(until + limit, limit):
                 pass
             wake = await self._next_wake(True)
             stop = until if wake is None or wake[0] > until else wake[0]
             await asyncio.sleep(max((stop - self.now()).total_seconds(), 0.0))
             if stop == until:
-                while await self._round():
+                while await self._round(until + limit, limit):
                     pass
                 return
 
-    async def _round(self) -> int:
-        """One ``run_due`` of the current worker (jitter seeded); a crash kills the worker
-        and puts a new one in its place. How many sagas it claimed."""
+    async def _round(self, give_up: datetime, limit: timedelta) -> int:
+        """One ``run_due`` of the current worker (jitter seeded), stopped at ``give_up`` (and
+        ``SagaError``, naming ``limit``); a crash kills the worker and puts a new one in its
+        place. How many sagas it claimed."""
         worker = self._worker
         self._crash = crash = asyncio.Event()
         context = contextvars.copy_context()
@@ -250,8 +267,13 @@ class SagaTestKit:
         loop = asyncio.get_running_loop()
         run = loop.create_task(worker.run_due(), context=context)
         died = loop.create_task(crash.wait())
-        await asyncio.wait({run, died}, return_when=asyncio.FIRST_COMPLETED)
+        left = max((give_up - self.now()).total_seconds(), 0.0)
+        done, _ = await asyncio.wait({run, died}, timeout=left, return_when=asyncio.FIRST_COMPLETED)
         died.cancel()
+        if not done:  # out of time: stop the worker as sagad would on SIGTERM
+            run.cancel()
+            await asyncio.gather(run, return_exceptions=True)
+            raise self._unsettled(limit)
         if not crash.is_set():
             return run.result()
         run.cancel()

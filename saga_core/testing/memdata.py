@@ -5,6 +5,7 @@ are kept by, and :func:`apply_update`, the one place a ``RowUpdate`` becomes new
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import uuid
 from collections.abc import Callable
@@ -18,6 +19,7 @@ from saga_core.store.base import DeadlineChange, LeaseChange, RowUpdate, SagaRow
 
 __all__ = [
     "ACTIVE",
+    "SEQ",
     "Clock",
     "MemoryDatabase",
     "StoreCrashed",
@@ -61,6 +63,9 @@ _DEFAULTS: dict[str, Any] = {
     "idempotency_key": None,
     "finished_at": None,
 }
+SEQ = "_seq"
+"""The order rows were inserted in: where SQL leaves the order of equal keys open, the
+in-memory store takes the older row first, so that every run is the same."""
 COLUMNS = frozenset({*_REQUIRED, *_DEFAULTS, "id", "deadline_at", "created_at", "updated_at"})
 
 
@@ -88,9 +93,13 @@ class MemoryDatabase:
         self.clock: Clock = clock or wall_clock
         self.tables: dict[str, dict[uuid.UUID, dict[str, Any]]] = {}
         self.workers: dict[str, dict[str, Any]] = {}
+        self._seq = itertools.count(1)
         self.lock = asyncio.Lock()
         """Held for the length of every store call: calls never interleave (a transactional
         step's commit holds it across its session's commit)."""
+
+    def next_seq(self) -> int:
+        return next(self._seq)
 
     def now(self) -> datetime:
         now = self.clock()

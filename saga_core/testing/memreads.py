@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import Any
 
 from saga_core.store.base import SagaFilter, SagaRow, WorkerRow
-from saga_core.testing.memdata import ACTIVE, MemoryDatabase, StoreCrashed, is_due, to_saga_row
+from saga_core.testing.memdata import ACTIVE, SEQ, MemoryDatabase, StoreCrashed, is_due, to_saga_row
 
 __all__ = ["MemoryReads"]
 
@@ -66,7 +66,7 @@ class MemoryReads:
         return self.database.tables.setdefault(self.table_name, {})
 
     def _ordered(self, *, oldest_first: bool = True) -> list[dict[str, Any]]:
-        rows = sorted(self._rows.values(), key=lambda r: (r["created_at"], r["id"]))
+        rows = sorted(self._rows.values(), key=lambda r: (r["created_at"], r[SEQ]))
         return rows if oldest_first else rows[::-1]
 
     # --- sagas ---------------------------------------------------------------------------------

@@ -40,6 +40,7 @@ from saga_core.store.base import (
 )
 from saga_core.testing.memdata import (
     ACTIVE,
+    SEQ,
     Clock,
     MemoryDatabase,
     apply_update,
@@ -162,6 +163,7 @@ class MemorySagaStore(MemoryReads, SagaStore):
                     if old["idempotency_key"] == key:
                         return to_saga_row(old, with_history=False)
             row = new_row(values, now, due_in)
+            row[SEQ] = self.database.next_seq()
             if row["id"] in rows:
                 raise ValueError(f"a saga with id {row['id']} exists (PRIMARY KEY)")
             if row["status"] in ACTIVE and any(
@@ -186,7 +188,7 @@ class MemorySagaStore(MemoryReads, SagaStore):
                     and r["finished_at"] is not None
                     and r["finished_at"] < finished_before
                 ),
-                key=lambda r: (r["finished_at"], r["id"]),
+                key=lambda r: (r["finished_at"], r[SEQ]),
             )[:batch]
             for r in victims:
                 del self._rows[r["id"]]
@@ -216,7 +218,7 @@ class MemorySagaStore(MemoryReads, SagaStore):
                 and (pairs is None or (r["saga_name"], r["definition_version"]) in pairs)
                 and (suspects is None or is_suspect(r) == suspects)
             ]
-            due.sort(key=lambda r: (r["deadline_at"], r["created_at"], r["id"]))
+            due.sort(key=lambda r: (r["deadline_at"], r[SEQ]))
             out = []
             for r in due[:limit]:
                 taken = 1 if r["lease_owner"] is not None else 0
@@ -344,7 +346,7 @@ class MemorySagaStore(MemoryReads, SagaStore):
             return active[0]
         if not same:
             raise SagaNotFoundError(f"no saga with aggregation_id {aggregation_id!r}")
-        return max(same, key=lambda r: (r["created_at"], r["id"]))
+        return max(same, key=lambda r: (r["created_at"], r[SEQ]))
 
     @staticmethod
     def _count_refusal(history: list[dict[str, Any]], entry: dict[str, Any], kept: int) -> None:

@@ -10,6 +10,7 @@ import pytest
 from kit_sagas import (
     Charge,
     Order,
+    Ref,
     Reserve,
     Services,
     Ship,
@@ -18,8 +19,9 @@ from kit_sagas import (
     order_saga,
 )
 
-from saga_core import ExponentialRetry, SagaBuilder, SagaStatus
+from saga_core import BaseStep, ExponentialRetry, SagaBuilder, SagaStatus
 from saga_core.errors import SagaError
+from saga_core.rows import new_saga_values
 from saga_core.testing import (
     START,
     Boundary,
@@ -323,3 +325,53 @@ async def test_an_unknown_saga_name_is_refused() -> None:
     kit.register("order", order_saga(Services()))
     with pytest.raises(SagaError, match="unknown saga name"):
         await kit.start("orders", ORDER)
+
+
+@virtual_time
+async def test_a_saga_that_never_settles_is_reported() -> None:
+    import asyncio
+
+    class Hang(BaseStep[Order, Ref]):
+        async def execute(self, inp: Order) -> Ref:
+            await asyncio.Event().wait()  # never set
+            raise AssertionError("unreachable")
+
+    b = SagaBuilder()
+    b.add_step(step=Hang(), input_map=order, step_id="hang")
+    kit = SagaTestKit()
+    kit.register("hang", b.build())
+    saga_id = await kit.start("hang", ORDER)
+    with pytest.raises(SagaError, match="not settled within 7 days"):
+        await kit.run_until_settled(limit=timedelta(days=7))
+    result = await kit.result(saga_id)
+    assert result.status is SagaStatus.RUNNING
+    assert result.outcomes() == [("execute", "hang", "INTERRUPTED")], "released, not failed"
+
+
+@virtual_time
+async def test_a_due_saga_no_definition_runs_is_reported() -> None:
+    kit = SagaTestKit()
+    kit.register("order", order_saga(Services()))
+    values = new_saga_values(order_saga(Services()), "ghost", "g-1", {}, None)
+    await kit.client.engine.store.saga_insert(values)
+    with pytest.raises(SagaError, match="'ghost', version 1\\) is due but not registered"):
+        await kit.run_until_settled()
+
+
+def _five_orders_at_once() -> list[tuple[str, object]]:
+    from saga_core.testing import run
+
+    async def go() -> list[tuple[str, object]]:
+        kit = SagaTestKit()
+        kit.register("order", order_saga(Services()))
+        ids = [await kit.start("order", Order(order_id=f"o-{i}").model_dump()) for i in range(5)]
+        await kit.run_until_settled()
+        return [(str(i), (await kit.result(s)).outputs["charge"]) for i, s in enumerate(ids)]
+
+    return run(go())
+
+
+def test_sagas_started_together_run_the_same_way_every_time() -> None:
+    first = _five_orders_at_once()
+    assert first == _five_orders_at_once()
+    assert sorted(ref["ref"] for _, ref in first) == [f"ch-{n}" for n in range(1, 6)]
