@@ -8,9 +8,8 @@ database. See the README for the guarantees.
 from __future__ import annotations
 
 import importlib
+import logging
 from typing import TYPE_CHECKING, Any
-
-from loguru import logger
 
 from saga_core.version import VERSION
 
@@ -38,8 +37,9 @@ if TYPE_CHECKING:
 
 __version__ = VERSION
 
-# A library stays silent unless the application asks: logger.enable("saga_core").
-logger.disable("saga_core")
+# Standard logging, loggers saga_core.*: silent unless the application configures logging
+# (a NullHandler, the convention for libraries; see saga_core.logs).
+logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 # The public names, imported on first use: ``import saga_core`` (and ``sagactl --help``)
 # stays cheap, and ``from saga_core import SagaStatus`` loads only what that name needs.

@@ -29,6 +29,7 @@ from saga_core.rows import (
     Wait,
 )
 from saga_core.run import Run
+from saga_core.tracebacks import timeout_traceback, traceback_text
 from saga_core.tracing import note_failure
 
 __all__ = ["NotStarted", "Outcome", "compensate", "execute", "wait_timed_out"]
@@ -37,7 +38,12 @@ Factory = Callable[[], Coroutine[Any, Any, Any]]
 
 
 class StepTimeout(Exception):
-    """The step did not return within its timeout."""
+    """The step did not return within its timeout; ``cancelled``: the ``CancelledError``
+    the timeout stopped its code with (its stack says where the code was)."""
+
+    def __init__(self, message: str, cancelled: BaseException | None = None) -> None:
+        super().__init__(message)
+        self.cancelled = cancelled
 
 
 class NotStarted(Interrupted):
@@ -73,9 +79,11 @@ def _failure(
     if isinstance(exc, StepTimeout):
         error = f"TimeoutError: {exc}"
         entry.update(status=h.TIMEOUT, error_type="TimeoutError", error=error)
+        entry["traceback"] = timeout_traceback(exc.cancelled, error)
     else:
         error = h.error_text(exc)
         entry.update(status=h.ERROR, error_type=h.storable(type(exc).__name__), error=error)
+        entry["traceback"] = traceback_text(exc)
     entry["duration_ms"] = _ms(started)
     return _with_policy(Outcome("failure", entry, error=error), policy, failures)
 
@@ -265,9 +273,13 @@ async def call(
         try:
             async with asyncio.timeout(timeout.total_seconds()) as cm:
                 return await factory()
-        except TimeoutError:
+        except TimeoutError as exc:
             if cm.expired():
-                raise StepTimeout(f"no result within {timeout.total_seconds():g}s") from None
+                # The CancelledError the timeout stopped the code with: Python 3.11 chains it
+                # as the context of this TimeoutError, 3.12 as its cause.
+                cancelled = exc.__cause__ or exc.__context__
+                message = f"no result within {timeout.total_seconds():g}s"
+                raise StepTimeout(message, cancelled) from None
             raise
 
     task = asyncio.get_running_loop().create_task(guarded(), context=run_with_step(ctx))

@@ -15,6 +15,7 @@ least every :data:`INBOX_POLL_S` while a branch waits.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 from datetime import datetime, timedelta
 from typing import Any
@@ -24,6 +25,7 @@ from saga_core import history as h
 from saga_core import machine as m
 from saga_core import waits
 from saga_core.lease import LeaseLost, monotonic
+from saga_core.logs import log_traceback
 from saga_core.rows import RETRY_AT_KEY, rotate_token, waits_of, with_waits
 from saga_core.run import Run
 
@@ -122,7 +124,7 @@ class _Branches:
             run.context = with_waits(run.context, {**waits_of(run.context), spec.step_id: marker})
             self.wait_held[i] = FOREVER if seconds is None else monotonic() + seconds
             self.check_inbox = True
-            run.log.bind(step=spec.step_id).info("step {} waits for an event", spec.step_id)
+            run.log.bind(step=spec.step_id).info("step %s waits for an event", spec.step_id)
         else:
             self._fail(i, out)
         self.history.append(out.entry)
@@ -134,13 +136,14 @@ class _Branches:
         self.state = m.branch_failed(self.state, self.shape, i)
         log = self.run.log.bind(step=spec.step_id, attempt=out.entry["attempt"])
         log.log(
-            "WARNING" if delay is None else "INFO",
-            "step {} failed (attempt {}){}: {}",
+            logging.WARNING if delay is None else logging.INFO,
+            "step %s failed (attempt %s)%s: %s",
             spec.step_id,
             out.entry["attempt"],
             ", retries exhausted" if delay is None else "",
             out.error,
         )
+        log_traceback(log, out.entry)
         self.error = out.error
         if delay is None:
             if self.failed is None:

@@ -9,15 +9,16 @@ their sagas go on.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Sequence
-
-from loguru import logger
 
 from saga_core import dberrors
 from saga_core.backoff import BackoffPolicy
 from saga_core.store.base import Applied, Checkpoint, SagaStore
 
 __all__ = ["CheckpointResult", "CheckpointWriter", "is_transient"]
+
+logger = logging.getLogger(__name__)
 
 CheckpointResult = Applied | None
 """What a checkpoint came to: written (``Applied``), or ``None`` when its lease token no
@@ -85,11 +86,11 @@ class CheckpointWriter:
             return await self._write_retrying(batch)
         except Exception as exc:
             if len(batch) == 1:
-                logger.opt(exception=exc).error("checkpoint write failed: {}", exc)
+                logger.error("checkpoint write failed: %s", exc, exc_info=exc)
                 return [exc]
         # Refused as a whole: find which checkpoints the database refuses, one by one.
         logger.warning(
-            "a batch of {} checkpoints was refused; writing them one at a time", len(batch)
+            "a batch of %s checkpoints was refused; writing them one at a time", len(batch)
         )
         out: list[Outcome] = []
         for cp in batch:
@@ -97,8 +98,12 @@ class CheckpointWriter:
                 (res,) = await self._write_retrying([cp])
                 out.append(res)
             except Exception as exc:
-                logger.opt(exception=exc).error(
-                    "checkpoint of saga {} refused: {}", cp.saga_id, exc
+                logger.error(
+                    "checkpoint of saga %s refused: %s",
+                    cp.saga_id,
+                    exc,
+                    exc_info=exc,
+                    extra={"saga_id": str(cp.saga_id)},
                 )
                 out.append(exc)
         return out
@@ -116,7 +121,7 @@ class CheckpointWriter:
                     raise
                 wait = backoff.failure(exc)
                 logger.warning(
-                    "database unavailable while writing {} checkpoint(s), retrying in {:.2f}s: {}",
+                    "database unavailable while writing %s checkpoint(s), retrying in %.2fs: %s",
                     len(batch),
                     wait,
                     exc,

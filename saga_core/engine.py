@@ -5,6 +5,7 @@ the settings, and keeps the registered definitions and what this process has cla
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
 import uuid
@@ -12,7 +13,6 @@ from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any, Generic, TypeVar
 
-from loguru import logger
 from sqlalchemy import Table
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -29,6 +29,8 @@ from saga_core.txstep import TxSteps
 from saga_core.versioning import Definitions
 
 __all__ = ["SagaEngine", "default_worker_id"]
+
+logger = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=SagaStateMixin)
 
@@ -140,8 +142,7 @@ class SagaEngine(Generic[M]):
     ) -> None:
         self.settings = settings
         self.flags = Flags()
-        self.tracing: Tracing | None = None if tracer_provider is None else Tracing(tracer_provider)
-        """OpenTelemetry spans of runs and attempts (``saga_core.tracing``); None: off."""
+        tracing = None if tracer_provider is None else Tracing(tracer_provider)
         self.store: SagaStore = store
         self.definitions = Definitions()
         """name -> latest definition; every version through ``definition_for``."""
@@ -155,7 +156,7 @@ class SagaEngine(Generic[M]):
             emit=self.emit,
             tx=transactions(self.writer),
         )
-        self.executor = Executor(deps, self.definition_for, self.tracing)
+        self.executor = Executor(deps, self.definition_for, tracing)
         self._held: dict[uuid.UUID, float] = {}
         """Sagas this engine claimed and has not finished driving -> when the claim was sent."""
         self._claims = 0
@@ -189,7 +190,21 @@ class SagaEngine(Generic[M]):
 
     @property
     def worker_id(self) -> str:
+        """Identifies this process in leases and history."""
         return self.settings.worker_id
+
+    @worker_id.setter
+    def worker_id(self, value: str) -> None:
+        self.settings.worker_id = value
+
+    @property
+    def tracing(self) -> Tracing | None:
+        """OpenTelemetry spans of runs and attempts (``saga_core.tracing``); None: off."""
+        return self.executor.tracing
+
+    @tracing.setter
+    def tracing(self, value: Tracing | None) -> None:
+        self.executor.tracing = value
 
     @property
     def execution_lease(self) -> timedelta:
@@ -248,7 +263,7 @@ class SagaEngine(Generic[M]):
             try:
                 listener(event, fields)
             except Exception as exc:  # a metrics bug must not break a saga
-                logger.warning("saga listener {!r} failed: {}", listener, exc)
+                logger.warning("saga listener %r failed: %s", listener, exc)
 
     # --- claims and runs ---------------------------------------------------------------------------
 
@@ -277,7 +292,7 @@ class SagaEngine(Generic[M]):
             self._unclaim = False
             if released:
                 logger.warning(
-                    "released {} saga(s) claimed by a claim whose reply was lost", released
+                    "released %s saga(s) claimed by a claim whose reply was lost", released
                 )
         sent = monotonic()
         self._claims += 1
@@ -317,7 +332,7 @@ class SagaEngine(Generic[M]):
             try:
                 await self.store.saga_release(row.id, row.lease_token, None)
             except Exception as exc:  # the lease expires; another worker takes over then
-                logger.bind(saga_id=str(row.id)).warning("could not release lease: {}", exc)
+                logger.warning("could not release lease: %s", exc, extra={"saga_id": str(row.id)})
 
     async def flush(self) -> None:
         """Wait until every checkpoint queued so far is written."""

@@ -14,12 +14,12 @@ times by the database.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
-
-from loguru import logger
+from typing import Any
 
 __all__ = ["DbClock", "Interrupted", "Lease", "LeaseLost", "monotonic"]
 
@@ -34,6 +34,8 @@ def monotonic() -> float:
     except RuntimeError:
         return time.monotonic()
     return loop.time()
+
+logger = logging.getLogger(__name__)
 
 
 class Interrupted(Exception):
@@ -156,7 +158,7 @@ class Lease:
         self.confirm(sent, left)
         return True
 
-    async def keep(self, *, log: object = None) -> None:
+    async def keep(self, *, log: logging.LoggerAdapter[Any] | None = None) -> None:
         """Renew every half lease until cancelled. A renewal that fails on a database error
         is retried about every tenth of the lease; once the lease is known to have run out,
         the lease is lost (the step in flight is cancelled)."""
@@ -171,8 +173,8 @@ class Lease:
                     return
             except Exception as exc:
                 if self.left() <= 0:
-                    (log or logger).warning(  # type: ignore[attr-defined]
-                        "lease ran out while the database could not be reached ({}): stopping "
+                    (log or logger).warning(
+                        "lease ran out while the database could not be reached (%s): stopping "
                         "the step in flight before another worker may claim the saga",
                         exc,
                     )

@@ -18,6 +18,7 @@ from saga_core.context import StepContext
 from saga_core.definition import SagaDefinition, StepSpec
 from saga_core.errors import SagaConflictError
 from saga_core.lease import DbClock, Lease, LeaseLost, monotonic
+from saga_core.logs import SagaLog
 from saga_core.rows import (
     STEP_INPUTS_KEY,
     STEP_OUTPUTS_KEY,
@@ -103,7 +104,8 @@ class Run:
     deps: RunDeps
     lease: Lease
     clock: DbClock
-    log: Any
+    log: SagaLog
+    """The run's logger, with ``saga_id``, ``saga_name`` and ``worker`` bound."""
     span: RunSpan = field(default_factory=lambda: NO_SPAN)
     isolated: bool = False
     """Run alone (a suspect): worker-wide yielding does not stop it."""
@@ -122,7 +124,7 @@ class Run:
 
     @classmethod
     def claimed(
-        cls, row: SagaRow, definition: SagaDefinition, deps: RunDeps, *, log: Any, sent: float
+        cls, row: SagaRow, definition: SagaDefinition, deps: RunDeps, *, log: SagaLog, sent: float
     ) -> Run:
         """The run of a row a claim sent at monotonic ``sent`` returned."""
         assert row.lease_token is not None, "a claimed row carries its lease token"
@@ -180,7 +182,7 @@ class Run:
             worker=self.worker,
         )
 
-    def interrupted_note(self, reason: str) -> dict[str, Any]:
+    def interrupted_note(self, reason: str, traceback: str | None = None) -> dict[str, Any]:
         state = self.state
         idx = state.cursor
         step_id = str(self.steps[idx]["step_id"]) if 0 <= idx < len(self.steps) else None
@@ -190,6 +192,7 @@ class Run:
             step_id=step_id,
             worker=self.worker,
             reason=reason,
+            traceback=traceback,
         )
 
     # --- events the engine's listeners see ------------------------------------------------------
@@ -204,16 +207,22 @@ class Run:
             duration=entry.get("duration_ms", 0.0) / 1000,
         )
 
-    def finished(self, state: m.MachineState) -> None:
+    def finished(self, state: m.MachineState, was: m.SagaStatus | None = None) -> None:
+        """Log (and tell listeners) how a transition from status ``was`` to ``state`` ended
+        the saga, or that it started rolling back."""
+        if was is m.SagaStatus.RUNNING and state.status is m.SagaStatus.COMPENSATING:
+            self.log.bind(status=state.status.value).warning(
+                "saga rolls back: compensating its completed steps, newest first"
+            )
         if state.status.is_terminal or state.status is m.SagaStatus.FAILED:
             self.deps.emit("finished", saga_name=self.row.saga_name, status=state.status.value)
             log = self.log.bind(status=state.status.value)
-            if state.status in (m.SagaStatus.FAILED,):
-                log.error("saga FAILED: an operator must act ({})", self.row.saga_name)
+            if state.status is m.SagaStatus.FAILED:
+                log.error("saga FAILED: an operator must act (%s)", self.row.saga_name)
             elif state.status is m.SagaStatus.COMPENSATED:
-                log.warning("saga compensated (rolled back)")
+                log.info("saga compensated (rolled back)")
             else:
-                log.info("saga {}", state.status.value.lower())
+                log.info("saga %s", state.status.value.lower())
 
     # --- writes ----------------------------------------------------------------------------------
 
@@ -355,7 +364,7 @@ class Run:
             # Through the writer: a checkpoint of this saga still queued there lands first.
             await self.deps.writer.write(Checkpoint(self.saga_id, self.lease.token, upd))
         except Exception as exc:  # the lease will expire; another worker takes over then
-            self.log.warning("could not release lease: {}", exc)
+            self.log.warning("could not release lease: %s", exc)
         self.lease.mark_lost()
 
     async def fail_for_operator(self, label: str, step_id: str | None, reason: str) -> None:
@@ -374,7 +383,7 @@ class Run:
         )
         await self.write(upd)
         self.span.failed_for_operator(label, reason)
-        self.log.error(reason)
+        self.log.error("%s", reason)
         self.deps.emit("finished", saga_name=self.row.saga_name, status=m.SagaStatus.FAILED.value)
 
     def store_output(self, spec: StepSpec, output: dict[str, Any] | None, inp: Any) -> None:

@@ -9,9 +9,9 @@ its own) and every line starts with its syslog priority, ``<3>`` ERROR to ``<7>`
 ``journalctl -p warning`` works; a multi-line record (a traceback) repeats the prefix on each
 line. JSON lines stay plain JSON with their ``level``.
 
-Records of the standard ``logging`` module (libraries, and ``saga_core`` once it logs that
-way) are routed into loguru with their level, their ``exc_info`` and the bound fields above
-when given as ``extra=``.
+Records of the standard ``logging`` module are routed into loguru with their level, their
+``exc_info`` and the fields above when given as ``extra=``: ``saga_core``'s (it logs that
+way, see ``saga_core.logs``) from the configured level, other libraries' from WARNING.
 """
 
 from __future__ import annotations
@@ -22,15 +22,17 @@ import os
 import sys
 import traceback
 from datetime import UTC
+from types import FrameType
 from typing import Any, TextIO
 
 from loguru import logger
 
+from saga_core.logs import FIELDS
+
 __all__ = ["FIELDS", "PRIORITIES", "configure_logging", "journal_priority", "set_level"]
 
-FIELDS = ("saga_id", "saga_name", "step", "attempt", "status", "worker")
-"""Bound fields shown on every line that carries them (``worker`` only in JSON: in text it
-would repeat on every line; the start-up line names it)."""
+# FIELDS (saga_core's): shown on every line that carries them (``worker`` only in JSON: in
+# text it would repeat on every line; the start-up line names it).
 
 _state: dict[str, Any] = {"handler": None, "format": "text", "stream": None}
 
@@ -81,8 +83,11 @@ class _InterceptHandler(logging.Handler):
             level: str | int = logger.level(record.levelname).name
         except ValueError:
             level = record.levelno
-        frame, depth = logging.currentframe(), 2
-        while frame is not None and frame.f_code.co_filename == logging.__file__:
+        # The caller that logged (past this method and the logging module's frames, a
+        # LoggerAdapter's included): loguru names the record after its module.
+        frame: FrameType | None = sys._getframe(0)
+        depth = 0
+        while frame is not None and (depth == 0 or frame.f_code.co_filename == logging.__file__):
             frame = frame.f_back
             depth += 1
         fields = {k: getattr(record, k) for k in FIELDS if hasattr(record, k)}
@@ -101,6 +106,10 @@ def _route_standard_logging(level: str) -> None:
     logging.getLogger("saga_core").setLevel(logger.level(level).no)
 
 
+_FIRST, _REST = "_first_line", "_other_lines"
+"""Where the text format keeps a multi-line message's parts (never shown as fields)."""
+
+
 def _text_format(with_time: bool) -> Any:
     prefix = "<green>{time:YYYY-MM-DD HH:mm:ss.SSS}</green> | " if with_time else ""
 
@@ -111,7 +120,15 @@ def _text_format(with_time: bool) -> Any:
             for key in FIELDS
             if key in extra and key != "worker"
         )
-        return prefix + "<level>{level: <8}</level> | {message}" + parts + "\n{exception}"
+        head = prefix + "<level>{level: <8}</level> | "
+        message = record["message"]
+        if "\n" not in message:
+            return head + "{message}" + parts + "\n{exception}"
+        # A multi-line message (a failed attempt's traceback): the fields end its first
+        # line, not its last (where they would read as part of the error).
+        first, _, rest = message.partition("\n")
+        extra[_FIRST], extra[_REST] = first, rest
+        return head + f"{{extra[{_FIRST}]}}{parts}\n{{extra[{_REST}]}}\n{{exception}}"
 
     return fmt
 
@@ -142,14 +159,13 @@ class _JsonSink:
 
 
 def configure_logging(level: str, fmt: str, *, stream: TextIO | None = None) -> None:
-    """Replace loguru's handlers with one stderr handler; enable saga_core's logs."""
+    """Replace loguru's handlers with one stderr handler; route standard logging into it."""
     stream = stream or sys.stderr
     journal = _is_journal(stream)
     if _state["handler"] is not None:
         logger.remove(_state["handler"])
     else:
         logger.remove()
-    logger.enable("saga_core")
     logger.enable("sagad")
     if fmt == "json":
         handler = logger.add(_JsonSink(stream).write, level=level, format="{message}")

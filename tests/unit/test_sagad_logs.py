@@ -15,6 +15,7 @@ from typing import TextIO
 import pytest
 from loguru import logger
 
+from saga_core.logs import SagaLog
 from sagad import logs
 
 
@@ -94,13 +95,25 @@ def test_json_keeps_its_level_and_no_prefix_under_the_journal(
     logs.configure_logging("INFO", "json", stream=log_file)
     logger.error("as json")
     logging.getLogger("saga_core").info("std info", extra={"saga_id": "s-3"})
+    run_log = SagaLog(logging.getLogger("saga_core.executor"), {"saga_id": "s-4", "worker": "w"})
+    run_log.bind(step="charge", attempt=2).warning("through an adapter")
+    run_log.debug("below the level")
     log_file.seek(0)
     records = [json.loads(line) for line in log_file.read().splitlines()]
     assert [(r["level"], r["message"]) for r in records] == [
         ("ERROR", "as json"),
         ("INFO", "std info"),
+        ("WARNING", "through an adapter"),
     ]
     assert records[1]["saga_id"] == "s-3"
+    assert {k: records[2][k] for k in ("saga_id", "worker", "step", "attempt")} == {
+        "saga_id": "s-4",
+        "worker": "w",
+        "step": "charge",
+        "attempt": 2,
+    }
+    # Named after the module that logged (not the logging module the record came through).
+    assert records[1]["logger"] == records[2]["logger"] == __name__
 
 
 @pytest.mark.parametrize(
@@ -109,3 +122,15 @@ def test_json_keeps_its_level_and_no_prefix_under_the_journal(
 )
 def test_priorities_of_the_levels(level: str, priority: int) -> None:
     assert logs.journal_priority(logger.level(level).no) == priority
+
+
+def test_fields_end_the_first_line_of_a_multi_line_message(log_file: TextIO) -> None:
+    logs.configure_logging("INFO", "text", stream=log_file)
+    logging.getLogger("saga_core.executor").warning(
+        "traceback of execute attempt 1 of step c:\nTraceback {0} <red>\nRuntimeError: boom",
+        extra={"saga_id": "s-5", "step": "c"},
+    )
+    log_file.seek(0)
+    lines = log_file.read().splitlines()
+    assert lines[0].endswith("| traceback of execute attempt 1 of step c: saga_id=s-5 step=c")
+    assert lines[1:] == ["Traceback {0} <red>", "RuntimeError: boom"], "shown literally"
