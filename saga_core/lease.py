@@ -35,6 +35,7 @@ def monotonic() -> float:
         return time.monotonic()
     return loop.time()
 
+
 logger = logging.getLogger(__name__)
 
 
