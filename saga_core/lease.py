@@ -23,6 +23,8 @@ from typing import Any
 
 __all__ = ["DbClock", "Interrupted", "Lease", "LeaseLost", "monotonic"]
 
+logger = logging.getLogger(__name__)
+
 
 def monotonic() -> float:
     """This process's monotonic clock as the running event loop keeps it (``loop.time()``;
@@ -34,9 +36,6 @@ def monotonic() -> float:
     except RuntimeError:
         return time.monotonic()
     return loop.time()
-
-
-logger = logging.getLogger(__name__)
 
 
 class Interrupted(Exception):
