@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from datetime import timedelta
@@ -18,7 +17,7 @@ from pydantic import BaseModel
 from saga_core import history as h
 from saga_core.context import StepContext, WaitForEvent, run_with_step
 from saga_core.definition import InputContext, StepSpec
-from saga_core.lease import Interrupted, LeaseLost
+from saga_core.lease import Interrupted, LeaseLost, monotonic
 from saga_core.payload import check_size
 from saga_core.retry import RetryPolicy
 from saga_core.rows import (
@@ -70,7 +69,7 @@ class Outcome:
 
 
 def _ms(started: float) -> float:
-    return round((time.monotonic() - started) * 1000, 3)
+    return round((monotonic() - started) * 1000, 3)
 
 
 def _failure(
@@ -120,7 +119,7 @@ async def execute(run: Run, spec: StepSpec, attempt: int, failures: int) -> Outc
     """One execution of ``spec``; should it fail, it is the ``failures``-th failure its
     retry policy counts."""
     entry = run.entry(spec, h.EXECUTE, attempt)
-    started = time.monotonic()
+    started = monotonic()
     limit = run.deps.settings.max_payload_bytes
     try:
         inp = await build_input(run, spec)
@@ -182,7 +181,7 @@ async def compensate(run: Run, spec: StepSpec, attempt: int, failures: int) -> O
     """One execution of ``spec``'s compensation (waiting is an ordinary error here); should
     it fail, it is the ``failures``-th failure its retry policy counts."""
     entry = run.entry(spec, h.COMPENSATE, attempt)
-    started = time.monotonic()
+    started = monotonic()
     try:
         raw_in = (run.context.get(STEP_INPUTS_KEY) or {}).get(spec.step_id)
         raw_out = (run.context.get(STEP_OUTPUTS_KEY) or {}).get(spec.step_id)

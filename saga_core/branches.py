@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import time
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -25,7 +24,7 @@ from saga_core import attempt as a
 from saga_core import history as h
 from saga_core import machine as m
 from saga_core import waits
-from saga_core.lease import LeaseLost
+from saga_core.lease import LeaseLost, monotonic
 from saga_core.logs import log_traceback
 from saga_core.rows import RETRY_AT_KEY, rotate_token, waits_of, with_waits
 from saga_core.run import Run
@@ -123,7 +122,7 @@ class _Branches:
             seconds = None if timeout is None else timeout.total_seconds()
             marker = waits.wait_marker(run.clock.now(), seconds, out.wait_name)
             run.context = with_waits(run.context, {**waits_of(run.context), spec.step_id: marker})
-            self.wait_held[i] = FOREVER if seconds is None else time.monotonic() + seconds
+            self.wait_held[i] = FOREVER if seconds is None else monotonic() + seconds
             self.check_inbox = True
             run.log.bind(step=spec.step_id).info("step %s waits for an event", spec.step_id)
         else:
@@ -152,12 +151,12 @@ class _Branches:
         elif delay <= self.run.deps.settings.in_place_retry_max:
             self.relaunch.append((i, delay.total_seconds()))
         else:
-            self.retry_held[i] = time.monotonic() + delay.total_seconds()
+            self.retry_held[i] = monotonic() + delay.total_seconds()
 
     def _expire(self) -> None:
         """Retry waits that are over release their step; event waits that are over are a
         failed attempt (TIMEOUT) of their step, whose token is then spent."""
-        now = time.monotonic()
+        now = monotonic()
         for i in [i for i, t in self.retry_held.items() if t <= now]:
             del self.retry_held[i]
         run = self.run
@@ -227,7 +226,7 @@ class _Branches:
 
     def _next_wake(self) -> float | None:
         ends = [t for t in (*self.retry_held.values(), *self.wait_held.values()) if t != FOREVER]
-        return min(ends) - time.monotonic() if ends else None
+        return min(ends) - monotonic() if ends else None
 
     async def go(self) -> m.Transition | None:
         run = self.run
@@ -287,7 +286,7 @@ class _Branches:
         for task in [t for t in self.running if t in done]:
             i, _ = self.running.pop(task)
             self._apply(i, task.result())  # LeaseLost from a branch propagates
-        expiring = any(t <= time.monotonic() for t in self.wait_held.values())
+        expiring = any(t <= monotonic() for t in self.wait_held.values())
         if not done and self.wait_held and not expiring:
             self.check_inbox = self.check_inbox or await run.deps.store.saga_inbox_pending(
                 run.saga_id

@@ -8,7 +8,6 @@ import asyncio
 import logging
 import os
 import socket
-import time
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import timedelta
@@ -21,7 +20,8 @@ from saga_core.checkpoint import CheckpointWriter
 from saga_core.definition import SagaDefinition
 from saga_core.errors import SagaError
 from saga_core.executor import Executor
-from saga_core.run import Flags, RunDeps, RunSettings
+from saga_core.lease import monotonic
+from saga_core.run import Flags, RunDeps, RunSettings, Transactions
 from saga_core.state import SagaStateMixin
 from saga_core.store import SagaRow, SagaStore, make_store
 from saga_core.tracing import Tracing
@@ -39,6 +39,32 @@ Listener = Callable[[str, dict[str, Any]], None]
 
 def default_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+def _settings(
+    execution_lease: timedelta,
+    in_place_retry_max: timedelta,
+    max_payload_bytes: int,
+    worker_id: str | None,
+    max_recoveries: int | None,
+) -> RunSettings:
+    if execution_lease < timedelta(seconds=1):
+        raise SagaError(f"execution_lease must be at least 1 second, got {execution_lease}")
+    if max_payload_bytes < 1:
+        raise SagaError("max_payload_bytes must be positive")
+    if max_recoveries is not None and (
+        isinstance(max_recoveries, bool)
+        or not isinstance(max_recoveries, int)
+        or max_recoveries < 0
+    ):
+        raise SagaError(f"max_recoveries must be None or an int >= 0, got {max_recoveries!r}")
+    return RunSettings(
+        worker_id=worker_id or default_worker_id(),
+        execution_lease=execution_lease,
+        in_place_retry_max=in_place_retry_max,
+        max_payload_bytes=max_payload_bytes,
+        max_recoveries=max_recoveries,
+    )
 
 
 class SagaEngine(Generic[M]):
@@ -66,29 +92,58 @@ class SagaEngine(Generic[M]):
         table = getattr(model_class, "__table__", None)
         if not isinstance(table, Table) or "step_execution_token" not in table.c:
             raise SagaError(f"{model_class!r} is not a mapped model that mixes in SagaStateMixin")
-        if execution_lease < timedelta(seconds=1):
-            raise SagaError(f"execution_lease must be at least 1 second, got {execution_lease}")
-        if max_payload_bytes < 1:
-            raise SagaError("max_payload_bytes must be positive")
-        if max_recoveries is not None and (
-            isinstance(max_recoveries, bool)
-            or not isinstance(max_recoveries, int)
-            or max_recoveries < 0
-        ):
-            raise SagaError(f"max_recoveries must be None or an int >= 0, got {max_recoveries!r}")
-        self.model_class = model_class
-        self.session_maker = session_maker
-        self.sql_engine: AsyncEngine = bind
-        self.settings = RunSettings(
-            worker_id=worker_id or default_worker_id(),
-            execution_lease=execution_lease,
-            in_place_retry_max=in_place_retry_max,
-            max_payload_bytes=max_payload_bytes,
-            max_recoveries=max_recoveries,
+        settings = _settings(
+            execution_lease, in_place_retry_max, max_payload_bytes, worker_id, max_recoveries
         )
+        self._sql: tuple[type[M], async_sessionmaker[AsyncSession], AsyncEngine] | None = (
+            model_class,
+            session_maker,
+            bind,
+        )
+        store = make_store(bind, table, lease=execution_lease)
+        self._wire(
+            store,
+            lambda writer: TxSteps(store, session_maker, writer),
+            settings,
+            tracer_provider,
+        )
+
+    @classmethod
+    def on_store(
+        cls,
+        store: SagaStore,
+        *,
+        transactions: Callable[[CheckpointWriter], Transactions],
+        execution_lease: timedelta,
+        in_place_retry_max: timedelta,
+        max_payload_bytes: int,
+        worker_id: str | None,
+        max_recoveries: int | None = 5,
+        tracer_provider: Any = None,
+    ) -> SagaEngine[Any]:
+        """An engine on ``store`` without SQLAlchemy (``saga_core.testing`` runs one on its
+        in-memory store). ``transactions`` makes the hooks of transactional steps from the
+        engine's checkpoint writer. Such an engine has no ``sql_engine``, ``session_maker``
+        or ``model_class``."""
+        settings = _settings(
+            execution_lease, in_place_retry_max, max_payload_bytes, worker_id, max_recoveries
+        )
+        engine: SagaEngine[Any] = cls.__new__(cls)
+        engine._sql = None
+        engine._wire(store, transactions, settings, tracer_provider)
+        return engine
+
+    def _wire(
+        self,
+        store: SagaStore,
+        transactions: Callable[[CheckpointWriter], Transactions],
+        settings: RunSettings,
+        tracer_provider: Any,
+    ) -> None:
+        self.settings = settings
         self.flags = Flags()
         tracing = None if tracer_provider is None else Tracing(tracer_provider)
-        self.store: SagaStore = make_store(bind, table, lease=execution_lease)
+        self.store: SagaStore = store
         self.definitions = Definitions()
         """name -> latest definition; every version through ``definition_for``."""
         self.writer = CheckpointWriter(self.store)
@@ -99,7 +154,7 @@ class SagaEngine(Generic[M]):
             settings=self.settings,
             flags=self.flags,
             emit=self.emit,
-            tx=TxSteps(self.store, session_maker, self.writer),
+            tx=transactions(self.writer),
         )
         self.executor = Executor(deps, self.definition_for, tracing)
         self._held: dict[uuid.UUID, float] = {}
@@ -107,6 +162,29 @@ class SagaEngine(Generic[M]):
         self._claims = 0
         self._unclaim = False
         """A claim failed after it may have committed: release what it took, on the next one."""
+
+    # --- the SQL database ----------------------------------------------------------------------
+
+    def _sql_parts(self) -> tuple[type[M], async_sessionmaker[AsyncSession], AsyncEngine]:
+        if self._sql is None:
+            raise SagaError(
+                f"this engine runs on {type(self.store).__name__}, not on a SQL database"
+            )
+        return self._sql
+
+    @property
+    def model_class(self) -> type[M]:
+        """The SQLAlchemy model of the saga table."""
+        return self._sql_parts()[0]
+
+    @property
+    def session_maker(self) -> async_sessionmaker[AsyncSession]:
+        return self._sql_parts()[1]
+
+    @property
+    def sql_engine(self) -> AsyncEngine:
+        """The SQLAlchemy engine of the saga table's database."""
+        return self._sql_parts()[2]
 
     # --- settings, as attributes -------------------------------------------------------------
 
@@ -216,7 +294,7 @@ class SagaEngine(Generic[M]):
                 logger.warning(
                     "released %s saga(s) claimed by a claim whose reply was lost", released
                 )
-        sent = time.monotonic()
+        sent = monotonic()
         self._claims += 1
         try:
             rows = await self.store.saga_claim(

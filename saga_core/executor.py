@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
 
@@ -22,7 +21,7 @@ from saga_core import machine as m
 from saga_core import waits
 from saga_core.branches import run_branches
 from saga_core.definition import SagaDefinition, StepSpec
-from saga_core.lease import LeaseLost
+from saga_core.lease import LeaseLost, monotonic
 from saga_core.logs import SagaLog, log_traceback
 from saga_core.rows import Wait, rotate_token, update_for, waits_of, with_waits
 from saga_core.run import Run, RunDeps
@@ -82,7 +81,7 @@ class Executor:
             return
         with self._span(row) as span:
             run = Run.claimed(
-                row, definition, deps, log=log, sent=time.monotonic() if sent is None else sent
+                row, definition, deps, log=log, sent=monotonic() if sent is None else sent
             )
             run.span = span
             run.isolated = isolated

@@ -4,7 +4,6 @@ every write the run makes (fenced by its lease token), shared by the sequential 
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
@@ -18,7 +17,7 @@ from saga_core.checkpoint import CheckpointWriter
 from saga_core.context import StepContext
 from saga_core.definition import SagaDefinition, StepSpec
 from saga_core.errors import SagaConflictError
-from saga_core.lease import DbClock, Lease, LeaseLost
+from saga_core.lease import DbClock, Lease, LeaseLost, monotonic
 from saga_core.logs import SagaLog
 from saga_core.rows import (
     STEP_INPUTS_KEY,
@@ -251,7 +250,7 @@ class Run:
             last_error=last_error,
             set_last_error=set_last_error,
         )
-        sent = time.monotonic()
+        sent = monotonic()
         res = await self.deps.tx.commit(
             self, Checkpoint(self.saga_id, self.lease.token, upd), succeeded
         )
@@ -273,7 +272,7 @@ class Run:
 
     async def write(self, upd: RowUpdate) -> Applied:
         """A fenced update through the checkpoint writer; LeaseLost when fenced out."""
-        sent = time.monotonic()
+        sent = monotonic()
         res = await self.deps.writer.write(Checkpoint(self.saga_id, self.lease.token, upd))
         if res is None:
             raise LeaseLost()
@@ -284,7 +283,7 @@ class Run:
         """Lock the saga's row, compute an update from it (``fn``, pure) and write it, fenced
         by the lease (LeaseLost otherwise); the run adopts the row as written."""
         for attempt in range(5):
-            sent = time.monotonic()
+            sent = monotonic()
             try:
                 row, _ = await self.deps.store.saga_update_locked(
                     self.saga_id, fn, lease_token=self.lease.token

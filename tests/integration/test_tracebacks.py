@@ -11,11 +11,14 @@ import os
 import uuid
 from typing import Any
 
+import pytest
 from itkit import Harness, Num, Work, chain, entries, from_context
 from sqlalchemy import text
 
 import saga_core
 from saga_core import FixedRetry, InputContext, SagaBuilder, StepContext
+
+ALSO_IN_MEMORY = True  # also on saga_core.testing's in-memory store (conftest.py)
 
 SAGA_CORE_DIR = os.path.dirname(os.path.abspath(saga_core.__file__)) + os.sep
 
@@ -192,6 +195,7 @@ async def _refuse_step_a_checkpoint(h: Harness) -> None:
             )
 
 
+@pytest.mark.sql_only  # the database refuses a write
 async def test_a_run_stopped_by_an_unexpected_error_keeps_its_traceback(h: Harness) -> None:
     h.define("flow", chain(h.probe))
     await _refuse_step_a_checkpoint(h)

@@ -25,6 +25,8 @@ from saga_core import (
     current_step,
 )
 
+ALSO_IN_MEMORY = True  # also on saga_core.testing's in-memory store (conftest.py)
+
 
 class Approval(BaseStep[Num, Out]):
     """Proceeds once an event with ``approved`` arrived; otherwise waits for one."""

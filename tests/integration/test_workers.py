@@ -11,6 +11,7 @@ from collections import defaultdict
 from datetime import datetime
 
 import asyncpg
+import pytest
 from dbutil import plain_dsn
 from itkit import SAFETY_TIMEOUT, Harness, Worker, chain, entries, skip_on_sqlite
 from sqlalchemy import Column, Float, Integer, MetaData, String, Table, insert, select
@@ -18,9 +19,12 @@ from sqlalchemy import Column, Float, Integer, MetaData, String, Table, insert, 
 from saga_core import FixedRetry, StepContext
 from saga_core.store import SagaFilter
 
+ALSO_IN_MEMORY = True  # also on saga_core.testing's in-memory store (conftest.py)
+
 SAGAS = 30
 
 
+@pytest.mark.sql_only
 async def test_two_run_due_loops_never_run_a_step_twice_or_at_once(h: Harness) -> None:
     """Two workers, each with its own SQLAlchemy engine (disjoint connections), loop on
     ``run_due`` over the same sagas. Every step execution records its interval in a table;
@@ -156,6 +160,7 @@ async def test_run_due_limit_and_unknown_names(h: Harness) -> None:
     assert isinstance(other, uuid.UUID)
 
 
+@pytest.mark.sql_only
 async def test_claims_skip_rows_locked_by_another_transaction(h: Harness) -> None:
     """``FOR UPDATE SKIP LOCKED``: a row another transaction holds is passed over at once, not
     waited for, and claimed once it is free."""
@@ -185,6 +190,7 @@ async def test_claims_skip_rows_locked_by_another_transaction(h: Harness) -> Non
     assert (await h.row(locked)).status == "COMPLETED"
 
 
+@pytest.mark.sql_only
 async def test_wakeups_are_sent_with_committed_work(h: Harness) -> None:
     """PostgreSQL ``NOTIFY`` on the wake-up channel when a saga is started, notified or
     resumed by an operator; transactional, so a rolled-back start wakes nobody."""
