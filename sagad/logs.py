@@ -16,6 +16,8 @@ from typing import Any, TextIO
 
 from loguru import logger
 
+from sagad import early
+
 __all__ = ["FIELDS", "configure_logging", "set_level"]
 
 FIELDS = ("saga_id", "saga_name", "step", "attempt", "status", "worker")
@@ -87,6 +89,7 @@ def configure_logging(level: str, fmt: str, *, stream: TextIO | None = None) -> 
             diagnose=False,
         )
     _state.update(handler=handler, format=fmt, stream=stream, level=level)
+    early.use_format(fmt, with_time=not journal)
 
 
 def set_level(level: str) -> None:

@@ -645,6 +645,11 @@ class SqlSagaStore(SagaStore):
                 update(w).where(w.c.id == worker_id).values(stopped_at=self._now(), in_flight=0)
             )
 
+    async def worker_forget(self, worker_id: str) -> None:
+        w = WORKERS
+        async with self._write_lock(), self.engine.begin() as conn:
+            await conn.execute(delete(w).where(w.c.id == worker_id))
+
     async def worker_list(self) -> list[WorkerRow]:
         w = WORKERS
         async with self.engine.connect() as conn:
