@@ -3,8 +3,9 @@ random (seeded) while the test, at random moments:
 
 - ``kill9``: SIGKILLs a random worker (and starts a replacement);
 - ``terminate``: ``pg_terminate_backend`` of random sagad connections (pool or listener);
-- ``sigterm``: SIGTERMs a random worker (a graceful drain, interleaved with the rest) and
-  starts a replacement;
+- ``sigterm``: SIGTERMs a random worker that is up (a graceful drain, interleaved with the
+  rest), or, when none is, one still starting (a stop before ready), and starts a
+  replacement;
 - ``outage``: cuts the database off from every worker for a while (a TCP proxy between sagad
   and PostgreSQL drops all connections and refuses new ones), then restores it.
 
@@ -80,6 +81,22 @@ class Chaos:
         self.workers.append(w)
         return w
 
+    def all_ready(self) -> bool:
+        """Every current worker (replacements included) is up; the dead are replaced."""
+        self.replace_dead()
+        return all(w.ready() for w in self.workers)
+
+    async def wait_workers_ready(self, timeout: float = 60.0) -> None:
+        """Let replacements started near the end come up, so that the final stops meet
+        running workers. One that is not up in time must still stop cleanly (exit 0: a stop
+        before ready), which the caller's ``stop()`` checks."""
+
+        async def up() -> bool:
+            return self.all_ready()
+
+        with contextlib.suppress(AssertionError):
+            await wait_until(up, timeout=timeout, what="every worker to be ready")
+
     def replace_dead(self) -> None:
         for w in list(self.workers):
             if not w.running():  # died on its own (it should not): noted, replaced
@@ -99,16 +116,22 @@ class Chaos:
         self.spawn()
 
     async def sigterm(self, rng: random.Random) -> None:
-        # Only a worker that is up: one still starting dies of the signal (no handler yet).
-        ready = [w for w in self.workers if w.notify is not None and w.notify.seen("READY=1")]
-        if not ready or sum(d.running() for d in self.draining) >= 2:
+        if sum(d.running() for d in self.draining) >= 2:
             await self.terminate(rng)
             return
-        w = rng.choice(ready)
+        # A worker that is up if there is one (a drain); else one still starting, which
+        # stops before ready (exit 0 all the same).
+        ready = [w for w in self.workers if w.ready()]
+        w = rng.choice(ready or self.workers)
         self.workers.remove(w)
+        if w.ready():
+            self.faults["sigterm"] += 1
+        else:
+            self.faults["sigterm_starting"] += 1
+            # Not while the interpreter itself starts: no code of sagad runs yet.
+            await w.wait_handles(signal.SIGTERM)
         w.signal(signal.SIGTERM)
         self.draining.append(w)
-        self.faults["sigterm"] += 1
         self.spawn()
 
     async def terminate(self, rng: random.Random) -> None:
@@ -195,6 +218,7 @@ async def test_chaos(
         for w in chaos.draining:
             assert await w.wait_exit(60) == 0, f"drained sagad {w.pid} exit code:\n{w.log}"
         report = await check_invariants(fault_db, chaos.kill_times)
+        await chaos.wait_workers_ready()
         for w in chaos.workers:
             assert await w.stop(60) == 0, w.log
     finally:

@@ -79,6 +79,7 @@ async def test_parallel_sagas_under_faults(
     for w in chaos.draining:
         assert await w.wait_exit(60) == 0, f"drained sagad {w.pid} exit code:\n{w.log}"
     report = await check_fork_invariants(fault_db, chaos.kill_times)
+    await chaos.wait_workers_ready()
     for w in chaos.workers:
         assert await w.stop(60) == 0, w.log
 
