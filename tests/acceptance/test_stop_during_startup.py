@@ -61,11 +61,27 @@ def _assert_stopped_before_ready(worker: Sagad, code: int) -> list[str]:
     return lines
 
 
-async def test_stop_right_after_spawn(sagad: SagadFactory, saga_db: SagaDb) -> None:
+def _gated(saga_db: SagaDb, tmp_path: Path, *extra: str) -> tuple[list[str], dict[str, str]]:
+    """sagad's arguments and environment for ``app_import_gate``: its import writes a marker
+    file, then blocks on a FIFO this test never opens, so sagad cannot get past it."""
+    gate = tmp_path / "gate"
+    os.mkfifo(gate)
+    args = ["--app", "app_import_gate:make", "--database-url", saga_db.url, *extra]
+    env = {
+        **saga_db.sagad_env(lease=5),
+        "ACCEPT_IMPORT_MARKER": str(tmp_path / "importing"),
+        "ACCEPT_IMPORT_GATE": str(gate),
+    }
+    return args, env
+
+
+async def test_stop_right_after_spawn(sagad: SagadFactory, saga_db: SagaDb, tmp_path: Path) -> None:
     """The earliest moment sagad's code can see a signal: its entry point's first lines,
-    while sagad itself is still importing."""
+    while sagad itself is still importing. (The app's import is gated, so however late the
+    signal lands, it lands before ready.)"""
     since = await saga_db.db_now()
-    worker = sagad.start(*saga_db.sagad_args(), env=saga_db.sagad_env(lease=5))
+    args, env = _gated(saga_db, tmp_path)
+    worker = sagad.start(*args, env=env)
     await worker.wait_handles(signal.SIGTERM, timeout=30)
     worker.signal(signal.SIGTERM)
     lines = _assert_stopped_before_ready(worker, await worker.wait_exit())
@@ -78,22 +94,10 @@ async def test_stop_while_the_app_is_imported(
 ) -> None:
     """The app's import blocks (on a FIFO nobody opens): the stop does not wait for it. The
     line is in the configured log format (JSON here)."""
-    marker, gate = tmp_path / "importing", tmp_path / "gate"
-    os.mkfifo(gate)
     since = await saga_db.db_now()
-    worker = sagad.start(
-        "--app",
-        "app_import_gate:make",
-        "--database-url",
-        saga_db.url,
-        "--log-format",
-        "json",
-        env={
-            **saga_db.sagad_env(lease=5),
-            "ACCEPT_IMPORT_MARKER": str(marker),
-            "ACCEPT_IMPORT_GATE": str(gate),
-        },
-    )
+    args, env = _gated(saga_db, tmp_path, "--log-format", "json")
+    worker = sagad.start(*args, env=env)
+    marker = tmp_path / "importing"
 
     async def importing() -> bool:
         if not worker.running():
