@@ -8,8 +8,8 @@ reached the database or the registry yet, so there is nothing to undo, and a slo
 import cannot hold the stop up. After that the daemon's handlers cancel the rest of start-up
 (see :func:`sagad.daemon.serve`), with the same line.
 
-Only modules the interpreter has already loaded are used (``os``, ``signal``, ``sys``,
-``time``): the handler may interrupt any import, so it must not import anything itself.
+The handler only uses modules imported before it is installed (``os``, ``signal``, ``sys``,
+``time``): it may interrupt any import, so it must not import anything itself.
 """
 
 from __future__ import annotations
