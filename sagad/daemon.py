@@ -42,6 +42,7 @@ from sagad.worker import Worker
 __all__ = ["LoadedApp", "RunOptions", "import_app", "load_app", "serve"]
 
 LISTENER_READY_WAIT_S = 5.0
+REGISTER_GRACE_S = 5.0
 STATUS_EVERY_S = 2.0
 
 
@@ -199,9 +200,7 @@ async def serve(settings: SagaSettings, opts: RunOptions) -> int:
             await asyncio.gather(starting, return_exceptions=True)
         else:
             starting.result()
-            # Not raced with the stop: a registration cut off halfway could still commit
-            # after the row was removed. A stop meanwhile removes it just below.
-            await daemon.register()
+            await _register(daemon, signals.stop)
         if signals.stop.is_set():
             await daemon.unregister()
             logger.info(early.MESSAGE)
@@ -212,6 +211,22 @@ async def serve(settings: SagaSettings, opts: RunOptions) -> int:
     finally:
         await daemon.close()
         signals.uninstall()
+
+
+async def _register(daemon: _Daemon, stop: asyncio.Event) -> None:
+    """Write the registry row. A stop meanwhile does not cut the write off (it could still
+    commit after the row was removed) but waits for it at most ``REGISTER_GRACE_S``, so a
+    database that stopped answering does not hold the stop up."""
+    registering = asyncio.ensure_future(daemon.register())
+    stop_wait = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({registering, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+    stop_wait.cancel()
+    if registering.done():
+        registering.result()
+        return
+    await asyncio.wait({registering}, timeout=REGISTER_GRACE_S)
+    registering.cancel()
+    await asyncio.gather(registering, return_exceptions=True)
 
 
 class _Daemon:

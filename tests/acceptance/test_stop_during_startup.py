@@ -130,12 +130,17 @@ async def test_stop_while_waiting_for_the_database(sagad: SagadFactory, sig: int
     _assert_stopped_before_ready(worker, await worker.wait_exit(timeout=10))
 
 
-async def test_stop_while_registering_leaves_no_row(sagad: SagadFactory, saga_db: SagaDb) -> None:
-    """The registry row is being written when the stop comes: it is written, then removed.
+@pytest.mark.parametrize("database", ["answers", "hangs"])
+async def test_stop_while_registering_leaves_no_row(
+    sagad: SagadFactory, saga_db: SagaDb, database: str
+) -> None:
+    """The registry row is being written when the stop comes.
 
-    The test holds a SHARE lock on ``saga_workers`` so sagad's registration waits on it,
-    signals once sagad's backend is seen waiting, and lets it go once sagad logged the
-    signal (DEBUG)."""
+    The test holds a SHARE lock on ``saga_workers`` so sagad's registration waits on it and
+    signals once sagad's backend is seen waiting. ``answers``: the lock goes once sagad has
+    logged the signal (DEBUG); the row is written, then removed. ``hangs``: the lock stays
+    (a database that stopped answering); sagad gives the write a few seconds, then stops
+    all the same (no row was written: the write never got the lock)."""
     since = await saga_db.db_now()
     async with saga_db.engine.connect() as conn:
         await conn.execute(text("LOCK TABLE saga_workers IN SHARE MODE"))
@@ -159,6 +164,11 @@ async def test_stop_while_registering_leaves_no_row(sagad: SagadFactory, saga_db
             return "SIGTERM received before ready" in worker.log
 
         await wait_until(seen, timeout=10, what="sagad to take the signal")
-        await conn.rollback()
-    _assert_stopped_before_ready(worker, await worker.wait_exit(timeout=20))
+        if database == "answers":
+            await conn.rollback()
+            code = await worker.wait_exit(timeout=20)
+        else:
+            code = await worker.wait_exit(timeout=30)
+            await conn.rollback()
+    _assert_stopped_before_ready(worker, code)
     assert await _registry_rows(saga_db, worker, since) == 0
