@@ -149,8 +149,8 @@ async def _settled_sagas(
     COMPENSATED as (row, history, plan, runs oldest first). One not finished is stuck; a
     FAILED one is quarantined or a problem."""
     rows = await db.fetch(
-        "SELECT id, status, last_error, takeover_count, step_history, steps_state, context "
-        "FROM {t} WHERE saga_name = :name",
+        "SELECT id, status, last_error, takeover_count, step_history, steps_state, context, "
+        "lease_owner, deadline_at, clock_timestamp() AS db_now FROM {t} WHERE saga_name = :name",
         name=saga_name,
     )
     runs_by: dict[Any, list[Any]] = defaultdict(list)
@@ -167,7 +167,11 @@ async def _settled_sagas(
         rep._all[row.id] = (row, runs)
         if row.status not in TERMINAL:
             rep.stuck += 1
-            rep.problem(row.id, f"not finished: {row.status}")
+            rep.problem(
+                row.id,
+                f"not finished: {row.status} (lease_owner {row.lease_owner}, deadline_at "
+                f"{row.deadline_at}, database time {row.db_now})",
+            )
         elif row.status == "FAILED":
             if (row.last_error or "").startswith("quarantined:"):
                 rep.quarantined += 1

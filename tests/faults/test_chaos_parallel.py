@@ -79,6 +79,7 @@ async def test_parallel_sagas_under_faults(
     for w in chaos.draining:
         assert await w.wait_exit(60) == 0, f"drained sagad {w.pid} exit code:\n{w.log}"
     report = await check_fork_invariants(fault_db, chaos.kill_times)
+    states = chaos.states()  # as they were when the sagas were checked
     await chaos.wait_workers_ready()
     for w in chaos.workers:
         assert await w.stop(60) == 0, w.log
@@ -94,7 +95,9 @@ async def test_parallel_sagas_under_faults(
     )
     with capsys.disabled():
         print("\n" + summary)
-    assert not report.problems, "\n".join([summary, *report.problems, *report.details])
+    assert not report.problems, "\n".join(
+        [summary, *report.problems, *report.details, *chaos.unexpected, *states]
+    )
     assert lost == 0 and report.stuck == 0 and report.concurrent == 0
     assert report.statuses["COMPLETED"] and report.statuses["COMPENSATED"]
     assert chaos.faults["kill9"] and chaos.faults["terminate_backend"]
