@@ -28,6 +28,9 @@ from typing import Any, TextIO
 from loguru import logger
 
 from saga_core.logs import FIELDS
+from sagad import early
+
+__all__ = ["FIELDS", "configure_logging", "set_level"]
 
 __all__ = ["FIELDS", "PRIORITIES", "configure_logging", "journal_priority", "set_level"]
 
@@ -188,6 +191,7 @@ def configure_logging(level: str, fmt: str, *, stream: TextIO | None = None) -> 
         )
     _route_standard_logging(level)
     _state.update(handler=handler, format=fmt, stream=stream, level=level)
+    early.use_format(fmt, with_time=not journal)
 
 
 def set_level(level: str) -> None:

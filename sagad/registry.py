@@ -117,6 +117,15 @@ class Registry:
             except Exception as exc:
                 logger.warning("could not mark this worker stopped in the registry: {}", exc)
 
+    async def forget(self) -> None:
+        """Remove this worker's row: it stopped before it was ready (it ran nothing)."""
+        self.unregistered = True  # nothing left to mark stopped
+        for store in self.stores:
+            try:
+                await asyncio.wait_for(store.worker_forget(self.worker_id), timeout=5.0)
+            except Exception as exc:
+                logger.warning("could not remove this worker from the registry: {}", exc)
+
 
 def _alive(worker: WorkerRow) -> bool:
     """Whether a registered worker may still run: on this host, its pid must exist."""

@@ -9,7 +9,18 @@ from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Column, ColumnElement, Table, and_, func, insert, null, select, update
+from sqlalchemy import (
+    Column,
+    ColumnElement,
+    Table,
+    and_,
+    delete,
+    func,
+    insert,
+    null,
+    select,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from saga_core.machine import ACTIVE_STATUSES
@@ -218,6 +229,11 @@ class SqlReads:
             await conn.execute(
                 update(w).where(w.c.id == worker_id).values(stopped_at=self._now(), in_flight=0)
             )
+
+    async def worker_forget(self, worker_id: str) -> None:
+        w = WORKERS
+        async with self._write_lock(), self.engine.begin() as conn:
+            await conn.execute(delete(w).where(w.c.id == worker_id))
 
     async def worker_list(self) -> list[WorkerRow]:
         w = WORKERS

@@ -171,6 +171,10 @@ class MemoryReads:
         if row is not None:
             row.update(stopped_at=self.database.now(), in_flight=0)
 
+    async def worker_forget(self, worker_id: str) -> None:
+        await self._begin()
+        self.database.workers.pop(worker_id, None)
+
     async def worker_list(self) -> list[WorkerRow]:
         await self._begin()
         rows = sorted(self.database.workers.values(), key=lambda w: w["started_at"], reverse=True)

@@ -168,21 +168,6 @@ def test_unreachable_database_exits_75_without_leaking_the_password(
     assert _error_lines(check.stderr)[-1].startswith("sagad: database unreachable: ")
 
 
-async def test_sigterm_during_startup_exits_0(sagad: SagadFactory) -> None:
-    url = f"postgresql://postgres@127.0.0.1:{_free_port()}/nowhere"
-    worker = sagad.start(
-        "--app", "app_sagas:make", "--database-url", url, env={"SAGA_STARTUP_TIMEOUT": "600"}
-    )
-
-    async def retrying() -> bool:
-        return "not reachable yet" in worker.log
-
-    await wait_until(retrying, timeout=20, what="sagad to retry the database")
-    worker.signal(signal.SIGTERM)
-    assert await worker.wait_exit() == 0
-    assert worker.notify is not None and "READY=1" not in worker.notify.poll()
-
-
 def test_password_file_is_used_and_never_shown(
     sagad: SagadFactory, saga_db: SagaDb, tmp_path: Path
 ) -> None:

@@ -234,3 +234,28 @@ async def test_wakeups_are_sent_with_committed_work(h: Harness) -> None:
         assert (await h.row(sid)).status == "COMPLETED"
     finally:
         await listener.close()
+
+
+async def test_worker_forget_removes_only_that_registry_row(h: Harness) -> None:
+    """What ``sagad`` does when a stop comes while it registers (before it is ready): the row
+    goes, other workers' rows stay; forgetting an absent row changes nothing."""
+    store = h.store
+    ids = [f"forget-{uuid.uuid4().hex[:8]}" for _ in range(2)]
+    for wid in ids:
+        await store.worker_heartbeat(
+            {
+                "id": wid,
+                "host": "box",
+                "pid": 1,
+                "version": "test",
+                "in_flight": 0,
+                "concurrency": 1,
+                "saga_names": ["s"],
+                "info": {},
+            }
+        )
+    await store.worker_forget(ids[0])
+    await store.worker_forget(ids[0])
+    await store.worker_forget("never-registered")
+    listed = {w.id for w in await store.worker_list()}
+    assert ids[0] not in listed and ids[1] in listed
