@@ -43,7 +43,7 @@ class Metrics:
                 "install it with `pip install 'saga-core[metrics]'` or unset metrics_port"
             ) from None
         self._prom = prom
-        prom.disable_created_metrics()
+        prom.disable_created_metrics()  # type: ignore[no-untyped-call]
         reg = self.registry = prom.CollectorRegistry()
         prom.ProcessCollector(registry=reg)
         prom.PlatformCollector(registry=reg)

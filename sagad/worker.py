@@ -186,8 +186,9 @@ class Worker:
                 f"database {where}: claims failed for {gave_up.elapsed:.0f}s: {describe(info)}; "
                 f"{hint(info)} (permanent_error_timeout)"
             ) from None
-        info = self._backoff.last
-        assert info is not None
+        last = self._backoff.last
+        assert last is not None
+        info = last
         if info.kind is DbErrorKind.TRANSIENT:
             logger.warning(
                 "claim failed, database unavailable ({}); retrying in {:.1f}s", describe(info), wait
