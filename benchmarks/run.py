@@ -2,14 +2,21 @@
 
 Scenarios (each sets up its own database and tables):
 
-- burn-down: N pre-started three-step sagas drained by W ``sagad`` processes (W = 1, 2, 4):
-  sagas/s, steps/s, database commits per saga, p50/p99 start-to-completion latency, CPU
-  seconds per saga (workers and PostgreSQL separately), peak RSS per worker;
-- open loop: sagas started at a fixed rate (fractions of the burn-down peak): p50/p99 from
-  ``start`` to the first step beginning and to completion;
+- burn-down: N three-step sagas pre-started in one transaction, drained by W ``sagad``
+  processes (W = 1, 2, 4), each with sagad's default settings (no tuning flag) and with the
+  tuned ``--concurrency``/``--batch-size``: sagas/s, steps/s, database commits per saga,
+  p50/p99 start-to-completion latency, CPU per saga of the workers and of PostgreSQL (the
+  part serving the benchmark's database; ``db_cpu_all``: the whole server), peak RSS;
+- open loop: sagas started at fractions of the burn-down peak by a separate, niced starter
+  process on a pre-computed schedule: p50/p99 from ``start`` to the first step and to
+  completion, and how late the starter itself was;
 - table size: the cost of a claim with 1,000,000 finished sagas in the table versus none;
 - memory: 10,000 sagas in flight (steps awaiting a sleep) in one worker: peak RSS;
-- sqlite: the embedded default, one process.
+- sqlite: the embedded default, one process;
+- baseline (``--baseline REV``): the burn-down of one sagad with the code of git revision
+  REV and with the current code, back to back, and the ratios;
+- peers (``--peers``): the burn-down's work on DBOS Transact and pgqueuer (installed into a
+  venv of their own under ``--work-dir``), side by side with one sagad with default settings.
 
 Figures are printed as a table and written as JSON. Nothing here is a test: no assertions.
 """
@@ -21,458 +28,23 @@ import asyncio
 import json
 import os
 import platform
-import signal
-import statistics
-import subprocess
 import sys
-import tempfile
-import time
-import uuid
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import asyncpg
-from sqlalchemy import insert, text
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from benchmarks.compare import baseline_comparison, peer_comparison
+from benchmarks.harness import fresh_pg_database, sagad_flags
+from benchmarks.peers import PEERS, PeerError, peers_python
+from benchmarks.revisions import ROOT, CodeError, current_code, resolve
+from benchmarks.scenarios import burn_down, claim_cost, memory, open_loop, sqlite_burn_down
 
-from benchmarks.app import make_orchestrator, sleeper, three_steps
-from saga_core.rows import new_saga_values
-from saga_core.schema import upgrade_schema
-from saga_core.state import SagaState
-
-ROOT = Path(__file__).resolve().parent.parent
-APP = "benchmarks.app:make_orchestrator"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
+SCENARIOS = ("burn-down", "open-loop", "table-size", "memory", "sqlite", "baseline", "peers")
+SETTINGS = ("default", "tuned")
 
 
-# --- process accounting (Linux /proc) ------------------------------------------------------
-
-
-def proc_cpu_seconds(pid: int) -> float:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (FileNotFoundError, ProcessLookupError):
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def proc_peak_rss_mb(pid: int) -> float:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except FileNotFoundError:
-        pass
-    return 0.0
-
-
-def postgres_cpu_seconds() -> float:
-    total = 0.0
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            comm = (entry / "comm").read_text().strip()
-        except OSError:
-            continue
-        if comm.startswith("postgres"):
-            total += proc_cpu_seconds(int(entry.name))
-    return total
-
-
-def pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    values = sorted(values)
-    k = min(len(values) - 1, max(0, round(q / 100 * (len(values) - 1))))
-    return values[k]
-
-
-# --- database setup ----------------------------------------------------------------------------
-
-
-def plain_dsn(url: str) -> str:
-    return url.replace("postgresql+asyncpg://", "postgresql://")
-
-
-async def fresh_pg_database(url: str) -> str:
-    """Drop and create the database named in ``url``; returns the URL."""
-    from sqlalchemy.engine import make_url
-
-    u = make_url(url)
-    name = u.database or "saga_bench"
-    admin = plain_dsn(u.set(database="postgres").render_as_string(hide_password=False))
-    conn = await asyncpg.connect(admin)
-    try:
-        await conn.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
-            name,
-        )
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    return str(u.set(database=name).render_as_string(hide_password=False))
-
-
-async def reset_tables(engine: AsyncEngine) -> None:
-    await upgrade_schema(engine)
-    async with engine.begin() as conn:
-        if engine.dialect.name == "postgresql":
-            await conn.execute(text("TRUNCATE saga_state, saga_workers"))
-        else:
-            await conn.execute(text("DELETE FROM saga_state"))
-            await conn.execute(text("DELETE FROM saga_workers"))
-
-
-async def bulk_start(engine: AsyncEngine, n: int, saga: str = "bench3") -> None:
-    """Insert ``n`` due sagas in one transaction (what ``start`` writes, without its per-call
-    overhead) and wake the workers."""
-    definition = three_steps() if saga == "bench3" else sleeper()
-    table = SagaState.__table__
-    rows = [
-        new_saga_values(definition, saga, f"bench-{uuid.uuid4()}", {"n": i}, None) for i in range(n)
-    ]
-    async with engine.begin() as conn:
-        for i in range(0, n, 5000):
-            await conn.execute(
-                insert(table).values(deadline_at=text("CURRENT_TIMESTAMP")), rows[i : i + 5000]
-            )
-        if engine.dialect.name == "postgresql":
-            await conn.execute(text("SELECT pg_notify('saga_wakeup', 'saga_state')"))
-
-
-async def commits(engine: AsyncEngine) -> int:
-    if engine.dialect.name != "postgresql":
-        return 0
-    async with engine.connect() as conn:
-        return int(
-            (
-                await conn.execute(
-                    text(
-                        "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"
-                    )
-                )
-            ).scalar_one()
-        )
-
-
-async def count_active(engine: AsyncEngine) -> int:
-    async with engine.connect() as conn:
-        return int(
-            (
-                await conn.execute(
-                    text(
-                        "SELECT count(*) FROM saga_state WHERE status NOT IN ('COMPLETED','COMPENSATED','ABORTED','FAILED')"
-                    )
-                )
-            ).scalar_one()
-        )
-
-
-async def latencies(engine: AsyncEngine) -> tuple[list[float], list[float], float, float]:
-    """(start→first step, start→completion, first created, last finished) in seconds."""
-    async with engine.connect() as conn:
-        rows = (
-            await conn.execute(
-                text(
-                    "SELECT created_at, finished_at, step_history FROM saga_state WHERE finished_at IS NOT NULL"
-                )
-            )
-        ).all()
-    first: list[float] = []
-    done: list[float] = []
-    created_min = float("inf")
-    finished_max = 0.0
-    for created, finished, history in rows:
-        if isinstance(created, str):
-            created = datetime.fromisoformat(created).replace(tzinfo=UTC)
-            finished = datetime.fromisoformat(finished).replace(tzinfo=UTC)
-        if isinstance(history, str):
-            history = json.loads(history)
-        c, f = created.timestamp(), finished.timestamp()
-        created_min = min(created_min, c)
-        finished_max = max(finished_max, f)
-        done.append(f - c)
-        if history:
-            started = (
-                datetime.fromisoformat(history[0]["at"]).timestamp()
-                - history[0].get("duration_ms", 0) / 1000
-            )
-            first.append(started - c)
-    return first, done, created_min, finished_max
-
-
-# --- workers ------------------------------------------------------------------------------------
-
-
-@dataclass
-class Workers:
-    url: str
-    count: int
-    concurrency: int
-    batch_size: int
-    extra_env: dict[str, str] = field(default_factory=dict)
-    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
-
-    def start(self) -> None:
-        env = {**os.environ, "PYTHONPATH": str(ROOT), **self.extra_env}
-        for _ in range(self.count):
-            cmd = [
-                sys.executable,
-                "-m",
-                "sagad",
-                "run",
-                "--app",
-                APP,
-                "--database-url",
-                self.url,
-                "--concurrency",
-                str(self.concurrency),
-                "--batch-size",
-                str(self.batch_size),
-                "--log-level",
-                "WARNING",
-            ]
-            self.procs.append(subprocess.Popen(cmd, env=env, cwd=ROOT, stdin=subprocess.DEVNULL))
-
-    def cpu(self) -> float:
-        return sum(proc_cpu_seconds(p.pid) for p in self.procs)
-
-    def peak_rss(self) -> list[float]:
-        return [proc_peak_rss_mb(p.pid) for p in self.procs]
-
-    def stop(self) -> None:
-        for p in self.procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in self.procs:
-            try:
-                p.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-
-
-async def wait_registered(engine: AsyncEngine, n: int, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        async with engine.connect() as conn:
-            live = (
-                await conn.execute(
-                    text("SELECT count(*) FROM saga_workers WHERE stopped_at IS NULL")
-                )
-            ).scalar_one()
-        if live >= n:
-            return
-        await asyncio.sleep(0.1)
-    raise RuntimeError(f"{n} sagad workers did not register within {timeout}s")
-
-
-async def wait_drained(engine: AsyncEngine, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while await count_active(engine) > 0:
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"sagas still active after {timeout}s")
-        await asyncio.sleep(0.1)
-
-
-# --- scenarios ------------------------------------------------------------------------------------
-
-
-async def burn_down(url: str, n: int, workers: int, concurrency: int, batch: int) -> dict[str, Any]:
-    engine = create_async_engine(url)
-    await reset_tables(engine)
-    w = Workers(url, workers, concurrency, batch)
-    w.start()
-    try:
-        await wait_registered(engine, workers)
-        await asyncio.sleep(0.5)
-        c0, db0, w0 = await commits(engine), postgres_cpu_seconds(), w.cpu()
-        await bulk_start(engine, n)
-        await wait_drained(engine, timeout=max(120, n / 100))
-        worker_cpu = w.cpu() - w0
-        db_cpu = postgres_cpu_seconds() - db0
-        rss = w.peak_rss()
-        await asyncio.sleep(1.2)  # statistics collector flush
-        c1 = await commits(engine)
-    finally:
-        w.stop()
-    _first, done, created, finished = await latencies(engine)
-    await engine.dispose()
-    seconds = finished - created
-    return {
-        "scenario": "burn-down",
-        "workers": workers,
-        "sagas": n,
-        "seconds": round(seconds, 3),
-        "sagas_per_s": round(n / seconds, 1),
-        "steps_per_s": round(3 * n / seconds, 1),
-        "commits_per_saga": round((c1 - c0) / n, 2) if c1 else None,
-        "p50_ms": round(pct(done, 50) * 1000, 1),
-        "p99_ms": round(pct(done, 99) * 1000, 1),
-        "worker_cpu_ms_per_saga": round(worker_cpu / n * 1000, 3),
-        "db_cpu_ms_per_saga": round(db_cpu / n * 1000, 3) if c1 else None,
-        "peak_rss_mb": [round(r, 1) for r in rss],
-    }
-
-
-async def open_loop(
-    url: str, rate: float, seconds: float, concurrency: int, batch: int
-) -> dict[str, Any]:
-    engine = create_async_engine(url)
-    await reset_tables(engine)
-    w = Workers(url, 1, concurrency, batch)
-    w.start()
-    os.environ["BENCH_POOL"] = "8"
-    orch = make_orchestrator(url)
-    started = 0
-    slots = asyncio.Semaphore(64)
-
-    async def one(i: int) -> None:
-        try:
-            await orch.start(
-                saga_name="bench3", initial_data={"n": i}, aggregation_id=f"ol-{uuid.uuid4()}"
-            )
-        finally:
-            slots.release()
-
-    try:
-        await wait_registered(engine, 1)
-        await asyncio.sleep(0.5)
-        interval = 1.0 / rate
-        t0 = time.monotonic()
-        total = int(rate * seconds)
-        pending: set[asyncio.Task[Any]] = set()
-        for i in range(total):
-            due = t0 + i * interval
-            delay = due - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            # At most 64 starts in flight: a starter that cannot keep up slows down (the
-            # achieved rate says so) instead of queueing without bound.
-            await slots.acquire()
-            task = asyncio.create_task(one(i))
-            pending.add(task)
-            task.add_done_callback(pending.discard)
-            started += 1
-        await asyncio.gather(*pending)
-        achieved = started / (time.monotonic() - t0)
-        await wait_drained(engine, timeout=120)
-    finally:
-        w.stop()
-        await orch.engine.sql_engine.dispose()
-    first, done, _, _ = await latencies(engine)
-    await engine.dispose()
-    return {
-        "scenario": "open-loop",
-        "target_rate": rate,
-        "achieved_rate": round(achieved, 1),
-        "sagas": started,
-        "first_step_p50_ms": round(pct(first, 50) * 1000, 2),
-        "first_step_p99_ms": round(pct(first, 99) * 1000, 2),
-        "complete_p50_ms": round(pct(done, 50) * 1000, 2),
-        "complete_p99_ms": round(pct(done, 99) * 1000, 2),
-    }
-
-
-async def claim_cost(
-    url: str, finished_rows: int, claims: int = 300, batch: int = 32
-) -> dict[str, Any]:
-    """Mean time of one claim of ``batch`` due sagas with ``finished_rows`` finished sagas
-    in the table."""
-    engine = create_async_engine(url)
-    await reset_tables(engine)
-    if finished_rows:
-        async with engine.begin() as conn:
-            await conn.execute(
-                text(
-                    """
-INSERT INTO saga_state (id, saga_name, aggregation_id, status, phase, current_step_index,
-    steps_state, step_execution_token, context, step_history, deadline_at, retry_counter,
-    takeover_count, recovery_count, definition_fingerprint, created_at, updated_at, finished_at)
-SELECT gen_random_uuid(), 'bench3', 'done-' || g, 'COMPLETED', 'execute', 3, '[]'::jsonb,
-    gen_random_uuid(), '{}'::jsonb, '[]'::jsonb, NULL, 0, 0, 0, 'x',
-    now() - interval '1 day', now() - interval '1 day', now() - interval '1 day'
-FROM generate_series(1, :n) AS g
-"""
-                ),
-                {"n": finished_rows},
-            )
-        async with engine.connect() as conn:
-            await conn.execution_options(isolation_level="AUTOCOMMIT")
-            await conn.execute(text("VACUUM ANALYZE saga_state"))
-    await bulk_start(engine, claims * batch)
-    # Fresh planner statistics, as autovacuum keeps them in steady state (the schema ships
-    # autovacuum_analyze_scale_factor = 0.02): with stale ones PostgreSQL may sort all due
-    # rows instead of reading the due index in order.
-    async with engine.connect() as conn:
-        await conn.execution_options(isolation_level="AUTOCOMMIT")
-        await conn.execute(text("ANALYZE saga_state"))
-    orch = make_orchestrator(url)
-    store = orch.engine.store
-    times: list[float] = []
-    for _ in range(claims):
-        t = time.perf_counter()
-        rows = await store.saga_claim(
-            owner="bench", lease=orch.engine.execution_lease, limit=batch, saga_names=["bench3"]
-        )
-        times.append(time.perf_counter() - t)
-        assert len(rows) == batch
-    await orch.engine.sql_engine.dispose()
-    await engine.dispose()
-    return {
-        "scenario": "claim-cost",
-        "finished_rows": finished_rows,
-        "claims": claims,
-        "batch": batch,
-        "mean_ms": round(statistics.mean(times) * 1000, 3),
-        "p50_ms": round(pct(times, 50) * 1000, 3),
-        "p99_ms": round(pct(times, 99) * 1000, 3),
-    }
-
-
-async def memory(url: str, n: int) -> dict[str, Any]:
-    engine = create_async_engine(url)
-    await reset_tables(engine)
-    w = Workers(url, 1, n, 500, extra_env={"BENCH_SLEEP": "25", "BENCH_POOL": "4"})
-    w.start()
-    try:
-        await wait_registered(engine, 1)
-        await bulk_start(engine, n, saga="sleeper")
-        deadline = time.monotonic() + 60
-        held = 0
-        while time.monotonic() < deadline:
-            async with engine.connect() as conn:
-                held = int(
-                    (
-                        await conn.execute(
-                            text("SELECT count(*) FROM saga_state WHERE lease_owner IS NOT NULL")
-                        )
-                    ).scalar_one()
-                )
-            if held >= n:
-                break
-            await asyncio.sleep(0.2)
-        await asyncio.sleep(1.0)
-        rss = w.peak_rss()
-    finally:
-        w.stop()
-    await engine.dispose()
-    return {"scenario": "memory", "in_flight": held, "peak_rss_mb": [round(r, 1) for r in rss]}
-
-
-async def sqlite_burn_down(n: int, concurrency: int, batch: int) -> dict[str, Any]:
-    tmp = tempfile.mkdtemp(prefix="saga-bench-")
-    url = f"sqlite+aiosqlite:///{tmp}/bench.db"
-    result = await burn_down(url, n, 1, concurrency, batch)
-    result["scenario"] = "sqlite burn-down"
-    return result
-
-
-# --- main -----------------------------------------------------------------------------------------
+def _show(r: dict[str, Any]) -> None:
+    print(json.dumps(r), flush=True)
 
 
 def render(results: list[dict[str, Any]]) -> None:
@@ -485,54 +57,100 @@ def render(results: list[dict[str, Any]]) -> None:
         by_kind.setdefault(r["scenario"], []).append(r)
     for kind, rows in by_kind.items():
         table = Table(title=kind)
-        keys = [k for k in rows[0] if k != "scenario"]
+        keys: list[str] = []
+        for r in rows:
+            keys += [k for k in r if k != "scenario" and k not in keys]
         for k in keys:
             table.add_column(k, justify="right")
         for r in rows:
-            table.add_row(*(str(r.get(k)) for k in keys))
+            table.add_row(*(str(r.get(k, "")) for k in keys))
         console.print(table)
 
 
 async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
     results: list[dict[str, Any]] = []
-    url = args.database_url
-    if not args.sqlite_only:
-        url = await fresh_pg_database(url)
-        peak = args.peak
-        for w in [] if args.skip_burn_down else args.workers:
-            r = await burn_down(url, args.sagas, w, args.concurrency, args.batch_size)
-            results.append(r)
-            print(json.dumps(r), flush=True)
-            peak = max(peak, r["sagas_per_s"])
-        if not args.skip_open_loop:
-            for frac in (0.25, 0.5, 0.75, 0.9):
-                r = await open_loop(
-                    url,
-                    round(peak * frac),
-                    args.open_loop_seconds,
-                    args.concurrency,
-                    args.batch_size,
-                )
-                r["fraction_of_peak"] = frac
-                results.append(r)
-                print(json.dumps(r), flush=True)
-        if not args.skip_table_size:
-            for rows in (0, args.finished_rows):
-                r = await claim_cost(url, rows)
-                results.append(r)
-                print(json.dumps(r), flush=True)
-        if not args.skip_memory:
-            r = await memory(url, args.memory_sagas)
-            results.append(r)
-            print(json.dumps(r), flush=True)
-    if not args.skip_sqlite:
-        r = await sqlite_burn_down(args.sqlite_sagas, args.concurrency, args.batch_size)
+    want = set(args.only)
+    work_dir: Path = args.work_dir
+    current = current_code(work_dir)
+
+    def keep(r: dict[str, Any]) -> None:
         results.append(r)
-        print(json.dumps(r), flush=True)
+        _show(r)
+
+    if "baseline" in want:
+        resolve(args.baseline)  # a wrong revision fails now, not after the other scenarios
+    peers_py = peers_python(work_dir) if "peers" in want else ""
+    url = args.database_url
+    if want - {"sqlite"}:
+        url = await fresh_pg_database(url)
+    peak = args.peak
+    if "burn-down" in want:
+        for w in args.workers:
+            for settings in args.settings:
+                flags = sagad_flags(settings, args.concurrency, args.batch_size)
+                r = await burn_down(url, current, args.sagas, w, settings, flags)
+                keep(r)
+                peak = max(peak, r["sagas_per_s"])
+    if "baseline" in want:
+        results += await baseline_comparison(
+            url,
+            args.baseline,
+            work_dir,
+            current,
+            args.sagas,
+            args.settings,
+            args.concurrency,
+            args.batch_size,
+            args.baseline_rounds,
+        )
+    if "peers" in want:
+        results += await peer_comparison(url, peers_py, current, args.peer_sagas, args.peers)
+    if "open-loop" in want:
+        if not peak:
+            raise SystemExit("the open loop needs a peak: run the burn-down too, or give --peak")
+        settings = args.open_loop_settings
+        flags = sagad_flags(settings, args.concurrency, args.batch_size)
+        for frac in args.open_loop_fractions:
+            r = await open_loop(
+                url,
+                current,
+                round(peak * frac),
+                args.open_loop_seconds,
+                settings,
+                flags,
+                args.starter_nice,
+                args.pin,
+            )
+            r["fraction_of_peak"] = frac
+            keep(r)
+    if "table-size" in want:
+        await fresh_pg_database(url)
+        for rows in (0, args.finished_rows):
+            keep(await claim_cost(url, rows))
+    if "memory" in want:
+        await fresh_pg_database(url)
+        keep(await memory(url, current, args.memory_sagas))
+    if "sqlite" in want:
+        for settings in args.settings:
+            flags = sagad_flags(settings, args.concurrency, args.batch_size)
+            keep(await sqlite_burn_down(current, args.sqlite_sagas, settings, flags))
     return results
 
 
-def main() -> None:
+def _list(kind: type, allowed: tuple[str, ...] = ()) -> Any:
+    def parse(s: str) -> list[Any]:
+        items = [kind(x.strip()) for x in s.split(",") if x.strip()]
+        bad = [x for x in items if allowed and x not in allowed]
+        if bad or not items:
+            raise argparse.ArgumentTypeError(
+                f"expected a comma-separated list of {', '.join(allowed) or kind.__name__}"
+            )
+        return items
+
+    return parse
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m benchmarks",
         description=__doc__,
@@ -543,31 +161,91 @@ def main() -> None:
         default=os.environ.get(
             "BENCH_DATABASE_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/saga_bench"
         ),
-        help="PostgreSQL URL; its database is DROPPED and re-created",
+        help="PostgreSQL URL; its database is DROPPED and re-created (the peers use "
+        "<database>_dbos and <database>_pgq the same way)",
     )
-    p.add_argument("--sagas", type=int, default=20000)
-    p.add_argument("--workers", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2, 4])
-    p.add_argument("--concurrency", type=int, default=1024)
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--sagas", type=int, default=20000, help="sagas per burn-down")
+    p.add_argument("--workers", type=_list(int), default=[1, 2, 4], help="e.g. 1,2,4")
+    p.add_argument(
+        "--settings",
+        type=_list(str, SETTINGS),
+        default=list(SETTINGS),
+        help="sagad settings to burn down with: default (no tuning flag), tuned "
+        "(--concurrency/--batch-size below), or both (the default)",
+    )
+    p.add_argument("--concurrency", type=int, default=1024, help="the tuned --concurrency")
+    p.add_argument("--batch-size", type=int, default=256, help="the tuned --batch-size")
+    p.add_argument(
+        "--only",
+        type=_list(str, SCENARIOS),
+        help=f"run only these scenarios ({', '.join(SCENARIOS)})",
+    )
+    p.add_argument("--baseline", metavar="REV", help="compare with git revision REV (e.g. ed38817)")
+    p.add_argument("--baseline-rounds", type=int, default=1, help="baseline/current pairs")
+    p.add_argument(
+        "--peers",
+        nargs="?",
+        const=",".join(PEERS),
+        type=_list(str, PEERS),
+        help="compare with DBOS Transact and pgqueuer (or a comma-separated subset)",
+    )
+    p.add_argument(
+        "--peer-sagas", type=int, default=2000, help="sagas per peer burn-down (default 2000)"
+    )
     p.add_argument("--open-loop-seconds", type=float, default=10.0)
-    p.add_argument("--finished-rows", type=int, default=1_000_000)
-    p.add_argument("--memory-sagas", type=int, default=10_000)
-    p.add_argument("--sqlite-sagas", type=int, default=5000)
-    p.add_argument("--sqlite-only", action="store_true")
-    p.add_argument("--skip-burn-down", action="store_true")
+    p.add_argument("--open-loop-fractions", type=_list(float), default=[0.25, 0.5, 0.75, 0.9])
+    p.add_argument("--open-loop-settings", choices=SETTINGS, default="tuned")
+    p.add_argument("--starter-nice", type=int, default=10, help="niceness of the starter")
+    p.add_argument(
+        "--pin",
+        action="store_true",
+        help="open loop: pin the worker to CPU 0 and the starter to the last CPU",
+    )
     p.add_argument(
         "--peak",
         type=float,
         default=0.0,
         help="burn-down peak (sagas/s) for the open loop when burn-down is skipped",
     )
-    p.add_argument("--skip-open-loop", action="store_true")
-    p.add_argument("--skip-table-size", action="store_true")
-    p.add_argument("--skip-memory", action="store_true")
-    p.add_argument("--skip-sqlite", action="store_true")
+    p.add_argument("--finished-rows", type=int, default=1_000_000)
+    p.add_argument("--memory-sagas", type=int, default=10_000)
+    p.add_argument("--sqlite-sagas", type=int, default=5000)
+    p.add_argument("--sqlite-only", action="store_true")
+    for name in ("burn-down", "open-loop", "table-size", "memory", "sqlite"):
+        p.add_argument(f"--skip-{name}", action="store_true")
+    p.add_argument(
+        "--work-dir",
+        type=Path,
+        default=ROOT / ".bench",
+        help="cached venvs (baseline revisions, peers) and app copies (default .bench/)",
+    )
     p.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results.json")
-    args = p.parse_args()
-    results = asyncio.run(main_async(args))
+    args = p.parse_args(argv)
+    classic = ["burn-down", "open-loop", "table-size", "memory", "sqlite"]
+    if args.only is None:
+        args.only = [s for s in classic if not getattr(args, f"skip_{s.replace('-', '_')}")]
+        args.only += ["baseline"] if args.baseline else []
+        args.only += ["peers"] if args.peers else []
+    if args.sqlite_only:
+        args.only = ["sqlite"]
+    if "baseline" in args.only and not args.baseline:
+        p.error("--only baseline needs --baseline REV")
+    if "peers" in args.only and not args.peers:
+        args.peers = list(PEERS)
+    for name in ("sagas", "peer_sagas", "baseline_rounds", "sqlite_sagas"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be at least 1")
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    args.work_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        results = asyncio.run(main_async(args))
+    except (PeerError, CodeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     meta = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import inspect
+import logging
 import os
 import shlex
 import shutil
@@ -20,7 +21,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from loguru import logger
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -268,9 +268,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     console = Console()
     if args.verbose:
-        logger.remove()
-        logger.add(sys.stderr, level="DEBUG")
-        logger.enable("saga_core")
+        # saga_core logs through the standard logging module: configure it as usual.
+        logging.basicConfig(
+            stream=sys.stderr, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+        )
+        logging.getLogger("saga_core").setLevel(logging.DEBUG)
     tmpdir: Path | None = None
     if args.database_url:
         database_url = async_url(args.database_url)

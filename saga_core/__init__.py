@@ -8,9 +8,8 @@ database. See the README for the guarantees.
 from __future__ import annotations
 
 import importlib
+import logging
 from typing import TYPE_CHECKING, Any
-
-from loguru import logger
 
 from saga_core.version import VERSION
 
@@ -32,14 +31,15 @@ if TYPE_CHECKING:
     from saga_core.machine import SagaStatus
     from saga_core.orchestrator import SagaEngine, SagaOrchestrator
     from saga_core.retry import ExponentialRetry, FixedRetry, NoRetry, RetryPolicy
-    from saga_core.schema import schema_status, upgrade_schema
+    from saga_core.schema import schema_status, upgrade_schema, upgrade_schema_sql, upgrade_script
     from saga_core.snapshot import SagaAdminSnapshot, SagaSnapshot
     from saga_core.state import SagaState, SagaStateMixin
 
 __version__ = VERSION
 
-# A library stays silent unless the application asks: logger.enable("saga_core").
-logger.disable("saga_core")
+# Standard logging, loggers saga_core.*: silent unless the application configures logging
+# (a NullHandler, the convention for libraries; see saga_core.logs).
+logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 # The public names, imported on first use: ``import saga_core`` (and ``sagactl --help``)
 # stays cheap, and ``from saga_core import SagaStatus`` loads only what that name needs.
@@ -71,6 +71,8 @@ _WHERE = {
     "RetryPolicy": "retry",
     "schema_status": "schema",
     "upgrade_schema": "schema",
+    "upgrade_schema_sql": "schema",
+    "upgrade_script": "schema",
     "SagaAdminSnapshot": "snapshot",
     "SagaSnapshot": "snapshot",
     "SagaState": "state",
@@ -124,4 +126,6 @@ __all__ = [
     "current_step",
     "schema_status",
     "upgrade_schema",
+    "upgrade_schema_sql",
+    "upgrade_script",
 ]

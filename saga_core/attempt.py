@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from datetime import timedelta
@@ -18,7 +17,7 @@ from pydantic import BaseModel
 from saga_core import history as h
 from saga_core.context import StepContext, WaitForEvent, run_with_step
 from saga_core.definition import InputContext, StepSpec
-from saga_core.lease import Interrupted, LeaseLost
+from saga_core.lease import Interrupted, LeaseLost, monotonic
 from saga_core.payload import check_size
 from saga_core.retry import RetryPolicy
 from saga_core.rows import (
@@ -30,6 +29,7 @@ from saga_core.rows import (
     Wait,
 )
 from saga_core.run import Run
+from saga_core.tracebacks import timeout_traceback, traceback_text
 from saga_core.tracing import note_failure
 
 __all__ = ["NotStarted", "Outcome", "compensate", "execute", "wait_timed_out"]
@@ -38,7 +38,12 @@ Factory = Callable[[], Coroutine[Any, Any, Any]]
 
 
 class StepTimeout(Exception):
-    """The step did not return within its timeout."""
+    """The step did not return within its timeout; ``cancelled``: the ``CancelledError``
+    the timeout stopped its code with (its stack says where the code was)."""
+
+    def __init__(self, message: str, cancelled: BaseException | None = None) -> None:
+        super().__init__(message)
+        self.cancelled = cancelled
 
 
 class NotStarted(Interrupted):
@@ -64,7 +69,7 @@ class Outcome:
 
 
 def _ms(started: float) -> float:
-    return round((time.monotonic() - started) * 1000, 3)
+    return round((monotonic() - started) * 1000, 3)
 
 
 def _failure(
@@ -74,9 +79,11 @@ def _failure(
     if isinstance(exc, StepTimeout):
         error = f"TimeoutError: {exc}"
         entry.update(status=h.TIMEOUT, error_type="TimeoutError", error=error)
+        entry["traceback"] = timeout_traceback(exc.cancelled, error)
     else:
         error = h.error_text(exc)
         entry.update(status=h.ERROR, error_type=h.storable(type(exc).__name__), error=error)
+        entry["traceback"] = traceback_text(exc)
     entry["duration_ms"] = _ms(started)
     return _with_policy(Outcome("failure", entry, error=error), policy, failures)
 
@@ -112,7 +119,7 @@ async def execute(run: Run, spec: StepSpec, attempt: int, failures: int) -> Outc
     """One execution of ``spec``; should it fail, it is the ``failures``-th failure its
     retry policy counts."""
     entry = run.entry(spec, h.EXECUTE, attempt)
-    started = time.monotonic()
+    started = monotonic()
     limit = run.deps.settings.max_payload_bytes
     try:
         inp = await build_input(run, spec)
@@ -174,7 +181,7 @@ async def compensate(run: Run, spec: StepSpec, attempt: int, failures: int) -> O
     """One execution of ``spec``'s compensation (waiting is an ordinary error here); should
     it fail, it is the ``failures``-th failure its retry policy counts."""
     entry = run.entry(spec, h.COMPENSATE, attempt)
-    started = time.monotonic()
+    started = monotonic()
     try:
         raw_in = (run.context.get(STEP_INPUTS_KEY) or {}).get(spec.step_id)
         raw_out = (run.context.get(STEP_OUTPUTS_KEY) or {}).get(spec.step_id)
@@ -266,9 +273,13 @@ async def call(
         try:
             async with asyncio.timeout(timeout.total_seconds()) as cm:
                 return await factory()
-        except TimeoutError:
+        except TimeoutError as exc:
             if cm.expired():
-                raise StepTimeout(f"no result within {timeout.total_seconds():g}s") from None
+                # The CancelledError the timeout stopped the code with: Python 3.11 chains it
+                # as the context of this TimeoutError, 3.12 as its cause.
+                cancelled = exc.__cause__ or exc.__context__
+                message = f"no result within {timeout.total_seconds():g}s"
+                raise StepTimeout(message, cancelled) from None
             raise
 
     task = asyncio.get_running_loop().create_task(guarded(), context=run_with_step(ctx))

@@ -15,8 +15,8 @@ least every :data:`INBOX_POLL_S` while a branch waits.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
-import time
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -25,7 +25,8 @@ from saga_core import history as h
 from saga_core import machine as m
 from saga_core import waits
 from saga_core.errors import is_transient
-from saga_core.lease import LeaseLost
+from saga_core.lease import LeaseLost, monotonic
+from saga_core.logs import log_traceback
 from saga_core.rows import RETRY_AT_KEY, rotate_token, waits_of, with_waits
 from saga_core.run import Run
 
@@ -122,9 +123,9 @@ class _Branches:
             seconds = None if timeout is None else timeout.total_seconds()
             marker = waits.wait_marker(run.clock.now(), seconds, out.wait_name)
             run.context = with_waits(run.context, {**waits_of(run.context), spec.step_id: marker})
-            self.wait_held[i] = FOREVER if seconds is None else time.monotonic() + seconds
+            self.wait_held[i] = FOREVER if seconds is None else monotonic() + seconds
             self.check_inbox = True
-            run.log.bind(step=spec.step_id).info("step {} waits for an event", spec.step_id)
+            run.log.bind(step=spec.step_id).info("step %s waits for an event", spec.step_id)
         else:
             self._fail(i, out)
         self.history.append(out.entry)
@@ -136,13 +137,14 @@ class _Branches:
         self.state = m.branch_failed(self.state, self.shape, i)
         log = self.run.log.bind(step=spec.step_id, attempt=out.entry["attempt"])
         log.log(
-            "WARNING" if delay is None else "INFO",
-            "step {} failed (attempt {}){}: {}",
+            logging.WARNING if delay is None else logging.INFO,
+            "step %s failed (attempt %s)%s: %s",
             spec.step_id,
             out.entry["attempt"],
             ", retries exhausted" if delay is None else "",
             out.error,
         )
+        log_traceback(log, out.entry)
         self.error = out.error
         if delay is None:
             if self.failed is None:
@@ -150,12 +152,12 @@ class _Branches:
         elif delay <= self.run.deps.settings.in_place_retry_max:
             self.relaunch.append((i, delay.total_seconds()))
         else:
-            self.retry_held[i] = time.monotonic() + delay.total_seconds()
+            self.retry_held[i] = monotonic() + delay.total_seconds()
 
     def _expire(self) -> None:
         """Retry waits that are over release their step; event waits that are over are a
         failed attempt (TIMEOUT) of their step, whose token is then spent."""
-        now = time.monotonic()
+        now = monotonic()
         for i in [i for i, t in self.retry_held.items() if t <= now]:
             del self.retry_held[i]
         run = self.run
@@ -225,7 +227,7 @@ class _Branches:
 
     def _next_wake(self) -> float | None:
         ends = [t for t in (*self.retry_held.values(), *self.wait_held.values()) if t != FOREVER]
-        return min(ends) - time.monotonic() if ends else None
+        return min(ends) - monotonic() if ends else None
 
     async def go(self) -> m.Transition | None:
         run = self.run
@@ -285,7 +287,7 @@ class _Branches:
         for task in [t for t in self.running if t in done]:
             i, _ = self.running.pop(task)
             self._apply(i, task.result())  # LeaseLost from a branch propagates
-        expiring = any(t <= time.monotonic() for t in self.wait_held.values())
+        expiring = any(t <= monotonic() for t in self.wait_held.values())
         if not done and self.wait_held and not expiring:
             self.check_inbox = self.check_inbox or await self._inbox_pending()
         if expiring:
@@ -301,7 +303,7 @@ class _Branches:
         except Exception as exc:
             if not is_transient(exc):
                 raise
-            run.log.warning("could not look at the inbox (will look again): {}", exc)
+            run.log.warning("could not look at the inbox (will look again): %s", exc)
             return False
 
     async def _settle(self) -> m.Transition | None:

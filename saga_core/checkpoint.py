@@ -9,13 +9,16 @@ their sagas go on.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Sequence
 
-from loguru import logger
-
+from saga_core import dberrors
+from saga_core.backoff import BackoffPolicy
 from saga_core.store.base import Applied, Checkpoint, SagaStore
 
 __all__ = ["CheckpointResult", "CheckpointWriter", "is_transient"]
+
+logger = logging.getLogger(__name__)
 
 CheckpointResult = Applied | None
 """What a checkpoint came to: written (``Applied``), or ``None`` when its lease token no
@@ -23,48 +26,8 @@ longer matched (nothing written)."""
 
 
 def is_transient(exc: BaseException) -> bool:
-    """A database error that may go away: lost connection, server restarting, timeouts."""
-    from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
-
-    if isinstance(
-        exc, OperationalError | InterfaceError | ConnectionError | OSError | TimeoutError
-    ):
-        return True
-    if isinstance(exc, DBAPIError):
-        if exc.connection_invalidated:
-            return True
-        text = str(exc.orig).lower() if exc.orig is not None else str(exc).lower()
-        markers = (
-            "connection",
-            "terminating",
-            "shutting down",
-            "starting up",
-            "recovery mode",
-            "closed",
-            "too many clients",
-            "database is locked",
-        )
-        return any(m in text for m in markers)
-    # Raw asyncpg errors (the PostgreSQL hot path bypasses SQLAlchemy's wrapping): connection
-    # exceptions (SQLSTATE class 08), server shutdown/restart (57P01-57P03), too many
-    # connections, and a pooled connection found closed.
-    sqlstate = getattr(exc, "sqlstate", None)
-    if isinstance(sqlstate, str) and (
-        sqlstate.startswith("08") or sqlstate in {"57P01", "57P02", "57P03", "53300"}
-    ):
-        return True
-    name = type(exc).__name__
-    if name == "InterfaceError" and "closed" in str(exc).lower():
-        return True
-    if name == "InternalClientError" and "in progress" in str(exc).lower():
-        # The server ended the backend while asyncpg was mid-operation (an administrator's
-        # pg_terminate_backend, a restart): nothing was committed by this call.
-        return True
-    return name in {
-        "ConnectionDoesNotExistError",
-        "CannotConnectNowError",
-        "PostgresConnectionError",
-    }
+    """A database error that may go away: see :mod:`saga_core.dberrors`."""
+    return dberrors.is_transient(exc)
 
 
 Outcome = CheckpointResult | BaseException
@@ -78,7 +41,7 @@ class CheckpointWriter:
     def __init__(self, store: SagaStore, *, max_batch: int = 256, max_backoff: float = 5.0) -> None:
         self.store = store
         self.max_batch = max_batch
-        self.max_backoff = max_backoff
+        self.policy = BackoffPolicy(first=0.05, maximum=max_backoff, permanent_give_up_after=None)
         self._queue: list[tuple[Checkpoint, asyncio.Future[CheckpointResult]]] = []
         self._flusher: asyncio.Task[None] | None = None
 
@@ -123,11 +86,11 @@ class CheckpointWriter:
             return await self._write_retrying(batch)
         except Exception as exc:
             if len(batch) == 1:
-                logger.opt(exception=exc).error("checkpoint write failed: {}", exc)
+                logger.error("checkpoint write failed: %s", exc, exc_info=exc)
                 return [exc]
         # Refused as a whole: find which checkpoints the database refuses, one by one.
         logger.warning(
-            "a batch of {} checkpoints was refused; writing them one at a time", len(batch)
+            "a batch of %s checkpoints was refused; writing them one at a time", len(batch)
         )
         out: list[Outcome] = []
         for cp in batch:
@@ -135,29 +98,35 @@ class CheckpointWriter:
                 (res,) = await self._write_retrying([cp])
                 out.append(res)
             except Exception as exc:
-                logger.opt(exception=exc).error(
-                    "checkpoint of saga {} refused: {}", cp.saga_id, exc
+                logger.error(
+                    "checkpoint of saga %s refused: %s",
+                    cp.saga_id,
+                    exc,
+                    exc_info=exc,
+                    extra={"saga_id": str(cp.saga_id)},
                 )
                 out.append(exc)
         return out
 
     async def _write_retrying(self, batch: Sequence[Checkpoint]) -> list[CheckpointResult]:
-        """Write ``batch`` in one transaction, retrying transient errors; others raise."""
-        backoff = 0.05
+        """Write ``batch`` in one transaction, retrying transient errors (the shared backoff
+        policy, without a deadline: a finished step's record waits for the database as long
+        as the process lives); others raise."""
+        backoff = self.policy.start()
         while True:
             try:
                 return await self.store.saga_checkpoint(batch)
             except Exception as exc:
                 if not is_transient(exc):
                     raise
+                wait = backoff.failure(exc)
                 logger.warning(
-                    "database unavailable while writing {} checkpoint(s), retrying in {:.2f}s: {}",
+                    "database unavailable while writing %s checkpoint(s), retrying in %.2fs: %s",
                     len(batch),
-                    backoff,
+                    wait,
                     exc,
                 )
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, self.max_backoff)
+                await asyncio.sleep(wait)
 
     @property
     def pending(self) -> int:

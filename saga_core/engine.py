@@ -5,15 +5,14 @@ the settings, and keeps the registered definitions and what this process has cla
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
-import time
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any, Generic, TypeVar
 
-from loguru import logger
 from sqlalchemy import Table
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -21,7 +20,8 @@ from saga_core.checkpoint import CheckpointWriter
 from saga_core.definition import SagaDefinition
 from saga_core.errors import SagaError
 from saga_core.executor import Executor
-from saga_core.run import Flags, RunDeps, RunSettings
+from saga_core.lease import monotonic
+from saga_core.run import Flags, RunDeps, RunSettings, Transactions
 from saga_core.state import SagaStateMixin
 from saga_core.store import SagaRow, SagaStore, make_store
 from saga_core.tracing import Tracing
@@ -30,6 +30,8 @@ from saga_core.versioning import Definitions
 
 __all__ = ["SagaEngine", "default_worker_id"]
 
+logger = logging.getLogger(__name__)
+
 M = TypeVar("M", bound=SagaStateMixin)
 
 Listener = Callable[[str, dict[str, Any]], None]
@@ -37,6 +39,32 @@ Listener = Callable[[str, dict[str, Any]], None]
 
 def default_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+def _settings(
+    execution_lease: timedelta,
+    in_place_retry_max: timedelta,
+    max_payload_bytes: int,
+    worker_id: str | None,
+    max_recoveries: int | None,
+) -> RunSettings:
+    if execution_lease < timedelta(seconds=1):
+        raise SagaError(f"execution_lease must be at least 1 second, got {execution_lease}")
+    if max_payload_bytes < 1:
+        raise SagaError("max_payload_bytes must be positive")
+    if max_recoveries is not None and (
+        isinstance(max_recoveries, bool)
+        or not isinstance(max_recoveries, int)
+        or max_recoveries < 0
+    ):
+        raise SagaError(f"max_recoveries must be None or an int >= 0, got {max_recoveries!r}")
+    return RunSettings(
+        worker_id=worker_id or default_worker_id(),
+        execution_lease=execution_lease,
+        in_place_retry_max=in_place_retry_max,
+        max_payload_bytes=max_payload_bytes,
+        max_recoveries=max_recoveries,
+    )
 
 
 class SagaEngine(Generic[M]):
@@ -64,30 +92,58 @@ class SagaEngine(Generic[M]):
         table = getattr(model_class, "__table__", None)
         if not isinstance(table, Table) or "step_execution_token" not in table.c:
             raise SagaError(f"{model_class!r} is not a mapped model that mixes in SagaStateMixin")
-        if execution_lease < timedelta(seconds=1):
-            raise SagaError(f"execution_lease must be at least 1 second, got {execution_lease}")
-        if max_payload_bytes < 1:
-            raise SagaError("max_payload_bytes must be positive")
-        if max_recoveries is not None and (
-            isinstance(max_recoveries, bool)
-            or not isinstance(max_recoveries, int)
-            or max_recoveries < 0
-        ):
-            raise SagaError(f"max_recoveries must be None or an int >= 0, got {max_recoveries!r}")
-        self.model_class = model_class
-        self.session_maker = session_maker
-        self.sql_engine: AsyncEngine = bind
-        self.settings = RunSettings(
-            worker_id=worker_id or default_worker_id(),
-            execution_lease=execution_lease,
-            in_place_retry_max=in_place_retry_max,
-            max_payload_bytes=max_payload_bytes,
-            max_recoveries=max_recoveries,
+        settings = _settings(
+            execution_lease, in_place_retry_max, max_payload_bytes, worker_id, max_recoveries
         )
+        self._sql: tuple[type[M], async_sessionmaker[AsyncSession], AsyncEngine] | None = (
+            model_class,
+            session_maker,
+            bind,
+        )
+        store = make_store(bind, table, lease=execution_lease)
+        self._wire(
+            store,
+            lambda writer: TxSteps(store, session_maker, writer),
+            settings,
+            tracer_provider,
+        )
+
+    @classmethod
+    def on_store(
+        cls,
+        store: SagaStore,
+        *,
+        transactions: Callable[[CheckpointWriter], Transactions],
+        execution_lease: timedelta,
+        in_place_retry_max: timedelta,
+        max_payload_bytes: int,
+        worker_id: str | None,
+        max_recoveries: int | None = 5,
+        tracer_provider: Any = None,
+    ) -> SagaEngine[Any]:
+        """An engine on ``store`` without SQLAlchemy (``saga_core.testing`` runs one on its
+        in-memory store). ``transactions`` makes the hooks of transactional steps from the
+        engine's checkpoint writer. Such an engine has no ``sql_engine``, ``session_maker``
+        or ``model_class``."""
+        settings = _settings(
+            execution_lease, in_place_retry_max, max_payload_bytes, worker_id, max_recoveries
+        )
+        engine: SagaEngine[Any] = cls.__new__(cls)
+        engine._sql = None
+        engine._wire(store, transactions, settings, tracer_provider)
+        return engine
+
+    def _wire(
+        self,
+        store: SagaStore,
+        transactions: Callable[[CheckpointWriter], Transactions],
+        settings: RunSettings,
+        tracer_provider: Any,
+    ) -> None:
+        self.settings = settings
         self.flags = Flags()
-        self.tracing: Tracing | None = None if tracer_provider is None else Tracing(tracer_provider)
-        """OpenTelemetry spans of runs and attempts (``saga_core.tracing``); None: off."""
-        self.store: SagaStore = make_store(bind, table, lease=execution_lease)
+        tracing = None if tracer_provider is None else Tracing(tracer_provider)
+        self.store: SagaStore = store
         self.definitions = Definitions()
         """name -> latest definition; every version through ``definition_for``."""
         self.writer = CheckpointWriter(self.store)
@@ -98,20 +154,57 @@ class SagaEngine(Generic[M]):
             settings=self.settings,
             flags=self.flags,
             emit=self.emit,
-            tx=TxSteps(self.store, session_maker, self.writer),
+            tx=transactions(self.writer),
         )
-        self.executor = Executor(deps, self.definition_for, self.tracing)
+        self.executor = Executor(deps, self.definition_for, tracing)
         self._held: dict[uuid.UUID, float] = {}
         """Sagas this engine claimed and has not finished driving -> when the claim was sent."""
         self._claims = 0
         self._unclaim = False
         """A claim failed after it may have committed: release what it took, on the next one."""
 
+    # --- the SQL database ----------------------------------------------------------------------
+
+    def _sql_parts(self) -> tuple[type[M], async_sessionmaker[AsyncSession], AsyncEngine]:
+        if self._sql is None:
+            raise SagaError(
+                f"this engine runs on {type(self.store).__name__}, not on a SQL database"
+            )
+        return self._sql
+
+    @property
+    def model_class(self) -> type[M]:
+        """The SQLAlchemy model of the saga table."""
+        return self._sql_parts()[0]
+
+    @property
+    def session_maker(self) -> async_sessionmaker[AsyncSession]:
+        return self._sql_parts()[1]
+
+    @property
+    def sql_engine(self) -> AsyncEngine:
+        """The SQLAlchemy engine of the saga table's database."""
+        return self._sql_parts()[2]
+
     # --- settings, as attributes -------------------------------------------------------------
 
     @property
     def worker_id(self) -> str:
+        """Identifies this process in leases and history."""
         return self.settings.worker_id
+
+    @worker_id.setter
+    def worker_id(self, value: str) -> None:
+        self.settings.worker_id = value
+
+    @property
+    def tracing(self) -> Tracing | None:
+        """OpenTelemetry spans of runs and attempts (``saga_core.tracing``); None: off."""
+        return self.executor.tracing
+
+    @tracing.setter
+    def tracing(self, value: Tracing | None) -> None:
+        self.executor.tracing = value
 
     @property
     def execution_lease(self) -> timedelta:
@@ -170,7 +263,7 @@ class SagaEngine(Generic[M]):
             try:
                 listener(event, fields)
             except Exception as exc:  # a metrics bug must not break a saga
-                logger.warning("saga listener {!r} failed: {}", listener, exc)
+                logger.warning("saga listener %r failed: %s", listener, exc)
 
     # --- claims and runs ---------------------------------------------------------------------------
 
@@ -199,9 +292,9 @@ class SagaEngine(Generic[M]):
             self._unclaim = False
             if released:
                 logger.warning(
-                    "released {} saga(s) claimed by a claim whose reply was lost", released
+                    "released %s saga(s) claimed by a claim whose reply was lost", released
                 )
-        sent = time.monotonic()
+        sent = monotonic()
         self._claims += 1
         try:
             rows = await self.store.saga_claim(
@@ -239,7 +332,7 @@ class SagaEngine(Generic[M]):
             try:
                 await self.store.saga_release(row.id, row.lease_token, None)
             except Exception as exc:  # the lease expires; another worker takes over then
-                logger.bind(saga_id=str(row.id)).warning("could not release lease: {}", exc)
+                logger.warning("could not release lease: %s", exc, extra={"saga_id": str(row.id)})
 
     async def flush(self) -> None:
         """Wait until every checkpoint queued so far is written."""

@@ -20,6 +20,8 @@ from __future__ import annotations
 from datetime import datetime
 from uuid import UUID
 
+from saga_core import dberrors
+
 
 class SagaError(Exception):
     """Root of every error saga_core raises on purpose."""
@@ -88,6 +90,10 @@ def is_transient(exc: BaseException) -> bool:
     """Whether ``exc`` is a database error that may go away by itself (a lost connection,
     a server restarting or refusing more clients, a timeout), as saga_core's workers
     classify it: worth retrying later, unlike a missing table or a constraint violation."""
-    from saga_core.checkpoint import is_transient as transient
+    return dberrors.is_transient(exc)
 
-    return transient(exc)
+
+# How a database error is classified (``saga_core.dberrors``), for tools that report them.
+classify_db_error = dberrors.classify_db_error
+DbProblem = dberrors.DbProblem
+DbErrorInfo = dberrors.DbErrorInfo

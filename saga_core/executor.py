@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
+import logging
 from collections.abc import Callable, Iterator
 from datetime import datetime
-
-from loguru import logger
 
 from saga_core import attempt as a
 from saga_core import history as h
@@ -23,13 +21,17 @@ from saga_core import machine as m
 from saga_core import waits
 from saga_core.branches import run_branches
 from saga_core.definition import SagaDefinition, StepSpec
-from saga_core.lease import LeaseLost
+from saga_core.lease import LeaseLost, monotonic
+from saga_core.logs import SagaLog, log_traceback
 from saga_core.rows import Wait, rotate_token, update_for, waits_of, with_waits
 from saga_core.run import Run, RunDeps
 from saga_core.store.base import DeadlineChange, RowUpdate, SagaRow
+from saga_core.tracebacks import traceback_text
 from saga_core.tracing import NO_SPAN, RunSpan, Tracing
 
 __all__ = ["Executor"]
+
+logger = logging.getLogger(__name__)
 
 DefinitionFor = Callable[[str, int], SagaDefinition | None]
 
@@ -67,7 +69,10 @@ class Executor:
         """
         deps = self.deps
         settings = deps.settings
-        log = logger.bind(saga_id=str(row.id), saga_name=row.saga_name, worker=settings.worker_id)
+        log = SagaLog(
+            logger,
+            {"saga_id": str(row.id), "saga_name": row.saga_name, "worker": settings.worker_id},
+        )
         definition = self.definition_for(row.saga_name, row.definition_version)
         if definition is None or row.lease_token is None:
             log.warning("claimed a saga this worker cannot run; releasing it")
@@ -76,7 +81,7 @@ class Executor:
             return
         with self._span(row) as span:
             run = Run.claimed(
-                row, definition, deps, log=log, sent=time.monotonic() if sent is None else sent
+                row, definition, deps, log=log, sent=monotonic() if sent is None else sent
             )
             run.span = span
             run.isolated = isolated
@@ -113,7 +118,7 @@ class Executor:
             run.span.interrupted("lease lost")
             self.deps.emit("lease_lost", saga_name=run.row.saga_name)
         except a.NotStarted as exc:
-            run.log.warning("{}; released, due again shortly (not a failed attempt)", exc)
+            run.log.warning("%s; released, due again shortly (not a failed attempt)", exc)
             note = run.interrupted_note(f"{exc}; released (not a failed attempt)")
             await run.release(note, delay=settings.interruption_delay)
         except asyncio.CancelledError:
@@ -122,11 +127,13 @@ class Executor:
             )
             raise
         except Exception as exc:
-            run.log.opt(exception=exc).error("saga run stopped by an unexpected error: {}", exc)
+            run.log.error("saga run stopped by an unexpected error: %s", exc, exc_info=exc)
             run.span.error(exc)
             # Noted in history: the step in flight (its outcome unrecorded) may run again.
+            # An error of the engine's own: its traceback keeps saga_core's frames.
             note = run.interrupted_note(
-                f"run stopped by an unexpected error ({h.error_text(exc)}); released"
+                f"run stopped by an unexpected error ({h.error_text(exc)}); released",
+                traceback_text(exc, fold=False),
             )
             await run.release(note, delay=settings.unexpected_error_delay, after_error=True)
 
@@ -140,7 +147,7 @@ class Executor:
                 settled = await run_branches(run)
                 if settled is None:  # released while draining
                     return
-                run.finished(settled.state)
+                run.finished(settled.state, was=state.status)
                 if settled.schedule.kind is m.ScheduleKind.HOLD:  # the rollback starts
                     if run.should_stop():
                         await run.release(
@@ -162,7 +169,7 @@ class Executor:
                 t = await self._compensate(run)
             else:
                 return
-            run.finished(t.state)
+            run.finished(t.state, was=state.status)
             kind = t.schedule.kind
             if kind in (m.ScheduleKind.HOLD, m.ScheduleKind.RETRY_IN_PLACE) and run.should_stop():
                 # The step's checkpoint is in; hand the rest to another worker now instead of
@@ -220,18 +227,16 @@ class Executor:
                 state, run.shape, delay, in_place_threshold=run.deps.settings.in_place_retry_max
             )
             log = run.log.bind(step=spec.step_id, attempt=number)
-            if delay is None:
-                log.error(
-                    "compensation of {} failed for good (attempt {}): {}; the saga waits for an "
-                    "operator",
-                    spec.step_id,
-                    number,
-                    out.error,
-                )
-            else:
-                log.warning(
-                    "compensation of {} failed (attempt {}): {}", spec.step_id, number, out.error
-                )
+            # WARNING either way: a compensation that failed for good sets the saga FAILED,
+            # which is logged at ERROR (``Run.finished``).
+            log.warning(
+                "compensation of %s failed (attempt %s)%s: %s",
+                spec.step_id,
+                number,
+                ", retries exhausted" if delay is None else "",
+                out.error,
+            )
+            log_traceback(log, out.entry)
             error = f"compensation of {spec.step_id}: {out.error}"
             await run.checkpoint(t, [out.entry], last_error=error, set_last_error=True)
         else:
@@ -245,17 +250,15 @@ class Executor:
     @staticmethod
     def _note_failure(run: Run, spec: StepSpec, out: a.Outcome) -> None:
         log = run.log.bind(step=spec.step_id, attempt=out.entry["attempt"])
-        if out.retry_delay is None:
-            log.warning(
-                "step {} failed (attempt {}), retries exhausted: {}",
-                spec.step_id,
-                out.entry["attempt"],
-                out.error,
-            )
-        else:
-            log.info(
-                "step {} failed (attempt {}): {}", spec.step_id, out.entry["attempt"], out.error
-            )
+        log.log(
+            logging.WARNING if out.retry_delay is None else logging.INFO,
+            "step %s failed (attempt %s)%s: %s",
+            spec.step_id,
+            out.entry["attempt"],
+            ", retries exhausted" if out.retry_delay is None else "",
+            out.error,
+        )
+        log_traceback(log, out.entry)
 
     # --- waits ----------------------------------------------------------------------------
 
@@ -304,14 +307,14 @@ class Executor:
         run.emit_step(out.entry)
         if not suspended:
             run.log.bind(step=spec.step_id).info(
-                "step {} waits for an event that has already arrived: running it again",
+                "step %s waits for an event that has already arrived: running it again",
                 spec.step_id,
             )
             return None
         t = suspended[0]
         timeout = out.wait_timeout
         run.log.bind(step=spec.step_id, attempt=out.entry["attempt"]).info(
-            "step {} waits for an event{}",
+            "step %s waits for an event%s",
             spec.step_id,
             "" if timeout is None else f" (at most {timeout.total_seconds():g}s)",
         )
@@ -366,7 +369,6 @@ class Executor:
                 out.retry_delay,
                 in_place_threshold=run.deps.settings.in_place_retry_max,
             )
-            self._note_failure(run, spec, out)
             waits_now = waits_of(run.context)
             waits_now.pop(spec.step_id, None)
             ctx = with_waits(run.context, waits_now)
@@ -385,17 +387,13 @@ class Executor:
         await run.locked(decide)
         if goes_on:
             run.log.bind(step=spec.step_id).info(
-                "step {} was claimed before its wait ended: it waits on", spec.step_id
+                "step %s was claimed before its wait ended: it waits on", spec.step_id
             )
             return goes_on[0]
         if not timed_out:
             return None
         t, out = timed_out[0]
-        run.log.bind(step=spec.step_id, attempt=out.entry["attempt"]).warning(
-            "step {} timed out waiting for an event (attempt {})",
-            spec.step_id,
-            out.entry["attempt"],
-        )
+        self._note_failure(run, spec, out)  # once: ``decide`` may run more than once
         run.span.record(spec.step_id, h.EXECUTE, out.entry["attempt"], out)
         run.span.saw(t.state.status.value, out.error)
         run.emit_step(out.entry)

@@ -125,7 +125,10 @@ def attempt(
     *, at: str, phase: str, step_id: str, step_class: str, attempt: int, worker: str
 ) -> dict[str, Any]:
     """The start of an entry for one execution (or compensation) of a step; the outcome
-    (``status``, ``duration_ms``, input/output or error) is filled in when it ends."""
+    (``status``, ``duration_ms``, input/output or error) is filled in when it ends. A failed
+    attempt (``ERROR``, ``TIMEOUT``) whose code ran carries its ``traceback``
+    (``tracebacks.traceback_text``); a wait for an event that timed out has none (no code
+    ran)."""
     return {
         "at": at,
         "phase": phase,
@@ -137,9 +140,17 @@ def attempt(
 
 
 def interrupted(
-    *, at: str, phase: str, step_id: str | None, worker: str, reason: str
+    *,
+    at: str,
+    phase: str,
+    step_id: str | None,
+    worker: str,
+    reason: str,
+    traceback: str | None = None,
 ) -> dict[str, Any]:
-    return {
+    """A run that stopped without an outcome for its step; ``traceback``: that of the
+    unexpected error that stopped it, if one did."""
+    entry: dict[str, Any] = {
         "at": at,
         "phase": phase,
         "step_id": step_id,
@@ -148,6 +159,9 @@ def interrupted(
         "worker": worker,
         "reason": storable(reason),
     }
+    if traceback is not None:
+        entry["traceback"] = storable(traceback)
+    return entry
 
 
 def rollback_note(step_id: str, status: str, reason: str) -> dict[str, Any]:

@@ -14,14 +14,28 @@ times by the database.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
+from typing import Any
 
-from loguru import logger
+__all__ = ["DbClock", "Interrupted", "Lease", "LeaseLost", "monotonic"]
 
-__all__ = ["DbClock", "Interrupted", "Lease", "LeaseLost"]
+logger = logging.getLogger(__name__)
+
+
+def monotonic() -> float:
+    """This process's monotonic clock as the running event loop keeps it (``loop.time()``;
+    ``time.monotonic()`` outside a loop). Every duration the run layer measures comes from
+    here, so that it agrees with the loop's own timers (``asyncio.sleep``, timeouts) and a
+    loop on virtual time (``saga_core.testing``) runs leases, retries and timeouts on it."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return time.monotonic()
+    return loop.time()
 
 
 class Interrupted(Exception):
@@ -42,10 +56,10 @@ class DbClock:
 
     def __init__(self, db_now: datetime, mono: float | None = None) -> None:
         self._db = db_now
-        self._mono = time.monotonic() if mono is None else mono
+        self._mono = monotonic() if mono is None else mono
 
     def now(self) -> datetime:
-        return self._db + timedelta(seconds=time.monotonic() - self._mono)
+        return self._db + timedelta(seconds=monotonic() - self._mono)
 
     def iso(self) -> str:
         return self.now().isoformat()
@@ -92,7 +106,7 @@ class Lease:
 
     def left(self) -> float:
         """Seconds of lease this process can count on from now."""
-        return self.valid_until - time.monotonic()
+        return self.valid_until - monotonic()
 
     def needs_renewal(self) -> bool:
         """Less than half the lease is known to be left."""
@@ -136,7 +150,7 @@ class Lease:
     async def renew(self) -> bool:
         """Renew once, now; False (and the lease marked lost) when the token no longer
         matches. Database errors propagate."""
-        sent = time.monotonic()
+        sent = monotonic()
         left = await self._renew(self.token)
         if left is None:
             self.mark_lost()
@@ -144,13 +158,13 @@ class Lease:
         self.confirm(sent, left)
         return True
 
-    async def keep(self, *, log: object = None) -> None:
+    async def keep(self, *, log: logging.LoggerAdapter[Any] | None = None) -> None:
         """Renew every half lease until cancelled. A renewal that fails on a database error
         is retried about every tenth of the lease; once the lease is known to have run out,
         the lease is lost (the step in flight is cancelled)."""
         retry = max(min(1.0, self.length / 10), 0.05)
         while not self.is_lost:
-            wait = self.valid_until - self.length / 2 - time.monotonic()
+            wait = self.valid_until - self.length / 2 - monotonic()
             if wait > 0:
                 await asyncio.sleep(wait)
                 continue
@@ -159,8 +173,8 @@ class Lease:
                     return
             except Exception as exc:
                 if self.left() <= 0:
-                    (log or logger).warning(  # type: ignore[attr-defined]
-                        "lease ran out while the database could not be reached ({}): stopping "
+                    (log or logger).warning(
+                        "lease ran out while the database could not be reached (%s): stopping "
                         "the step in flight before another worker may claim the saga",
                         exc,
                     )

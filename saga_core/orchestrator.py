@@ -4,7 +4,6 @@ wait). The runtime underneath it is ``SagaEngine`` (``orchestrator.engine``)."""
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, TypeVar
@@ -22,6 +21,7 @@ from saga_core.errors import (
     SagaInputError,
     SagaNotFoundError,
 )
+from saga_core.lease import monotonic
 from saga_core.payload import DEFAULT_MAX_PAYLOAD_BYTES, check_note_text, check_text, json_object
 from saga_core.rows import new_saga_values
 from saga_core.snapshot import SagaSnapshot
@@ -95,6 +95,14 @@ class SagaOrchestrator(Generic[M]):
             max_recoveries=max_recoveries,
             tracer_provider=tracer_provider,
         )
+
+    @classmethod
+    def on_engine(cls, engine: SagaEngine[Any]) -> SagaOrchestrator[Any]:
+        """An orchestrator over an engine built elsewhere (``SagaEngine.on_store``: what
+        ``saga_core.testing`` runs on its in-memory store)."""
+        orchestrator: SagaOrchestrator[Any] = cls.__new__(cls)
+        orchestrator.engine = engine
+        return orchestrator
 
     # --- definitions ----------------------------------------------------------------------
 
@@ -391,14 +399,14 @@ class SagaOrchestrator(Generic[M]):
             TimeoutError: ``timeout`` (seconds or a timedelta) passed first.
         """
         limit = None if timeout is None else _as_timedelta(timeout, "timeout").total_seconds()
-        deadline = None if limit is None else time.monotonic() + limit
+        deadline = None if limit is None else monotonic() + limit
         pause = 0.01
         while True:
             snap = await self.get_snapshot(saga_id)
             if snap.status in WAIT_STATUSES:
                 return snap
             if deadline is not None:
-                left = deadline - time.monotonic()
+                left = deadline - monotonic()
                 if left <= 0:
                     raise TimeoutError(f"saga {saga_id} still {snap.status.value} after {limit:g}s")
                 await asyncio.sleep(min(pause, left))

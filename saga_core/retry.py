@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import random
 from abc import ABC, abstractmethod
+from contextvars import ContextVar
 from datetime import timedelta
 from typing import Any
 
@@ -20,11 +21,16 @@ __all__ = [
     "NoRetry",
     "RetryPolicy",
     "default_compensation_policy",
+    "jitter_random",
 ]
 
 MAX_DELAY = timedelta(days=36500)
 """The longest retry delay or event-wait timeout accepted (100 years): a due time further
 away cannot be computed or stored by every store (Python dates end in year 9999)."""
+
+jitter_random: ContextVar[random.Random | None] = ContextVar("saga_jitter_random", default=None)
+"""Where retry jitter comes from in the current context: ``None`` (the ``random`` module's
+shared generator) unless set; ``saga_core.testing`` sets a seeded one for its runs."""
 
 
 def _as_timedelta(value: timedelta | float | int, name: str) -> timedelta:
@@ -149,7 +155,9 @@ class ExponentialRetry(RetryPolicy):
             return None
         delay = self.base_delay_for(max(failures, 1))
         if self.jitter:
-            return timedelta(seconds=random.uniform(0, delay.total_seconds()))
+            rng = jitter_random.get()
+            uniform = random.uniform if rng is None else rng.uniform
+            return timedelta(seconds=uniform(0, delay.total_seconds()))
         return delay
 
 

@@ -5,7 +5,6 @@ every write the run makes (fenced by its lease token), shared by the sequential 
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
@@ -19,7 +18,8 @@ from saga_core.checkpoint import CheckpointWriter
 from saga_core.context import StepContext
 from saga_core.definition import SagaDefinition, StepSpec
 from saga_core.errors import SagaConflictError
-from saga_core.lease import DbClock, Lease, LeaseLost
+from saga_core.lease import DbClock, Lease, LeaseLost, monotonic
+from saga_core.logs import SagaLog
 from saga_core.rows import (
     STEP_INPUTS_KEY,
     STEP_OUTPUTS_KEY,
@@ -106,7 +106,8 @@ class Run:
     deps: RunDeps
     lease: Lease
     clock: DbClock
-    log: Any
+    log: SagaLog
+    """The run's logger, with ``saga_id``, ``saga_name`` and ``worker`` bound."""
     span: RunSpan = field(default_factory=lambda: NO_SPAN)
     isolated: bool = False
     """Run alone (a suspect): worker-wide yielding does not stop it."""
@@ -125,7 +126,7 @@ class Run:
 
     @classmethod
     def claimed(
-        cls, row: SagaRow, definition: SagaDefinition, deps: RunDeps, *, log: Any, sent: float
+        cls, row: SagaRow, definition: SagaDefinition, deps: RunDeps, *, log: SagaLog, sent: float
     ) -> Run:
         """The run of a row a claim sent at monotonic ``sent`` returned."""
         assert row.lease_token is not None, "a claimed row carries its lease token"
@@ -183,7 +184,7 @@ class Run:
             worker=self.worker,
         )
 
-    def interrupted_note(self, reason: str) -> dict[str, Any]:
+    def interrupted_note(self, reason: str, traceback: str | None = None) -> dict[str, Any]:
         state = self.state
         idx = state.cursor
         step_id = str(self.steps[idx]["step_id"]) if 0 <= idx < len(self.steps) else None
@@ -193,6 +194,7 @@ class Run:
             step_id=step_id,
             worker=self.worker,
             reason=reason,
+            traceback=traceback,
         )
 
     # --- events the engine's listeners see ------------------------------------------------------
@@ -207,16 +209,22 @@ class Run:
             duration=entry.get("duration_ms", 0.0) / 1000,
         )
 
-    def finished(self, state: m.MachineState) -> None:
+    def finished(self, state: m.MachineState, was: m.SagaStatus | None = None) -> None:
+        """Log (and tell listeners) how a transition from status ``was`` to ``state`` ended
+        the saga, or that it started rolling back."""
+        if was is m.SagaStatus.RUNNING and state.status is m.SagaStatus.COMPENSATING:
+            self.log.bind(status=state.status.value).warning(
+                "saga rolls back: compensating its completed steps, newest first"
+            )
         if state.status.is_terminal or state.status is m.SagaStatus.FAILED:
             self.deps.emit("finished", saga_name=self.row.saga_name, status=state.status.value)
             log = self.log.bind(status=state.status.value)
-            if state.status in (m.SagaStatus.FAILED,):
-                log.error("saga FAILED: an operator must act ({})", self.row.saga_name)
+            if state.status is m.SagaStatus.FAILED:
+                log.error("saga FAILED: an operator must act (%s)", self.row.saga_name)
             elif state.status is m.SagaStatus.COMPENSATED:
-                log.warning("saga compensated (rolled back)")
+                log.info("saga compensated (rolled back)")
             else:
-                log.info("saga {}", state.status.value.lower())
+                log.info("saga %s", state.status.value.lower())
 
     # --- writes ----------------------------------------------------------------------------------
 
@@ -244,7 +252,7 @@ class Run:
             last_error=last_error,
             set_last_error=set_last_error,
         )
-        sent = time.monotonic()
+        sent = monotonic()
         res = await self.deps.tx.commit(
             self, Checkpoint(self.saga_id, self.lease.token, upd), succeeded
         )
@@ -266,7 +274,7 @@ class Run:
 
     async def write(self, upd: RowUpdate) -> Applied:
         """A fenced update through the checkpoint writer; LeaseLost when fenced out."""
-        sent = time.monotonic()
+        sent = monotonic()
         res = await self.deps.writer.write(Checkpoint(self.saga_id, self.lease.token, upd))
         if res is None:
             raise LeaseLost()
@@ -278,7 +286,7 @@ class Run:
         by the lease (LeaseLost otherwise); the run adopts the row as written."""
         conflicts, backoff = 0, 0.05
         while True:
-            sent = time.monotonic()
+            sent = monotonic()
             try:
                 row, written = await self.deps.store.saga_update_locked(
                     self.saga_id, fn, lease_token=self.lease.token, tell_unapplied=True
@@ -298,7 +306,7 @@ class Run:
                 if self.lease.left() <= 0:
                     raise LeaseLost() from exc.cause
                 self.log.warning(
-                    "database unavailable for a locked write, retrying in {:.2f}s: {}",
+                    "database unavailable for a locked write, retrying in %.2fs: %s",
                     backoff,
                     exc.cause,
                 )
@@ -382,7 +390,7 @@ class Run:
             # Through the writer: a checkpoint of this saga still queued there lands first.
             await self.deps.writer.write(Checkpoint(self.saga_id, self.lease.token, upd))
         except Exception as exc:  # the lease will expire; another worker takes over then
-            self.log.warning("could not release lease: {}", exc)
+            self.log.warning("could not release lease: %s", exc)
         self.lease.mark_lost()
 
     async def fail_for_operator(self, label: str, step_id: str | None, reason: str) -> None:
@@ -401,7 +409,7 @@ class Run:
         )
         await self.write(upd)
         self.span.failed_for_operator(label, reason)
-        self.log.error(reason)
+        self.log.error("%s", reason)
         self.deps.emit("finished", saga_name=self.row.saga_name, status=m.SagaStatus.FAILED.value)
 
     def store_output(self, spec: StepSpec, output: dict[str, Any] | None, inp: Any) -> None:

@@ -59,6 +59,9 @@ class SagaSettings(BaseSettings):
     worker_stale_after: float = Field(default=30.0, gt=0)
     startup_timeout: float = Field(default=30.0, ge=0, le=3600)
     """How long sagad retries an unreachable database at start before exiting 75."""
+    permanent_error_timeout: float = Field(default=300.0, ge=0, le=86_400)
+    """While running, how long claims may keep failing with a permanent database error
+    (authentication failed, privilege revoked, table dropped) before sagad exits 78."""
     log_level: Literal["TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     log_format: Literal["text", "json"] = "text"
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
@@ -132,12 +135,16 @@ class SagaSettings(BaseSettings):
         return (init_settings, env_settings)
 
     def effective_database_url(self) -> str:
-        """The URL with the password from ``database_password_file`` applied."""
+        """The URL with the password from ``database_password_file`` applied.
+
+        Raises:
+            SettingsError: the file cannot be read, or is not UTF-8 text.
+        """
         if self.database_password_file is None:
             return self.database_url
         from sqlalchemy.engine import make_url
 
-        password = self.database_password_file.read_text().strip()
+        password = _read_password(self.database_password_file)
         return str(
             make_url(self.database_url).set(password=password).render_as_string(hide_password=False)
         )
@@ -200,16 +207,45 @@ def mask_secrets(text: str, urls: Iterable[str | None] = ()) -> str:
     return text
 
 
+def _not_text(path: Path, raw: bytes) -> str | None:
+    """Why ``raw`` (the content of ``path``) is not UTF-8 text, or ``None`` when it is."""
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return f"{path} is not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start})"
+    nul = raw.find(b"\0")
+    if nul >= 0:
+        return f"{path} is not text (a NUL byte at offset {nul})"
+    return None
+
+
+def _read_password(path: Path) -> str:
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise SettingsError(
+            [f"database_password_file: cannot read {path}: {exc.strerror or exc}"]
+        ) from None
+    problem = _not_text(path, raw)
+    if problem is not None:
+        raise SettingsError([f"database_password_file: {problem}"])
+    return raw.decode("utf-8").strip()
+
+
 def _read_toml(path: Path) -> dict[str, Any]:
     try:
-        with path.open("rb") as fh:
-            data = tomllib.load(fh)
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise SettingsError([f"config: file {path} not found"]) from None
+    except OSError as exc:
+        raise SettingsError([f"config: cannot read {path}: {exc.strerror or exc}"]) from None
+    problem = _not_text(path, raw)
+    if problem is not None:
+        raise SettingsError([f"config: {problem}"])
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise SettingsError([f"config: {path} is not valid TOML: {exc}"]) from None
-    except OSError as exc:
-        raise SettingsError([f"config: cannot read {path}: {exc}"]) from None
     # Accept the settings at top level or under [sagad] / [saga].
     section: dict[str, Any] = {}
     for key, value in data.items():

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import random
 import re
 import traceback
@@ -27,8 +28,6 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar
-
-from loguru import logger
 
 from saga_core.errors import SagaError
 from saga_core.history import error_text
@@ -42,6 +41,8 @@ if TYPE_CHECKING:
     from saga_core.store.base import SagaRow
 
 __all__ = ["INSTALL_HINT", "NO_SPAN", "RunSpan", "StepSpan", "Tracing", "note_failure"]
+
+logger = logging.getLogger(__name__)
 
 INSTALL_HINT = "pip install 'saga-core[otel]'"
 
@@ -73,7 +74,7 @@ P = ParamSpec("P")
 
 
 def _broken(what: str, exc: Exception) -> None:
-    logger.warning("tracing: could not {}: {}: {}", what, type(exc).__name__, exc)
+    logger.warning("tracing: could not %s: %s: %s", what, type(exc).__name__, exc)
 
 
 def _never_raises(fn: Callable[P, None]) -> Callable[P, None]:

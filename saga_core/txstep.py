@@ -17,11 +17,11 @@ queue behind it instead of failing on SQLite's busy timeout or deadlocking again
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Callable, Coroutine
 from contextlib import AsyncExitStack
 from typing import Any, Protocol
 
-from loguru import logger
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session, SessionTransaction
@@ -34,6 +34,8 @@ from saga_core.store.base import Applied, Checkpoint, SagaStore
 from saga_core.store.sql import SqlSagaStore
 
 __all__ = ["StepTransaction", "TxSteps"]
+
+logger = logging.getLogger(__name__)
 
 Factory = Callable[[], Coroutine[Any, Any, Any]]
 
@@ -114,11 +116,11 @@ class StepTransaction:
         except Exception as exc:
             # A step cancelled mid-statement (timeout, lost lease) can leave the connection
             # unusable: drop it, which ends the transaction on the server too.
-            logger.warning("could not roll back a transactional step's session: {}", exc)
+            logger.warning("could not roll back a transactional step's session: %s", exc)
             try:
                 await self.session.invalidate()
             except Exception as exc2:
-                logger.warning("could not invalidate a transactional step's session: {}", exc2)
+                logger.warning("could not invalidate a transactional step's session: %s", exc2)
         finally:
             await self._stack.aclose()
 

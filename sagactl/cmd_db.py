@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+import sys
+from typing import Annotated, Any
 
 import typer
 
@@ -53,13 +54,51 @@ def _emit(rt: Runtime, s: Session, report: dict[str, Any], changes: list[str] | 
     rt.emit(data)
 
 
+async def _sql(s: Session) -> list[str]:
+    """What an upgrade would run now, every orchestrator's table (the registry once)."""
+    from saga_core import upgrade_schema_sql
+
+    statements: list[str] = []
+    for o in _orchestrators(s):
+        for stmt in await upgrade_schema_sql(o.engine.sql_engine, [o.engine.model_class]):
+            if stmt not in statements:
+                statements.append(stmt)
+    return statements
+
+
 @db_app.command("upgrade", cls=Command)
-def upgrade_cmd(ctx: typer.Context) -> None:
-    """Create or upgrade the saga table(s) and the worker registry (idempotent; run it on every deploy). With --app: every table of the application's orchestrators."""
+def upgrade_cmd(
+    ctx: typer.Context,
+    sql: Annotated[
+        bool,
+        typer.Option(
+            "--sql",
+            help="Print the SQL the upgrade would run (one transaction, with its lock) "
+            "instead of running it, for a DBA to review. Changes nothing.",
+        ),
+    ] = False,
+) -> None:
+    """Create or upgrade the saga table(s) and the worker registry (idempotent, safe to run concurrently; run it on every deploy). With --app: every table of the application's orchestrators."""
     rt: Runtime = ctx.obj
 
     async def work() -> int:
+        from saga_core import upgrade_script
+        from saga_core.settings import mask_url
+
         async with rt.connect() as s:
+            if sql:
+                statements = await _sql(s)
+                if rt.text:
+                    dialect = s.orchestrator.engine.sql_engine.dialect.name
+                    sys.stdout.write(upgrade_script(dialect, statements))
+                else:
+                    rt.emit(
+                        {
+                            "database_url": mask_url(s.settings.database_url),
+                            "statements": statements,
+                        }
+                    )
+                return 0
             changes: list[str] = []
             for o in _orchestrators(s):
                 changes.extend(c for c in await o.create_tables() if c not in changes)

@@ -65,8 +65,16 @@ def show_cmd(
     history: Annotated[
         bool, typer.Option("--history", help="Also print the full history JSON.")
     ] = False,
+    tracebacks: Annotated[
+        bool,
+        typer.Option(
+            "--tracebacks",
+            help="Print the traceback of every failed attempt (by default only the latest "
+            "one's; the others get a one-line note in the timeline). -o json has them all.",
+        ),
+    ] = False,
 ) -> None:
-    """Show one saga: header (status, ids, times, lease, due time, token), its steps, and a timeline of every attempt, compensation, event and operator action."""
+    """Show one saga: header (status, ids, times, lease, due time, token), its steps, a timeline of every attempt, compensation, event and operator action, and the traceback of the latest failed attempt."""
     rt: Runtime = ctx.obj
 
     async def work() -> int:
@@ -87,13 +95,15 @@ def show_cmd(
                 snaps = [await s.admin.get_saga(saga_id)]
             now = await s.now()
             if all_sagas:
-                _print_all(rt, snaps, now, context=context, history=history)
+                _print_all(rt, snaps, now, context=context, history=history, tracebacks=tracebacks)
                 return 0
             snap = snaps[0]
             if not follow:
-                _print_one(rt, snap, now, context=context, history=history)
+                _print_one(rt, snap, now, context=context, history=history, tracebacks=tracebacks)
                 return 0
-            return await _follow(rt, s, snap, every, context=context, history=history)
+            return await _follow(
+                rt, s, snap, every, context=context, history=history, tracebacks=tracebacks
+            )
 
     # Ctrl-C is how --follow ends before the saga does: exit 130 without a message.
     rt.run(work, quiet_interrupt=follow)
@@ -109,13 +119,19 @@ async def _by_aggregation(s: Session, aggregation_id: str, limit: int) -> list[S
 
 
 def _print_one(
-    rt: Runtime, snap: SagaAdminSnapshot, now: datetime, *, context: bool, history: bool
+    rt: Runtime,
+    snap: SagaAdminSnapshot,
+    now: datetime,
+    *,
+    context: bool,
+    history: bool,
+    tracebacks: bool,
 ) -> None:
     from sagactl.render_json import saga_json
     from sagactl.render_show import show_page
 
     if rt.text:
-        rt.out.print(show_page(snap, now, context=context, history=history))
+        rt.out.print(show_page(snap, now, context=context, history=history, tracebacks=tracebacks))
     elif rt.output is OutputFormat.JSONL:
         rt.emit_lines([saga_json(snap)])
     else:
@@ -123,7 +139,13 @@ def _print_one(
 
 
 def _print_all(
-    rt: Runtime, snaps: list[SagaAdminSnapshot], now: datetime, *, context: bool, history: bool
+    rt: Runtime,
+    snaps: list[SagaAdminSnapshot],
+    now: datetime,
+    *,
+    context: bool,
+    history: bool,
+    tracebacks: bool,
 ) -> None:
     from sagactl.render_json import saga_json
     from sagactl.render_show import show_page
@@ -136,7 +158,9 @@ def _print_all(
         for i, snap in enumerate(snaps):
             if i:
                 rt.out.print()
-            rt.out.print(show_page(snap, now, context=context, history=history))
+            rt.out.print(
+                show_page(snap, now, context=context, history=history, tracebacks=tracebacks)
+            )
         more = " (the newest; there may be more)" if len(snaps) >= ALL_LIMIT else ""
         rt.info(f"{len(snaps)} saga(s) of aggregation id {snaps[0].aggregation_id!r}{more}")
 
@@ -149,15 +173,24 @@ async def _follow(
     *,
     context: bool,
     history: bool,
+    tracebacks: bool,
 ) -> int:
-    """Print the saga, then what changes, until it reaches a final status."""
+    """Print the saga, then what changes, until it reaches a final status. New entries'
+    tracebacks are printed with ``tracebacks`` only (a note says they are there)."""
     import asyncio
 
     from sagactl.render_json import saga_json
     from sagactl.render_show import follow_rows, show_page, status_change
 
     if rt.text:
-        page = show_page(snap, await s.now(), context=context, history=history, follow=True)
+        page = show_page(
+            snap,
+            await s.now(),
+            context=context,
+            history=history,
+            follow=True,
+            tracebacks=tracebacks,
+        )
         rt.out.print(page)
     else:
         rt.emit_lines([saga_json(snap)])
@@ -170,7 +203,8 @@ async def _follow(
         if not rt.text:
             rt.emit_lines([saga_json(snap)])
         else:
-            rows = follow_rows(snap, min(seen, len(snap.step_history)))
+            start = min(seen, len(snap.step_history))
+            rows = follow_rows(snap, start, tracebacks=tracebacks)
             if rows is not None:
                 rt.out.print(rows)
             if snap.status is not before.status:

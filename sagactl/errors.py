@@ -17,16 +17,14 @@ NO_URL_MESSAGE = (
     "(sagactl never guesses one: a default SQLite file would be created empty)"
 )
 
-# Connection failures that are not transient but still mean "cannot reach the database".
-_CONNECT_ERRORS = frozenset(
-    {
-        "InvalidPasswordError",
-        "InvalidAuthorizationSpecificationError",
-        "InvalidCatalogNameError",
-        "ConnectionRefusedError",
-        "gaierror",
-    }
-)
+_REFUSED_HINTS = {
+    "AUTHENTICATION": "check the user and password (--database-url, database_password_file) "
+    "and pg_hba.conf",
+    "NO_DATABASE": "check the database name in the URL (--database-url, SAGA_DATABASE_URL or "
+    "the config file)",
+    "PRIVILEGE": "the role lacks a privilege on the saga tables (README: Security: database roles)",
+    "CONFIGURATION": "check the database URL (host, SSL settings, file path)",
+}
 
 
 class CliError(Exception):
@@ -37,33 +35,26 @@ class CliError(Exception):
         self.code = code
 
 
-def _chain(exc: BaseException) -> list[BaseException]:
-    seen: list[BaseException] = []
-    cur: BaseException | None = exc
-    while cur is not None and cur not in seen:
-        seen.append(cur)
-        orig = getattr(cur, "orig", None)
-        cur = orig if isinstance(orig, BaseException) else (cur.__cause__ or cur.__context__)
-    return seen
+def _database(exc: BaseException) -> tuple[ExitCode, str] | None:
+    """Exit code and message for a database error; ``None`` for any other error."""
+    from saga_core.errors import DbProblem, classify_db_error
 
-
-def _unreachable(exc: BaseException) -> bool:
-    from sqlalchemy.exc import ProgrammingError
-
-    from saga_core.errors import is_transient
-
-    for e in _chain(exc):
-        if type(e).__name__ in _CONNECT_ERRORS:
-            return True
-        if is_transient(e) and not isinstance(e, ProgrammingError):
-            return True
-    return False
-
-
-def _missing_table(exc: BaseException) -> bool:
-    text = " ".join(str(e) for e in _chain(exc)).lower()
-    names = {type(e).__name__ for e in _chain(exc)}
-    return "UndefinedTableError" in names or "no such table" in text
+    info = classify_db_error(exc)
+    code = f" ({info.sqlstate})" if info.sqlstate else ""
+    if info.problem is DbProblem.SCHEMA:
+        return (
+            ExitCode.ERROR,
+            f"the saga tables are missing or outdated ({info.detail}{code}); create or "
+            "upgrade them with `sagactl db upgrade`",
+        )
+    if info.problem is not None and info.problem.name in _REFUSED_HINTS:
+        return (
+            ExitCode.REFUSED,
+            f"{info.problem.value}: {info.detail}{code}; {_REFUSED_HINTS[info.problem.name]}",
+        )
+    if info.transient:
+        return ExitCode.UNREACHABLE, f"database unreachable: {info.detail}{code}"
+    return None
 
 
 def classify(exc: BaseException) -> tuple[ExitCode, str]:
@@ -93,19 +84,10 @@ def classify(exc: BaseException) -> tuple[ExitCode, str]:
         # pydantic's "For further information visit <url>" lines are noise at a terminal.
         lines = [ln for ln in str(exc).splitlines() if "errors.pydantic.dev" not in ln]
         return ExitCode.USAGE, "\n".join(lines)
-    if _missing_table(exc):
-        first = str(_chain(exc)[-1]).strip().splitlines()[0]
-        return (
-            ExitCode.ERROR,
-            f"the saga tables are missing ({first}); create them with `sagactl db upgrade`",
-        )
-    if _unreachable(exc):
-        last = _chain(exc)[-1]
-        detail = str(last).strip().splitlines()[0] if str(last).strip() else type(last).__name__
-        return ExitCode.UNREACHABLE, f"database unreachable: {detail}"
-    if isinstance(exc, SagaStoreError):
-        return ExitCode.ERROR, str(exc)
-    if isinstance(exc, SagaError):
+    found = _database(exc)
+    if found is not None:
+        return found
+    if isinstance(exc, SagaStoreError | SagaError):
         return ExitCode.ERROR, str(exc)
     if isinstance(exc, DBAPIError):
         detail = str(exc.orig or exc).strip().splitlines()[0]

@@ -21,10 +21,15 @@ class ExitCode(IntEnum):
     PARTIAL = 5
     """A bulk action failed for at least one saga."""
     UNREACHABLE = 6
-    """The database cannot be reached."""
+    """The database cannot be reached (refused or reset connection, unknown host, timeout,
+    too many clients, a restarting server): trying again later may work."""
+    REFUSED = 7
+    """The database refused us for good: authentication failed, no such role or database,
+    permission denied, SSL or connection settings rejected. Fix the settings or grants."""
 
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 ok, 1 error, 2 usage error or refused, 3 not found, "
-    "4 illegal transition, 5 partial bulk failure, 6 database unreachable."
+    "4 illegal transition, 5 partial bulk failure, 6 database unreachable, "
+    "7 database refused access (authentication, unknown database, permission)."
 )

@@ -221,7 +221,12 @@ def db_report(report: dict[str, Any], *, changes: list[str] | None = None) -> Gr
     for col in ("TABLE", "EXISTS", "VERSION", "MISSING", "UP TO DATE"):
         table.add_column(col, no_wrap=col != "MISSING")
     for name, entry in report["tables"].items():
-        missing = [*entry.get("missing_columns", []), *entry.get("missing_indexes", [])]
+        missing = [
+            *entry.get("missing_columns", []),
+            *entry.get("missing_indexes", []),
+            *entry.get("missing_constraints", []),
+            *(f"{c} (outdated)" for c in entry.get("outdated_constraints", [])),
+        ]
         ok = bool(entry.get("up_to_date"))
         table.add_row(
             lit(name),

@@ -32,6 +32,7 @@ from sagactl.fmt import (
 )
 from sagactl.render_json import history_json, json_text
 from sagactl.render_text import attempt_cell, lease_live, scheduled, step_cell
+from sagactl.render_tracebacks import expanded, traceback_blocks, traceback_note
 
 __all__ = [
     "entry_detail",
@@ -375,7 +376,14 @@ def _took(e: dict[str, Any]) -> str:
         return clean(took)
 
 
-def _cells(i: int, e: dict[str, Any]) -> list[RenderableType]:
+def _cells(i: int, e: dict[str, Any], shown: frozenset[int]) -> list[RenderableType]:
+    """The timeline row of entry number ``i`` (1-based); ``shown``: the 0-based indexes of
+    the entries whose traceback is printed below the table."""
+    detail = entry_detail(e)
+    note = traceback_note(e, i - 1 in shown)
+    if note is not None:
+        detail.append(" · " if detail else "")
+        detail.append_text(note)
     return [
         Text(str(i)),
         Text(_short_clock(e.get("at"))),
@@ -384,7 +392,7 @@ def _cells(i: int, e: dict[str, Any]) -> list[RenderableType]:
         lit(e.get("attempt") or "-"),
         outcome_text(str(e.get("status", ""))),
         Text(_took(e)),
-        entry_detail(e),
+        detail,
     ]
 
 
@@ -419,28 +427,39 @@ def _step_width(s: SagaAdminSnapshot) -> int:
     return max(_WIDTHS["STEP"], min(longest, 40))
 
 
-def timeline_table(history: Sequence[dict[str, Any]], *, step_width: int | None = None) -> Table:
-    """Every history entry; ``step_width`` fixes the column widths (see ``follow_rows``)."""
+def timeline_table(
+    history: Sequence[dict[str, Any]],
+    *,
+    step_width: int | None = None,
+    shown: frozenset[int] = frozenset(),
+) -> Table:
+    """Every history entry; ``step_width`` fixes the column widths (see ``follow_rows``);
+    ``shown``: the entries whose traceback follows the table (the others get a note)."""
     table = _timeline(title=True, header=True, step_width=step_width)
     for i, e in enumerate(history, 1):
-        table.add_row(*_cells(i, e))
+        table.add_row(*_cells(i, e, shown))
     if not history:
         table.add_row("", "", "", "", "", "", "", Text("(nothing has run yet)", style="dim"))
     return table
 
 
-def follow_rows(s: SagaAdminSnapshot, start: int) -> Table | None:
+def follow_rows(
+    s: SagaAdminSnapshot, start: int, *, tracebacks: bool = False
+) -> RenderableType | None:
     """The history entries of ``s`` from index ``start`` on, as rows lined up with the
-    timeline of ``show_page`` (no header); ``None`` when there are none."""
+    timeline of ``show_page`` (no header), then their tracebacks with ``tracebacks`` (else
+    a note says they are there); ``None`` when there are none."""
     entries = s.step_history[start:]
     if not entries:
         return None
+    shown = expanded(s.step_history, True) if tracebacks else frozenset()
     # show_edge=False drops the left border column: pad the first column by one instead.
     table = _timeline(title=False, header=False, step_width=_step_width(s))
     table.columns[0].min_width = _WIDTHS["#"] + 1
     for i, e in enumerate(entries, start + 1):
-        table.add_row(*_cells(i, e))
-    return table
+        table.add_row(*_cells(i, e, shown))
+    blocks = traceback_blocks(entries, shown, start=start)
+    return Group(table, *blocks) if blocks else table
 
 
 def status_change(before: SagaSnapshot, after: SagaSnapshot, now: datetime) -> Text:
@@ -469,12 +488,16 @@ def show_page(
     context: bool = False,
     history: bool = False,
     follow: bool = False,
+    tracebacks: bool = False,
 ) -> Group:
-    """The page of ``show``; ``follow``: its timeline lined up with ``follow_rows``."""
+    """The page of ``show``; ``follow``: its timeline lined up with ``follow_rows``;
+    ``tracebacks``: every traceback in full (else the latest one, the others noted)."""
+    shown = expanded(s.step_history, tracebacks)
     parts: list[RenderableType] = [
         header(s, now),
         steps_table(s),
-        timeline_table(s.step_history, step_width=_step_width(s) if follow else None),
+        timeline_table(s.step_history, step_width=_step_width(s) if follow else None, shown=shown),
+        *traceback_blocks(s.step_history, shown),
     ]
     if context:
         parts.extend(_json_block("context", s.context))

@@ -275,12 +275,12 @@ class Runtime:
     def scrub(self, text: str) -> str:
         """``text`` with the database passwords we know of masked (``***``) by URL
         structure (see ``saga_core.settings.mask_secrets``)."""
-        from saga_core.settings import mask_secrets
+        from saga_core.settings import SettingsError, mask_secrets
 
         urls = [self.options.database_url, os.environ.get("SAGA_DATABASE_URL")]
         if self._settings is not None:
             urls.append(self._settings.database_url)
-            with suppress(OSError, UnicodeDecodeError):
+            with suppress(SettingsError, OSError, UnicodeDecodeError):
                 urls.append(self._settings.effective_database_url())
         return mask_secrets(text, urls)
 

@@ -8,6 +8,14 @@ the systemd notify protocol. Run ``sagad --help``; see the README.
 
 from __future__ import annotations
 
-from saga_core import __version__
-
 __all__ = ["__version__"]
+
+
+def __getattr__(name: str) -> str:
+    # Lazily: importing saga_core takes a while, and the console entry point (sagad.cli)
+    # must be able to install its signal handlers before anything heavy is imported.
+    if name == "__version__":
+        from saga_core import __version__
+
+        return __version__
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

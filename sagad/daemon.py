@@ -1,7 +1,9 @@
 """The life of one ``sagad`` process: start-up checks, the worker, signals, systemd, drain.
 
 Start: load the app, reach the database (bounded retries: exit 75), verify the schema
-(exit 78), register, listen for wake-ups, ``READY=1``. Run: claim and drive; heartbeat;
+(exit 78), register, listen for wake-ups, ``READY=1``. A SIGTERM/SIGINT before ``READY=1``
+ends start-up (:mod:`sagad.early` until the app is imported, then :func:`serve`): one line
+"stopped before ready", no registry row, exit 0. Run: claim and drive; heartbeat;
 ``WATCHDOG=1`` while the claim loop makes progress. SIGTERM/SIGINT: ``STOPPING=1``, stop
 claiming, drain for ``drain_timeout`` (a second signal cuts it short), cancel and release the
 rest, flush checkpoints, mark the worker stopped, exit 0. SIGHUP: reload log level and
@@ -15,31 +17,40 @@ import contextlib
 import gc
 import signal
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from time import monotonic as loop_time
 from typing import Any
 
 from loguru import logger
 
-from saga_core import SagaEngine
-from saga_core.checkpoint import is_transient
+from saga_core import SagaEngine, SagaOrchestrator
+from saga_core.backoff import RetryGaveUp
+from saga_core.dberrors import DbErrorKind, classify_db_error
 from saga_core.settings import SagaSettings, SettingsError, load_settings, mask_url
-from sagad import __version__
+from sagad import __version__, early
 from sagad.apps import load_orchestrators
-from sagad.errors import EXIT_CRASH, EXIT_OK, ConfigError
+from sagad.dbproblems import describe
+from sagad.errors import EXIT_CRASH, EXIT_OK, ConfigError, SagadError
 from sagad.logs import set_level
 from sagad.metrics import Metrics
-from sagad.registry import Registry, check_single_sqlite_worker, new_worker_id
+from sagad.registry import Registry, new_worker_id
 from sagad.retention import run_retention
-from sagad.startup import describe_url, distinct_databases, verify_schema, wait_for_database
+from sagad.startup import (
+    STARTUP_BACKOFF,
+    database_error,
+    describe_url,
+    distinct_databases,
+    verify_schema,
+    wait_for_database,
+)
 from sagad.systemd import Notifier
 from sagad.wakeup import PgListener
 from sagad.worker import Worker
 
-__all__ = ["LoadedApp", "RunOptions", "load_app", "serve"]
+__all__ = ["LoadedApp", "RunOptions", "import_app", "load_app", "serve"]
 
 LISTENER_READY_WAIT_S = 5.0
+REGISTER_GRACE_S = 5.0
 STATUS_EVERY_S = 2.0
 
 
@@ -59,34 +70,55 @@ class LoadedApp:
     """One engine per distinct database."""
 
 
-async def load_app(settings: SagaSettings, *, create_schema: bool = False) -> LoadedApp:
-    """Import the app, reach its databases and verify the schema (shared with ``check``).
+async def import_app(settings: SagaSettings) -> list[SagaOrchestrator[Any]]:
+    """Import the app (and call its factory): its orchestrators.
+
+    Raises:
+        ConfigError.
+    """
+    try:
+        url = settings.effective_database_url()
+    except SettingsError as exc:
+        raise ConfigError(*exc.problems) from None
+    return await load_orchestrators(
+        settings.app, url, url_explicit="database_url" in settings.model_fields_set
+    )
+
+
+async def load_app(
+    settings: SagaSettings,
+    *,
+    create_schema: bool = False,
+    orchestrators: list[SagaOrchestrator[Any]] | None = None,
+) -> LoadedApp:
+    """Import the app (unless ``orchestrators`` are given), reach its databases and verify
+    the schema (shared with ``check``).
 
     Raises:
         ConfigError, DatabaseUnavailableError, SchemaError.
     """
-    try:
-        url = settings.effective_database_url()
-    except OSError as exc:
-        raise ConfigError(
-            f"database_password_file: cannot read {settings.database_password_file}: {exc.strerror}"
-        ) from None
-    orchestrators = await load_orchestrators(
-        settings.app, url, url_explicit="database_url" in settings.model_fields_set
-    )
+    if orchestrators is None:
+        orchestrators = await import_app(settings)
     engines = [o.engine for o in orchestrators]
     databases = distinct_databases(engines)
     await wait_for_database([e.sql_engine for e in databases], settings.startup_timeout)
-    deadline = loop_time() + settings.startup_timeout
+    backoff = replace(STARTUP_BACKOFF, give_up_after=settings.startup_timeout).start()
     while True:
         try:
             created = await verify_schema(engines, create=create_schema)
             break
+        except SagadError:
+            raise
         except Exception as exc:  # a connection lost during the check: try again
-            if not is_transient(exc) or loop_time() > deadline:
+            info = classify_db_error(exc)
+            if info.kind is DbErrorKind.OTHER:
                 raise
-            logger.warning("schema check interrupted ({}); retrying", exc)
-            await asyncio.sleep(0.5)
+            try:
+                wait = backoff.failure(exc)
+            except RetryGaveUp as gave_up:
+                raise database_error(gave_up, databases[0].sql_engine) from None
+            logger.warning("schema check interrupted ({}); retrying", describe(info))
+            await asyncio.sleep(wait)
     for line in created:
         logger.info("schema: {}", line)
     return LoadedApp(engines=engines, databases=databases)
@@ -101,32 +133,43 @@ def _status(worker: Worker, state: str) -> str:
 
 
 class _Signals:
-    """First SIGTERM/SIGINT: stop; second: skip the drain wait. SIGHUP: ``on_hup``."""
+    """First SIGTERM/SIGINT: stop; second: skip the drain wait. SIGHUP: ``on_hup``.
+
+    Before ``ready`` a stop is not logged here: :func:`serve` says "stopped before ready".
+    """
 
     def __init__(self, on_hup: Callable[[], None]) -> None:
         self.stop = asyncio.Event()
         self.force = asyncio.Event()
         self.on_hup = on_hup
+        self.ready = False
 
     def install(self) -> None:
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in early.STOP_SIGNALS:
             loop.add_signal_handler(sig, self._stop, sig)
         loop.add_signal_handler(signal.SIGHUP, self.on_hup)
 
     def _stop(self, sig: signal.Signals) -> None:
         if self.stop.is_set():
-            if not self.force.is_set():
+            if self.ready and not self.force.is_set():
                 logger.warning("{} again: not waiting for in-flight steps", sig.name)
             self.force.set()
-        else:
+        elif self.ready:
             logger.info("{} received: stopping (send it again to skip the drain)", sig.name)
+            self.stop.set()
+        else:
+            logger.debug("{} received before ready: ending start-up", sig.name)
             self.stop.set()
 
     def uninstall(self) -> None:
+        """Remove the handlers. The process is on its way out with its exit code: from now on
+        a stop is ignored rather than killing it during the event loop's teardown."""
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        for sig in (*early.STOP_SIGNALS, signal.SIGHUP):
             loop.remove_signal_handler(sig)
+        for sig in early.STOP_SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
 
 
 async def _watch(
@@ -150,26 +193,53 @@ async def _watch(
 
 
 async def serve(settings: SagaSettings, opts: RunOptions) -> int:
-    """Run the daemon until a signal; the exit code (startup errors raise SagadError)."""
+    """Run the daemon until a signal; the exit code (startup errors raise SagadError).
+
+    Until the app is imported a stop is :mod:`sagad.early`'s (exit at once). From then on
+    these handlers take over; a stop before ``READY=1`` cancels start-up, removes the
+    registry row if it was written meanwhile, logs "stopped before ready" and returns 0.
+    """
     daemon = _Daemon(settings, opts)
     signals = _Signals(daemon.reload)
-    signals.install()
     try:
-        # A signal during start-up (a slow database, say) stops at once and cleanly.
-        starting = asyncio.ensure_future(daemon.start())
+        orchestrators = await import_app(settings)
+        signals.install()
+        starting = asyncio.ensure_future(daemon.start(orchestrators))
         stop_wait = asyncio.ensure_future(signals.stop.wait())
         await asyncio.wait({starting, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
         stop_wait.cancel()
         if not starting.done():
             starting.cancel()
             await asyncio.gather(starting, return_exceptions=True)
-            logger.info("stopped during start-up")
+        else:
+            starting.result()
+            await _register(daemon, signals.stop)
+        if signals.stop.is_set():
+            await daemon.unregister()
+            logger.info(early.MESSAGE)
             return EXIT_OK
-        starting.result()
+        signals.ready = True
+        daemon.open()
         return await daemon.run(signals)
     finally:
-        signals.uninstall()
         await daemon.close()
+        signals.uninstall()
+
+
+async def _register(daemon: _Daemon, stop: asyncio.Event) -> None:
+    """Write the registry row. A stop meanwhile does not cut the write off (it could still
+    commit after the row was removed) but waits for it at most ``REGISTER_GRACE_S``, so a
+    database that stopped answering does not hold the stop up."""
+    registering = asyncio.ensure_future(daemon.register())
+    stop_wait = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({registering, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+    stop_wait.cancel()
+    if registering.done():
+        registering.result()
+        return
+    await asyncio.wait({registering}, timeout=REGISTER_GRACE_S)
+    registering.cancel()
+    await asyncio.gather(registering, return_exceptions=True)
 
 
 class _Daemon:
@@ -186,10 +256,12 @@ class _Daemon:
         self.registry: Registry | None = None
         self.background: list[asyncio.Task[Any]] = []
         self.heartbeat: asyncio.Task[None] | None = None
+        self.registered = False
         self.state = "starting"
         logger.configure(extra={"worker": self.worker_id})
 
-    async def start(self) -> None:
+    async def start(self, orchestrators: list[SagaOrchestrator[Any]]) -> None:
+        """Reach the databases, check the schema, prepare the worker, start listening."""
         settings = self.settings
         logger.debug(
             "sagad {} starting: worker {}, app {}, database {}",
@@ -200,17 +272,11 @@ class _Daemon:
             if "database_url" in settings.model_fields_set
             else "(the app's)",
         )
-        app = self.app = await load_app(settings, create_schema=self.opts.create_schema)
+        app = self.app = await load_app(
+            settings, create_schema=self.opts.create_schema, orchestrators=orchestrators
+        )
         for eng in app.engines:
             eng.worker_id = self.worker_id
-        for db in app.databases:
-            if db.store.dialect == "sqlite":
-                await check_single_sqlite_worker(
-                    db.store,
-                    worker_id=self.worker_id,
-                    stale_after=settings.worker_stale_after,
-                    where=str(db.sql_engine.url.database),
-                )
         if settings.metrics_port is not None:
             self.metrics = Metrics()
             for eng in app.engines:
@@ -221,14 +287,7 @@ class _Daemon:
             batch_size=settings.batch_size,
             poll_interval=settings.poll_interval,
             on_claim=self.metrics.on_claim if self.metrics else None,
-        )
-        self.registry = Registry(
-            [db.store for db in app.databases],
-            worker_id=self.worker_id,
-            saga_names=self.saga_names,
-            saga_versions=self.saga_versions,
-            info={"app": settings.app, "tables": self.tables},
-            state=lambda: (worker.in_flight, worker.concurrency),
+            permanent_error_timeout=settings.permanent_error_timeout,
         )
         listeners = [
             PgListener(db.sql_engine.url, set(self.tables), worker.wake)
@@ -241,7 +300,45 @@ class _Daemon:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(LISTENER_READY_WAIT_S):
                     await asyncio.gather(*(lst.listening.wait() for lst in listeners))
-        await self.registry.beat()
+        if self.metrics is not None and settings.metrics_port is not None:
+            # Bound before registering: a port in use (exit 78) leaves no worker row.
+            self.metrics.start(settings.metrics_host, settings.metrics_port)  # may exit 78
+        self.registry = Registry(
+            [db.store for db in app.databases],
+            worker_id=self.worker_id,
+            saga_names=self.saga_names,
+            saga_versions=self.saga_versions,
+            info={"app": settings.app, "tables": self.tables},
+            state=lambda: (worker.in_flight, worker.concurrency),
+        )
+
+    async def register(self) -> None:
+        """Write this worker's registry row (the last step before ``READY=1``; on SQLite the
+        single-worker check and the registration are one transaction)."""
+        assert self.registry is not None and self.app is not None
+        self.registered = True
+        await self.registry.register(
+            stale_after=self.settings.worker_stale_after,
+            where={id(db.store): str(db.sql_engine.url.database) for db in self.app.databases},
+        )
+
+    async def unregister(self) -> None:
+        """A stop before ``READY=1``: remove the row :meth:`register` wrote."""
+        if self.registered and self.registry is not None:
+            await self.registry.forget()
+
+    def open(self) -> None:
+        """Start-up is over: heartbeats, retention and the metrics loops start."""
+        assert self.app is not None and self.registry is not None and self.worker is not None
+        app, settings, worker = self.app, self.settings, self.worker
+        if self.metrics is not None and settings.metrics_port is not None:
+            self.metrics.concurrency.set(settings.concurrency)
+            self._spawn(self.metrics.probe_loop_lag(), "sagad-lag")
+            self._spawn(_gauge(self.metrics, worker), "sagad-gauge")
+            self._spawn(self.metrics.backlog_loop(app.engines), "sagad-backlog")
+            logger.info(
+                "metrics on http://{}:{}/metrics", settings.metrics_host, settings.metrics_port
+            )
         _tune_gc()
         self.heartbeat = asyncio.create_task(
             self.registry.run(settings.heartbeat_interval), name="sagad-heartbeat"
@@ -256,14 +353,6 @@ class _Daemon:
                     batch_size=settings.retention_batch_size,
                 ),
                 "sagad-retention",
-            )
-        if self.metrics is not None and settings.metrics_port is not None:
-            self.metrics.start(settings.metrics_host, settings.metrics_port)
-            self.metrics.concurrency.set(settings.concurrency)
-            self._spawn(self.metrics.probe_loop_lag(), "sagad-lag")
-            self._spawn(_gauge(self.metrics, worker), "sagad-gauge")
-            logger.info(
-                "metrics on http://{}:{}/metrics", settings.metrics_host, settings.metrics_port
             )
 
     @property
@@ -318,9 +407,16 @@ class _Daemon:
         await asyncio.wait({claim_loop, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
         stop_wait.cancel()
         crashed = claim_loop.done()
+        refused: SagadError | None = None
         if crashed:
             exc = claim_loop.exception() if not claim_loop.cancelled() else None
-            logger.opt(exception=exc).critical("claim loop ended unexpectedly: {}", exc)
+            if isinstance(exc, SagadError):
+                # A permanent database error outlasted permanent_error_timeout: stop the way
+                # a start-up error does (exit 78, so systemd shows the unit failed), after a
+                # normal drain (steps that can still finish do).
+                refused, crashed = exc, False
+            else:
+                logger.opt(exception=exc).critical("claim loop ended unexpectedly: {}", exc)
         self.state = "stopping"
         self.notifier.stopping(_status(worker, "stopping"))
         worker.stop()
@@ -338,6 +434,8 @@ class _Daemon:
             worker.counters.finished,
             cancelled,
         )
+        if refused is not None:
+            raise refused
         return EXIT_CRASH if crashed else EXIT_OK
 
     def reload(self) -> None:
@@ -373,6 +471,8 @@ class _Daemon:
         for task in self.background:
             task.cancel()
         await asyncio.gather(*self.background, return_exceptions=True)
+        if self.registry is not None:  # no-op when run() already did, or never registered
+            await self.registry.stopped()
         if self.metrics is not None:
             self.metrics.stop()
         if self.app is not None:

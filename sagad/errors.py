@@ -4,8 +4,12 @@
 
     0   EXIT_OK           clean stop (signal, drained)
     1   EXIT_CRASH        an unexpected error
+    64  EXIT_USAGE        a mistyped command line (EX_USAGE)
     75  EXIT_UNAVAILABLE  the database was unreachable at start, after retries (EX_TEMPFAIL)
-    78  EXIT_CONFIG       invalid configuration, unloadable app or missing schema (EX_CONFIG)
+    78  EXIT_CONFIG       invalid configuration, unloadable app, missing schema, or a
+                          permanent database error: authentication failed, unknown database,
+                          missing privilege (at start, or for ``permanent_error_timeout``
+                          while running) (EX_CONFIG)
 """
 
 from __future__ import annotations
@@ -15,7 +19,9 @@ __all__ = [
     "EXIT_CRASH",
     "EXIT_OK",
     "EXIT_UNAVAILABLE",
+    "EXIT_USAGE",
     "ConfigError",
+    "DatabaseRefusedError",
     "DatabaseUnavailableError",
     "SagadError",
     "SchemaError",
@@ -23,6 +29,7 @@ __all__ = [
 
 EXIT_OK = 0
 EXIT_CRASH = 1
+EXIT_USAGE = 64
 EXIT_UNAVAILABLE = 75
 EXIT_CONFIG = 78
 
@@ -54,3 +61,10 @@ class DatabaseUnavailableError(SagadError):
     """The database did not answer within ``startup_timeout``."""
 
     exit_code = EXIT_UNAVAILABLE
+
+
+class DatabaseRefusedError(SagadError):
+    """A permanent database error: wrong credentials, unknown database, missing privilege or
+    table. Retrying cannot help; restarting cannot either (exit 78, not restarted)."""
+
+    exit_code = EXIT_CONFIG

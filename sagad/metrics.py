@@ -1,22 +1,34 @@
-"""An optional Prometheus endpoint (``metrics_port``), fed by the engines' listeners.
+"""An optional Prometheus endpoint (``metrics_port``), fed by the engines' listeners, plus
+backlog gauges read from the database.
 
 ``prometheus_client`` is the ``metrics`` extra (``pip install 'saga-core[metrics]'``); it is
-imported only when a port is configured.
+imported only when a port is configured. No ``_created`` series: they double the number of
+series and no alert uses them.
+
+The backlog gauges (due now, oldest due age, FAILED, SUSPENDED; label ``table``) cost one
+statement per table every ``BACKLOG_EVERY_S`` seconds, over active rows only. Every worker
+reports the same table-wide values: aggregate with ``max by (table)``, not ``sum``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import platform
 import time
 from typing import Any
 
+from loguru import logger
+
 from saga_core import SagaEngine
 from saga_core.store import SagaRow
+from sagad import __version__
 from sagad.errors import ConfigError
 
 __all__ = ["Metrics"]
 
 LAG_PROBE_S = 0.5
+BACKLOG_EVERY_S = 5.0
+"""Seconds between two backlog reads (one indexed statement per table)."""
 
 
 class Metrics:
@@ -31,6 +43,7 @@ class Metrics:
                 "install it with `pip install 'saga-core[metrics]'` or unset metrics_port"
             ) from None
         self._prom = prom
+        prom.disable_created_metrics()  # type: ignore[no-untyped-call]
         reg = self.registry = prom.CollectorRegistry()
         prom.ProcessCollector(registry=reg)
         prom.PlatformCollector(registry=reg)
@@ -81,6 +94,37 @@ class Metrics:
             "How late the event loop woke a timer, last probe",
             registry=reg,
         )
+        self.build = prom.Gauge(
+            "sagad_build_info",
+            "Always 1; the labels say which sagad runs",
+            ["version", "python"],
+            registry=reg,
+        )
+        self.build.labels(__version__, platform.python_version()).set(1)
+        self.due = prom.Gauge(
+            "sagad_sagas_due",
+            "Sagas due now and not yet claimed (table-wide; the same on every worker)",
+            ["table"],
+            registry=reg,
+        )
+        self.oldest_due_age = prom.Gauge(
+            "sagad_oldest_due_age_seconds",
+            "How long the oldest due saga has waited to be claimed (0 when none is due)",
+            ["table"],
+            registry=reg,
+        )
+        self.failed = prom.Gauge(
+            "sagad_sagas_failed",
+            "Sagas FAILED, waiting for an operator (table-wide)",
+            ["table"],
+            registry=reg,
+        )
+        self.suspended = prom.Gauge(
+            "sagad_sagas_suspended",
+            "Sagas SUSPENDED, waiting for a retry or an event (table-wide)",
+            ["table"],
+            registry=reg,
+        )
         self._server: Any = None
 
     def attach(self, engine: SagaEngine[Any]) -> None:
@@ -123,6 +167,36 @@ class Metrics:
         if self._server is not None:
             self._server.shutdown()
             self._server = None
+
+    async def read_backlog(self, engines: list[SagaEngine[Any]]) -> None:
+        """One backlog read per distinct table (engines sharing a table count once)."""
+        seen: set[tuple[str, str]] = set()
+        for eng in engines:
+            key = (eng.sql_engine.url.render_as_string(hide_password=True), eng.table_name)
+            read = getattr(eng.store, "saga_backlog", None)
+            if key in seen or read is None:
+                continue
+            seen.add(key)
+            due, oldest, failed, suspended, now = await read()
+            table = eng.table_name
+            self.due.labels(table).set(due)
+            age = (now - oldest).total_seconds() if oldest is not None else 0.0
+            self.oldest_due_age.labels(table).set(max(age, 0.0))
+            self.failed.labels(table).set(failed)
+            self.suspended.labels(table).set(suspended)
+
+    async def backlog_loop(self, engines: list[SagaEngine[Any]]) -> None:
+        """Refresh the backlog gauges every ``BACKLOG_EVERY_S`` until cancelled; a failed read
+        keeps the last values (logged once per run of failures)."""
+        failing = False
+        while True:
+            try:
+                await self.read_backlog(engines)
+                failing = False
+            except Exception as exc:
+                logger.log("DEBUG" if failing else "WARNING", "backlog metrics: {}", exc)
+                failing = True
+            await asyncio.sleep(BACKLOG_EVERY_S)
 
     async def probe_loop_lag(self) -> None:
         while True:

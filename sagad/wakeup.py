@@ -12,8 +12,10 @@ from typing import Any
 from loguru import logger
 from sqlalchemy.engine import URL
 
+from saga_core.backoff import BackoffPolicy
 from saga_core.settings import mask_url
 from saga_core.store.postgres import WAKEUP_CHANNEL
+from sagad.dbproblems import describe
 
 __all__ = ["APPLICATION_NAME", "PgListener"]
 
@@ -21,7 +23,9 @@ APPLICATION_NAME = "sagad-listener"
 """``application_name`` of the listening connection (visible in ``pg_stat_activity``)."""
 
 HEALTH_CHECK_S = 10.0
-MAX_BACKOFF_S = 15.0
+LISTENER_BACKOFF = BackoffPolicy(first=0.1, maximum=15.0, permanent_give_up_after=None)
+"""Reconnects: up to 15 s apart, forever (polling covers the gap; the claim loop is the one
+that gives up on a permanent error)."""
 
 
 def connect_kwargs(url: URL) -> dict[str, Any]:
@@ -54,7 +58,7 @@ class PgListener:
         """Listen until cancelled."""
         import asyncpg  # type: ignore[import-untyped]
 
-        backoff = 0.1
+        backoff = LISTENER_BACKOFF.start()
         where = mask_url(self.url.render_as_string(hide_password=False))
         while True:
             conn: Any = None
@@ -69,7 +73,7 @@ class PgListener:
                 if self.reconnects:
                     logger.info("listening for wake-ups again on {}", where)
                 self.on_wake()  # anything sent while we were away
-                backoff = 0.1
+                backoff.success()
                 while not lost.is_set():
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(lost.wait(), timeout=HEALTH_CHECK_S)
@@ -82,15 +86,16 @@ class PgListener:
             except Exception as exc:
                 self.listening.clear()
                 self.reconnects += 1
-                logger.warning(
-                    "wake-up listener on {} lost ({}: {}); reconnecting in {:.1f}s, polling meanwhile",
+                wait = backoff.failure(exc)
+                info = backoff.last
+                logger.log(
+                    "ERROR" if info is not None and info.permanent else "WARNING",
+                    "wake-up listener on {} lost ({}); reconnecting in {:.1f}s, polling meanwhile",
                     where,
-                    type(exc).__name__,
-                    exc,
-                    backoff,
+                    describe(info) if info is not None else exc,
+                    wait,
                 )
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, MAX_BACKOFF_S)
+                await asyncio.sleep(wait)
             finally:
                 if conn is not None:
                     with contextlib.suppress(Exception):

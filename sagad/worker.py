@@ -21,18 +21,24 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from loguru import logger
 
 from saga_core import SagaEngine
-from saga_core.checkpoint import is_transient
+from saga_core.backoff import BackoffPolicy, RetryGaveUp
+from saga_core.dberrors import DbErrorKind
+from saga_core.settings import mask_url
 from saga_core.store import SagaRow
+from sagad.dbproblems import describe, hint
+from sagad.errors import DatabaseRefusedError
 
 __all__ = ["Counters", "Worker"]
 
-MAX_CLAIM_BACKOFF_S = 10.0
+CLAIM_BACKOFF = BackoffPolicy(first=0.2, maximum=10.0)
+"""Claim failures: up to 10 s between attempts (a wake-up cuts a wait short). Permanent
+errors get ``permanent_error_timeout`` (a setting) before the worker gives up."""
 SUSPECT_PROBE_S = 1.0
 """How often the loop tries to claim a suspect to run alone."""
 SUSPECT_PAUSE_S = 30.0
@@ -62,6 +68,7 @@ class Worker:
         batch_size: int,
         poll_interval: float,
         on_claim: Any = None,
+        permanent_error_timeout: float | None = 300.0,
     ) -> None:
         self.engines = engines
         self.concurrency = concurrency
@@ -83,6 +90,11 @@ class Worker:
         self._isolated: asyncio.Task[None] | None = None
         """The suspect running alone."""
         self._next_probe = 0.0
+        self._backoff = replace(
+            CLAIM_BACKOFF, permanent_give_up_after=permanent_error_timeout
+        ).start()
+        self._claiming: SagaEngine[Any] | None = None
+        """The engine of the claim in progress (named when a claim fails)."""
         for eng in engines:
             eng.listeners.append(self._on_event)
 
@@ -116,8 +128,12 @@ class Worker:
     # --- the loop ----------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Claim and dispatch until ``stop()``."""
-        backoff = 0.0
+        """Claim and dispatch until ``stop()``.
+
+        Raises:
+            DatabaseRefusedError: claims kept failing with a permanent database error (wrong
+                credentials, revoked privilege, dropped table) for ``permanent_error_timeout``.
+        """
         while not self._stopping.is_set():
             self._tick = time.monotonic()
             try:
@@ -136,20 +152,13 @@ class Worker:
                 full = await self._claim_round(free)
             except Exception as exc:
                 self.counters.claim_errors += 1
-                backoff = min(max(backoff * 2, 0.2), MAX_CLAIM_BACKOFF_S)
-                if is_transient(exc):
-                    logger.warning(
-                        "claim failed, database unavailable; retrying in {:.1f}s: {}",
-                        backoff,
-                        exc,
-                    )
-                else:
-                    logger.opt(exception=exc).error(
-                        "claim failed; retrying in {:.1f}s: {}", backoff, exc
-                    )
-                await self._idle(backoff)
+                wait = self._claim_failed(exc)
+                # A wake-up ends a wait for the database to come back; a permanent error
+                # (logged at ERROR each time) waits its backoff out whatever arrives.
+                last = self._backoff.last
+                await self._idle(wait, wakeable=not (last is not None and last.permanent))
                 continue
-            backoff = 0.0
+            self._backoff.success()
             self._saturated = full
             if full:
                 await asyncio.sleep(0)  # let the new tasks start; then claim again
@@ -159,6 +168,44 @@ class Worker:
             eng, row, _ = self._reserved
             self._reserved = None
             await self._release_unstarted(eng, [row])
+
+    def _claim_failed(self, exc: Exception) -> float:
+        """Log a failed claim; how long to back off. Transient errors are warnings, others
+        errors (a permanent one every time, with what to do about it).
+
+        Raises:
+            DatabaseRefusedError: a permanent error outlasted ``permanent_error_timeout``.
+        """
+        eng = self._claiming
+        where = mask_url(eng.sql_engine.url.render_as_string(hide_password=False)) if eng else "?"
+        try:
+            wait = self._backoff.failure(exc)
+        except RetryGaveUp as gave_up:
+            info = gave_up.info
+            raise DatabaseRefusedError(
+                f"database {where}: claims failed for {gave_up.elapsed:.0f}s: {describe(info)}; "
+                f"{hint(info)} (permanent_error_timeout)"
+            ) from None
+        last = self._backoff.last
+        assert last is not None
+        info = last
+        if info.kind is DbErrorKind.TRANSIENT:
+            logger.warning(
+                "claim failed, database unavailable ({}); retrying in {:.1f}s", describe(info), wait
+            )
+        elif info.kind is DbErrorKind.PERMANENT:
+            left = self._backoff.permanent_left()
+            logger.error(
+                "claim failed on {}: {}; {}; retrying in {:.1f}s{}",
+                where,
+                describe(info),
+                hint(info),
+                wait,
+                f", sagad exits (78) if this lasts {left:.0f}s more" if left is not None else "",
+            )
+        else:
+            logger.opt(exception=exc).error("claim failed; retrying in {:.1f}s: {}", wait, exc)
+        return wait
 
     async def _isolation_turn(self) -> bool:
         """Run suspects alone. True when this turn was spent on that (no ordinary claim)."""
@@ -223,7 +270,7 @@ class Worker:
         start = self._turn % n_engines
         self._turn += 1
         for i in range(n_engines):
-            eng = self.engines[(start + i) % n_engines]
+            eng = self._claiming = self.engines[(start + i) % n_engines]
             want = min(self.batch_size, free)
             if want <= 0:
                 full = True
@@ -243,15 +290,15 @@ class Worker:
             full = full or len(rows) == want
         return full
 
-    async def _idle(self, timeout: float | None) -> None:
-        """Wait for a wake-up, ``stop()`` or ``timeout`` (a backoff too ends early on a
-        wake-up: a NOTIFY or a listener reconnection means the database is back)."""
+    async def _idle(self, timeout: float | None, *, wakeable: bool = True) -> None:
+        """Wait for a wake-up (when ``wakeable``), ``stop()`` or ``timeout`` (a backoff too
+        ends early on a wake-up: a NOTIFY or a listener reconnection means the database is
+        back)."""
         self._waiting = True
         try:
-            waits = [
-                asyncio.ensure_future(self._stopping.wait()),
-                asyncio.ensure_future(self._wake.wait()),
-            ]
+            waits = [asyncio.ensure_future(self._stopping.wait())]
+            if wakeable:
+                waits.append(asyncio.ensure_future(self._wake.wait()))
             try:
                 await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
             finally:

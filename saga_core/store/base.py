@@ -367,6 +367,10 @@ class SagaStore(ABC):
     async def worker_stopped(self, worker_id: str) -> None: ...
 
     @abstractmethod
+    async def worker_forget(self, worker_id: str) -> None:
+        """Delete this worker's registry row (a worker that stopped before it was ready)."""
+
+    @abstractmethod
     async def worker_list(self) -> list[WorkerRow]: ...
 
     # --- schema --------------------------------------------------------------------------

@@ -9,9 +9,21 @@ from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Column, ColumnElement, Table, func, insert, null, select, update
+from sqlalchemy import (
+    Column,
+    ColumnElement,
+    Table,
+    and_,
+    delete,
+    func,
+    insert,
+    null,
+    select,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from saga_core.machine import ACTIVE_STATUSES
 from saga_core.rows import CLAIMABLE_STATUSES
 from saga_core.schema import tables_status, upgrade_tables
 from saga_core.state import SagaWorker
@@ -20,6 +32,7 @@ from saga_core.store.base import SagaFilter, SagaRow, WorkerRow
 __all__ = ["WORKERS", "SqlReads"]
 
 WORKERS: Table = SagaWorker.__table__  # type: ignore[assignment]
+ACTIVE = tuple(sorted(s.value for s in ACTIVE_STATUSES))
 
 
 def _aware(value: Any) -> datetime | None:
@@ -160,6 +173,29 @@ class SqlReads:
             count, oldest = (await conn.execute(stmt)).one()
         return int(count), _aware(oldest)
 
+    async def saga_backlog(self) -> tuple[int, datetime | None, int, int, datetime]:
+        """(claimable sagas due now, the oldest due time among them, FAILED sagas, SUSPENDED
+        sagas, the database clock) for monitoring, in one statement that reads only active
+        rows (through the partial index of active sagas), however many finished ones the
+        table holds."""
+        t = self.table
+        now = self._now()
+        due = and_(
+            t.c.status.in_(CLAIMABLE_STATUSES), t.c.deadline_at.is_not(None), t.c.deadline_at <= now
+        )
+        stmt = select(
+            func.count().filter(due),
+            func.min(t.c.deadline_at).filter(due),
+            func.count().filter(t.c.status == "FAILED"),
+            func.count().filter(t.c.status == "SUSPENDED"),
+            now,
+        ).where(t.c.status.in_(ACTIVE))
+        async with self.engine.connect() as conn:
+            n_due, oldest, failed, suspended, db_now = (await conn.execute(stmt)).one()
+        clock = _aware(db_now)
+        assert clock is not None
+        return int(n_due), _aware(oldest), int(failed), int(suspended), clock
+
     async def saga_finished_since(self, since: datetime) -> list[tuple[str, str, int]]:
         t = self.table
         stmt = (
@@ -193,6 +229,11 @@ class SqlReads:
             await conn.execute(
                 update(w).where(w.c.id == worker_id).values(stopped_at=self._now(), in_flight=0)
             )
+
+    async def worker_forget(self, worker_id: str) -> None:
+        w = WORKERS
+        async with self._write_lock(), self.engine.begin() as conn:
+            await conn.execute(delete(w).where(w.c.id == worker_id))
 
     async def worker_list(self) -> list[WorkerRow]:
         w = WORKERS

@@ -10,16 +10,18 @@ from __future__ import annotations
 import asyncio
 import json
 import weakref
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, event, func, literal
+from sqlalchemy import ColumnElement, event, func, insert, literal, null, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from saga_core.context import active_step
 from saga_core.errors import SagaError
 from saga_core.state import UTCDateTime, utcnow
-from saga_core.store.sql import SqlSagaStore
+from saga_core.store.base import WorkerRow
+from saga_core.store.sql import WORKERS, SqlSagaStore
 
 _LOCKS: weakref.WeakKeyDictionary[Any, asyncio.Lock] = weakref.WeakKeyDictionary()
 _PREPARED: weakref.WeakSet[Any] = weakref.WeakSet()
@@ -115,3 +117,36 @@ class SqliteSagaStore(SqlSagaStore):
         if lock is None:
             lock = _LOCKS[key] = asyncio.Lock()
         return lock
+
+    async def worker_register_sole(
+        self,
+        worker: dict[str, Any],
+        *,
+        stale_after: float,
+        alive: Callable[[WorkerRow], bool],
+    ) -> WorkerRow | None:
+        """Register ``worker`` unless another live worker is registered, atomically: the
+        check and the insert are one ``BEGIN IMMEDIATE`` transaction, so of two processes
+        starting at once exactly one registers (the other waits for the write lock, then sees
+        it). A worker counts as live when it is not marked stopped, its heartbeat is at most
+        ``stale_after`` seconds old and ``alive(row)`` (the caller's check of its pid).
+
+        Returns the live worker in the way (nothing written), or ``None`` once registered."""
+        w = WORKERS
+        async with self._write_lock(), self.engine.connect() as conn:
+            await conn.exec_driver_sql("BEGIN IMMEDIATE")
+            now = utcnow()
+            others = await conn.execute(
+                select(w).where(w.c.id != worker["id"], w.c.stopped_at.is_(None))
+            )
+            for mapping in others.mappings().all():
+                row = WorkerRow.from_mapping(mapping)
+                if (now - row.heartbeat_at).total_seconds() <= stale_after and alive(row):
+                    await conn.rollback()
+                    return row
+            values = {**worker, "heartbeat_at": self._now(), "stopped_at": null()}
+            res = await conn.execute(update(w).where(w.c.id == worker["id"]).values(**values))
+            if res.rowcount == 0:
+                await conn.execute(insert(w).values(**values, started_at=self._now()))
+            await conn.commit()
+        return None

@@ -29,6 +29,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from signal import SIGTERM
 from typing import Any, TypeVar
 
 import app_sagas
@@ -77,6 +78,18 @@ def base_env(**extra: str) -> dict[str, str]:
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra)
     return env
+
+
+def handles_signal(pid: int, sig: int) -> bool:
+    """Whether process ``pid`` catches or ignores ``sig`` (Linux: ``/proc/<pid>/status``);
+    False once it is gone."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    masks = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
+    bit = 1 << (sig - 1)
+    return any(int(masks[key].strip(), 16) & bit for key in ("SigCgt", "SigIgn"))
 
 
 class NotifySocket:
@@ -146,8 +159,27 @@ class Sagad:
     async def wait_ready(self, timeout: float = 30.0) -> None:
         await self.wait_message("READY=1", timeout)
 
+    def ready(self) -> bool:
+        """Whether it has sent ``READY=1`` (so far)."""
+        return self.notify is not None and self.notify.seen("READY=1")
+
     def signal(self, sig: int) -> None:
         self.proc.send_signal(sig)
+
+    async def wait_handles(self, sig: int = SIGTERM, timeout: float = 30.0) -> None:
+        """Wait until the process handles ``sig`` (or has exited).
+
+        The interpreter starts (tens of milliseconds) before any code of sagad runs; a
+        signal then kills it whatever sagad does. From the first lines of its entry point
+        on, sagad catches SIGTERM/SIGINT: this waits for that, read from the kernel's view
+        of the process (``/proc/<pid>/status``), not guessed with a sleep."""
+
+        async def probe() -> bool:
+            return not self.running() or handles_signal(self.pid, sig)
+
+        await wait_until(
+            probe, timeout=timeout, what=f"sagad {self.pid} to handle signal {sig}", interval=0.005
+        )
 
     async def wait_exit(self, timeout: float = 30.0) -> int:
         async def probe() -> bool:
@@ -160,6 +192,8 @@ class Sagad:
         return int(self.proc.returncode)
 
     async def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM (once sagad handles it, see :meth:`wait_handles`); the exit code."""
+        await self.wait_handles(signal.SIGTERM)
         self.signal(signal.SIGTERM)
         return await self.wait_exit(timeout)
 
@@ -175,13 +209,19 @@ class SagadFactory:
         env: dict[str, str] | None = None,
         notify: NotifySocket | bool | None = True,
         cwd: Path | None = None,
+        journal: bool = False,
     ) -> Sagad:
+        """``journal``: set ``JOURNAL_STREAM`` to the log file's device and inode, as systemd
+        does when stderr is the journal."""
         sock = NotifySocket() if notify is True else (notify or None)
         child_env = base_env(**(env or {}))
         if sock is not None:
             child_env["NOTIFY_SOCKET"] = sock.address
         log_path = self.tmp_path / f"sagad-{len(self.started)}.log"
         with log_path.open("wb") as log:
+            if journal:
+                st = os.fstat(log.fileno())
+                child_env["JOURNAL_STREAM"] = f"{st.st_dev}:{st.st_ino}"
             proc = subprocess.Popen(
                 [*sagad_command(), *args],
                 stdout=log,

@@ -62,18 +62,54 @@ async def test_notify_socket_ready_watchdog_stopping_and_json_logs(
     assert all({"saga_id", "saga_name"} <= r.keys() for r in completed)
 
 
-async def test_journal_stream_text_has_no_timestamps_or_colours(
-    sagad: SagadFactory, saga_db: SagaDb
+async def test_under_journald_lines_carry_priorities_and_no_timestamps(
+    sagad: SagadFactory, saga_db: SagaDb, tmp_path: Path
 ) -> None:
+    cfg = tmp_path / "sagad.toml"
+    cfg.write_text("concurrency = 4\n")
     worker = sagad.start(
-        *saga_db.sagad_args(), env={**saga_db.sagad_env(lease=5), "JOURNAL_STREAM": "8:12345"}
+        "--config", str(cfg), *saga_db.sagad_args(), env=saga_db.sagad_env(lease=5), journal=True
     )
     await worker.wait_ready()
+
+    async def logged(text: str) -> None:
+        async def probe() -> bool:
+            return text in worker.log
+
+        await wait_until(probe, timeout=10, what=repr(text))
+
+    cfg.write_text("concurrency = 0\n")  # SIGHUP: an error (not reloaded)
+    worker.signal(signal.SIGHUP)
+    await logged("not reloaded")
+    cfg.write_text("concurrency = 4\npoll_interval = 2.0\n")  # a warning (needs a restart)
+    worker.signal(signal.SIGHUP)
+    await logged("take effect on restart")
     assert await worker.stop() == 0
     lines = worker.log.splitlines()
-    assert any("ready" in line for line in lines)
-    assert all(line.split("|")[0].strip() in {"INFO", "WARNING", "DEBUG"} for line in lines)
+    assert all(re.match(r"<[2-7]>[A-Z]+ +\| ", line) for line in lines), lines
+    by_text = {line.split("|", 1)[1].strip(): line[:3] for line in lines}
+    assert (
+        by_text[
+            "SIGHUP: not reloaded: concurrency: Input should be greater than or equal "
+            "to 1 (from config file)"
+        ]
+        == "<3>"
+    )
+    assert any(
+        t.startswith("SIGHUP: changes to poll_interval") and p == "<4>" for t, p in by_text.items()
+    )
+    assert any(
+        t.startswith("sagad ") and " ready: " in t and p == "<6>" for t, p in by_text.items()
+    )
     assert "\x1b[" not in worker.log
+
+    # A JOURNAL_STREAM that does not name our stderr (inherited, then redirected): plain text.
+    other = sagad.start(
+        *saga_db.sagad_args(), env={**saga_db.sagad_env(lease=5), "JOURNAL_STREAM": "8:12345"}
+    )
+    await other.wait_ready()
+    assert await other.stop() == 0
+    assert all(re.match(r"\d{4}-\d\d-\d\d ", line) for line in other.log.splitlines())
 
 
 def test_malformed_toml_exits_78_with_one_line(sagad: SagadFactory, tmp_path: Path) -> None:
@@ -130,21 +166,6 @@ def test_unreachable_database_exits_75_without_leaking_the_password(
     )
     assert check.returncode == EXIT_UNAVAILABLE
     assert _error_lines(check.stderr)[-1].startswith("sagad: database unreachable: ")
-
-
-async def test_sigterm_during_startup_exits_0(sagad: SagadFactory) -> None:
-    url = f"postgresql://postgres@127.0.0.1:{_free_port()}/nowhere"
-    worker = sagad.start(
-        "--app", "app_sagas:make", "--database-url", url, env={"SAGA_STARTUP_TIMEOUT": "600"}
-    )
-
-    async def retrying() -> bool:
-        return "not reachable yet" in worker.log
-
-    await wait_until(retrying, timeout=20, what="sagad to retry the database")
-    worker.signal(signal.SIGTERM)
-    assert await worker.wait_exit() == 0
-    assert worker.notify is not None and "READY=1" not in worker.notify.poll()
 
 
 def test_password_file_is_used_and_never_shown(
@@ -292,17 +313,3 @@ def test_example_config_documents_and_accepts_every_setting(tmp_path: Path) -> N
     enabled.write_text(re.sub(r"^# (\w+ = )", r"\1", text, flags=re.MULTILINE))
     settings = load_settings(enabled)
     assert settings.metrics_port == 9464 and settings.concurrency == 64
-
-
-def test_example_unit_fits_the_daemon() -> None:
-    unit = (CONFIG_DIR / "sagad.service").read_text()
-    directives = dict(
-        line.split("=", 1) for line in unit.splitlines() if re.match(r"^[A-Z]\w+=", line)
-    )
-    assert directives["Type"] == "notify"
-    assert directives["RestartPreventExitStatus"] == "78"
-    assert "WatchdogSec" in directives and "LoadCredential" in directives
-    defaults = SagaSettings()
-    assert int(directives["TimeoutStopSec"].rstrip("s")) > defaults.drain_timeout
-    assert int(directives["TimeoutStartSec"].rstrip("s")) > defaults.startup_timeout
-    assert "SAGA_DATABASE_PASSWORD_FILE=%d/db-password" in unit

@@ -111,7 +111,7 @@ async def test_database_outage_while_running_loses_nothing(
             state.update(
                 open_runs=await open_runs(),
                 new_ok_runs=await ok_runs() - cut_at,
-                retried="retrying in 0.80s" in worker.log,
+                retried="database unavailable while writing" in worker.log,
                 listener_noticed="wake-up listener" in worker.log,
             )
             return (

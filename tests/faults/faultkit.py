@@ -10,8 +10,10 @@ import asyncio
 import itertools
 import os
 import sys
+import time
 import uuid
 from collections import Counter, defaultdict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,6 +33,11 @@ from sqlalchemy import text  # noqa: E402
 from tcpproxy import TcpProxy  # noqa: E402, F401  (re-exported for the fault tests)
 
 TEST_APP_NAME = "chaos-test"
+SETTLE_STALL_S = 60.0
+"""After the faults, how long the sagas may go without one finishing before the rest count
+as stuck (the workers make steady progress, slower on a loaded machine)."""
+SETTLE_LIMIT_S = 900.0
+"""A cap on the whole settling wait, however it progresses."""
 TERMINAL = {"COMPLETED", "COMPENSATED", "ABORTED", "FAILED"}
 
 
@@ -44,6 +51,32 @@ def child_env(table: str, *, lease: float, **extra: str) -> dict[str, str]:
         "CHAOS_LEASE": str(lease),
         **extra,
     }
+
+
+async def wait_settled(
+    unfinished: Callable[[], Awaitable[int]],
+    *,
+    stall: float = SETTLE_STALL_S,
+    limit: float = SETTLE_LIMIT_S,
+    interval: float = 0.25,
+) -> int:
+    """Poll ``unfinished()`` until it is 0, or until it has not gone down for ``stall``
+    seconds (or ``limit`` in all); the last count (the caller reports those as stuck).
+
+    A deadline on progress, not on the total: how long 2,000 sagas take depends on the
+    machine, a stall does not."""
+    start = moved = time.monotonic()
+    fewest: int | None = None
+    while True:
+        left = await unfinished()
+        now = time.monotonic()
+        if left == 0:
+            return 0
+        if fewest is None or left < fewest:
+            fewest, moved = left, now
+        if now - moved > stall or now - start > limit:
+            return left
+        await asyncio.sleep(interval)
 
 
 class FaultDb:
@@ -149,8 +182,8 @@ async def _settled_sagas(
     COMPENSATED as (row, history, plan, runs oldest first). One not finished is stuck; a
     FAILED one is quarantined or a problem."""
     rows = await db.fetch(
-        "SELECT id, status, last_error, takeover_count, step_history, steps_state, context "
-        "FROM {t} WHERE saga_name = :name",
+        "SELECT id, status, last_error, takeover_count, step_history, steps_state, context, "
+        "lease_owner, deadline_at, clock_timestamp() AS db_now FROM {t} WHERE saga_name = :name",
         name=saga_name,
     )
     runs_by: dict[Any, list[Any]] = defaultdict(list)
@@ -167,7 +200,11 @@ async def _settled_sagas(
         rep._all[row.id] = (row, runs)
         if row.status not in TERMINAL:
             rep.stuck += 1
-            rep.problem(row.id, f"not finished: {row.status}")
+            rep.problem(
+                row.id,
+                f"not finished: {row.status} (lease_owner {row.lease_owner}, deadline_at "
+                f"{row.deadline_at}, database time {row.db_now})",
+            )
         elif row.status == "FAILED":
             if (row.last_error or "").startswith("quarantined:"):
                 rep.quarantined += 1

@@ -12,14 +12,13 @@ Knobs: ``CHAOS_FORK_SAGAS`` (600), ``CHAOS_SEED``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import random
 import time
 from typing import Any
 
 import pytest
-from faultkit import FaultDb, SagadFactory, check_fork_invariants, child_env, wait_until
+from faultkit import FaultDb, SagadFactory, check_fork_invariants, child_env, wait_settled
 from test_chaos import Chaos
 
 N_SAGAS = int(os.environ.get("CHAOS_FORK_SAGAS", "600"))
@@ -70,15 +69,16 @@ async def test_parallel_sagas_under_faults(
         await asyncio.sleep(rng.uniform(0.1, 0.6))
     await starter
 
-    async def settled() -> bool:
+    async def unfinished() -> int:
         chaos.replace_dead()
-        return await fault_db.unfinished() == 0
+        return await fault_db.unfinished()
 
-    with contextlib.suppress(AssertionError):  # reported as stuck below
-        await wait_until(settled, timeout=120, what="every saga to finish", interval=0.25)
+    await wait_settled(unfinished)  # those left are reported as stuck below
     for w in chaos.draining:
         assert await w.wait_exit(60) == 0, f"drained sagad {w.pid} exit code:\n{w.log}"
     report = await check_fork_invariants(fault_db, chaos.kill_times)
+    states = chaos.states()  # as they were when the sagas were checked
+    await chaos.wait_workers_ready()
     for w in chaos.workers:
         assert await w.stop(60) == 0, w.log
 
@@ -93,7 +93,9 @@ async def test_parallel_sagas_under_faults(
     )
     with capsys.disabled():
         print("\n" + summary)
-    assert not report.problems, "\n".join([summary, *report.problems, *report.details])
+    assert not report.problems, "\n".join(
+        [summary, *report.problems, *report.details, *chaos.unexpected, *states]
+    )
     assert lost == 0 and report.stuck == 0 and report.concurrent == 0
     assert report.statuses["COMPLETED"] and report.statuses["COMPENSATED"]
     assert chaos.faults["kill9"] and chaos.faults["terminate_backend"]

@@ -36,7 +36,8 @@ from saga_core import (
     StepContext,
     current_step,
 )
-from saga_core.store import SagaRow, SagaStore
+from saga_core.store import SagaFilter, SagaRow, SagaStore
+from saga_core.testing import MemoryDatabase, MemorySagaStore, memory_orchestrator
 
 T = TypeVar("T")
 
@@ -245,7 +246,8 @@ _WORKER_NUMBERS = itertools.count(1)
 
 class Worker:
     """A ``SagaOrchestrator`` on its own SQLAlchemy engine (its own connection pool), like a
-    separate ``sagad`` process.
+    separate ``sagad`` process; on the memory backend, on its own ``MemorySagaStore`` over
+    the test's shared ``MemoryDatabase`` (``sql`` is None).
 
     ``crash()`` models the process vanishing: from then on nothing of this worker reaches the
     database, so it can neither checkpoint, renew nor release anything. Two hooks refuse its
@@ -257,15 +259,16 @@ class Worker:
     """
 
     def __init__(
-        self, sql: AsyncEngine, orch: SagaOrchestrator[Any], admin: SagaAdmin[Any]
+        self, sql: AsyncEngine | None, orch: SagaOrchestrator[Any], admin: SagaAdmin[Any]
     ) -> None:
         self.sql = sql
         self.orch = orch
         self.admin = admin
         self.crashed = False
         self.tasks: list[asyncio.Task[Any]] = []
-        event.listen(sql.sync_engine.pool, "checkout", self._gate)
-        event.listen(sql.sync_engine, "before_cursor_execute", self._gate)
+        if sql is not None:
+            event.listen(sql.sync_engine.pool, "checkout", self._gate)
+            event.listen(sql.sync_engine, "before_cursor_execute", self._gate)
 
     @property
     def id(self) -> str:
@@ -275,11 +278,21 @@ class Worker:
         if self.crashed:
             raise WorkerCrashed(f"worker {self.id} has crashed")
 
+    def _memory(self) -> MemorySagaStore | None:
+        store = self.orch.engine.store
+        return store if isinstance(store, MemorySagaStore) else None
+
     def crash(self) -> None:
         self.crashed = True
+        memory = self._memory()
+        if memory is not None:
+            memory.crash()
 
     def heal(self) -> None:
         self.crashed = False
+        memory = self._memory()
+        if memory is not None:
+            memory.crashed = False
 
     def spawn(self, coro: Awaitable[T]) -> asyncio.Task[T]:
         async def run() -> T:
@@ -303,11 +316,12 @@ class Worker:
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
-        self.crashed = False
+        self.heal()
         try:
             await asyncio.wait_for(self.orch.engine.writer.flush(), SAFETY_TIMEOUT)
         finally:
-            await self.sql.dispose()
+            if self.sql is not None:
+                await self.sql.dispose()
 
 
 # --------------------------------------------------------------------------- harness
@@ -333,11 +347,14 @@ def unique_table_name(prefix: str = "it") -> str:
 
 
 class Harness:
-    """One test's world: a backend URL, a fresh saga table, a probe, and workers."""
+    """One test's world: a backend URL, a fresh saga table, a probe, and workers. The
+    ``memory`` backend keeps the table in a ``MemoryDatabase`` (``saga_core.testing``), with
+    the wall clock as its database clock: no SQL at all."""
 
-    def __init__(self, backend: str, url: str) -> None:
+    def __init__(self, backend: str, url: str | None) -> None:
         self.backend = backend
         self.url = url
+        self.memory: MemoryDatabase | None = MemoryDatabase() if backend == "memory" else None
         self.table_name = unique_table_name()
         self.model = make_model(self.table_name)
         self.probe = Probe()
@@ -351,9 +368,15 @@ class Harness:
         return self.backend == "postgresql"
 
     def sql_engine(self) -> AsyncEngine:
+        assert self.url is not None, "the memory backend has no SQL engine"
         return create_async_engine(self.url)
 
     async def setup(self) -> None:
+        if self.memory is not None:
+            self._observer = memory_orchestrator(
+                database=self.memory, table_name=self.table_name, worker_id="observer"
+            )
+            return
         self._observer_sql = self.sql_engine()
         self._observer = SagaOrchestrator(
             model_class=self.model,
@@ -386,14 +409,26 @@ class Harness:
         actor: str = "tester",
         **options: Any,
     ) -> Worker:
-        sql = self.sql_engine()
-        orch: SagaOrchestrator[Any] = SagaOrchestrator(
-            model_class=self.model,
-            session_maker=async_sessionmaker(sql),
-            execution_lease=timedelta(seconds=lease),
-            worker_id=name or f"worker-{next(_WORKER_NUMBERS)}",
-            **options,
-        )
+        sql: AsyncEngine | None = None
+        orch: SagaOrchestrator[Any]
+        worker_id = name or f"worker-{next(_WORKER_NUMBERS)}"
+        if self.memory is not None:
+            orch = memory_orchestrator(
+                database=self.memory,
+                table_name=self.table_name,
+                execution_lease=timedelta(seconds=lease),
+                worker_id=worker_id,
+                **options,
+            )
+        else:
+            sql = self.sql_engine()
+            orch = SagaOrchestrator(
+                model_class=self.model,
+                session_maker=async_sessionmaker(sql),
+                execution_lease=timedelta(seconds=lease),
+                worker_id=worker_id,
+                **options,
+            )
         for saga_name, definition in (
             self.definitions if definitions is None else definitions
         ).items():
@@ -409,6 +444,8 @@ class Harness:
         return row
 
     async def count(self) -> int:
+        if self.memory is not None:
+            return await self.store.saga_count(SagaFilter())
         assert self._observer_sql is not None
         table = self.model.__table__  # type: ignore[attr-defined]
         async with self._observer_sql.connect() as conn:

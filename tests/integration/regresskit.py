@@ -20,7 +20,7 @@ from itkit import SAFETY_TIMEOUT, Harness, Worker
 from pydantic import BaseModel
 
 from saga_core import BaseStep, InputContext, StepContext, current_step
-from saga_core.store import SagaRow
+from saga_core.store import SagaFilter, SagaRow
 
 TERMINAL = {"COMPLETED", "COMPENSATED", "ABORTED", "FAILED"}
 
@@ -155,12 +155,7 @@ async def settle(
 async def assert_nothing_stranded(h: Harness) -> None:
     """No saga of the table is SUSPENDED with no due time while it holds no wait (the
     callers delivered every event their sagas wait for)."""
-    from sqlalchemy import select
-
-    table = h.model.__table__  # type: ignore[attr-defined]
-    assert h._observer_sql is not None
-    async with h._observer_sql.connect() as conn:
-        ids = [r[0] for r in (await conn.execute(select(table.c.id))).all()]
+    ids = [r.id for r in await h.store.saga_list(SagaFilter(), limit=1_000_000)]
     for sid in ids:
         row = await h.row(sid)
         assert not (row.status == "SUSPENDED" and row.deadline_at is None), describe(row)

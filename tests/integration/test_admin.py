@@ -23,6 +23,8 @@ from itkit import (
 
 from saga_core import FixedRetry, SagaInputError, SagaNotFoundError, SagaStateError
 
+ALSO_IN_MEMORY = True  # also on saga_core.testing's in-memory store (conftest.py)
+
 ACTIONS = ("retry_step", "skip_step", "compensate_step", "abort")
 
 ALLOWED: dict[str, dict[str, str]] = {

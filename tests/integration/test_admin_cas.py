@@ -21,6 +21,8 @@ from saga_core import (
     current_step,
 )
 
+ALSO_IN_MEMORY = True  # also on saga_core.testing's in-memory store (conftest.py)
+
 ACTIONS = ("retry_step", "skip_step", "compensate_step", "abort")
 
 

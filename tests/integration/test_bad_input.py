@@ -21,6 +21,8 @@ from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
 from saga_core import SagaAdmin, SagaInputError, SagaOrchestrator
 
+ALSO_IN_MEMORY = True  # also on saga_core.testing's in-memory store (conftest.py)
+
 scalars = (
     st.none()
     | st.booleans()

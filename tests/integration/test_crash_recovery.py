@@ -20,6 +20,8 @@ from itkit import Harness, Worker, chain, entries, eventually
 from saga_core import StepContext
 from saga_core.store import SagaFilter
 
+ALSO_IN_MEMORY = True  # also on saga_core.testing's in-memory store (conftest.py)
+
 CRASH_POINTS = ("after_claim", "in_step", "before_checkpoint", "in_compensation")
 
 

@@ -11,6 +11,8 @@ from itkit import Harness, define_standard, eventually
 
 from saga_core import ActiveSagaAlreadyExistsError, SagaError, SagaInputError
 
+ALSO_IN_MEMORY = True  # also on saga_core.testing's in-memory store (conftest.py)
+
 
 async def test_a_delay_makes_the_saga_due_later_by_the_database_clock(h: Harness) -> None:
     define_standard(h)
@@ -100,6 +102,7 @@ async def test_bad_run_at_is_refused_before_anything_is_written(h: Harness, run_
     assert await h.count() == 0
 
 
+@pytest.mark.sql_only  # the caller's SQLAlchemy session
 async def test_with_the_callers_session_and_an_idempotency_key(h: Harness) -> None:
     define_standard(h)
     w = await h.worker()

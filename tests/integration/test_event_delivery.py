@@ -38,6 +38,8 @@ from saga_core import (
 )
 from saga_core.waits import REFUSALS_KEPT
 
+ALSO_IN_MEMORY = True  # also on saga_core.testing's in-memory store (conftest.py)
+
 
 class Approval(BaseStep[Num, Out]):
     """Proceeds once the latest event says ``approved``; otherwise waits for ``name``."""

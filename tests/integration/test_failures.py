@@ -16,6 +16,8 @@ from itkit import Harness, Num, chain, entries, eventually, outcomes
 
 from saga_core import FixedRetry, InputContext, StepContext
 
+ALSO_IN_MEMORY = True  # also on saga_core.testing's in-memory store (conftest.py)
+
 
 def assert_settled(row: Any) -> None:
     """Not stuck: finished, FAILED for an operator, or due at a known time."""

@@ -7,6 +7,8 @@ from itkit import Harness, chain, entries
 
 from saga_core import FixedRetry
 
+ALSO_IN_MEMORY = True  # also on saga_core.testing's in-memory store (conftest.py)
+
 
 async def test_different_steps_fail_the_saga_clearly(h: Harness) -> None:
     p = h.probe

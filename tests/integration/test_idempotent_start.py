@@ -21,6 +21,8 @@ from saga_core import (
 )
 from saga_core.rows import initial_steps_state
 
+ALSO_IN_MEMORY = True  # also on saga_core.testing's in-memory store (conftest.py)
+
 
 async def test_a_repeated_key_returns_the_first_saga_even_while_it_is_active(h: Harness) -> None:
     define_standard(h)
@@ -129,6 +131,7 @@ async def test_invalid_keys_are_refused_before_anything_is_written(h: Harness, k
     assert await h.count() == 0
 
 
+@pytest.mark.sql_only
 async def test_keys_with_the_callers_session(h: Harness) -> None:
     define_standard(h)
     w = await h.worker()
@@ -174,6 +177,7 @@ async def test_keys_with_the_callers_session(h: Harness) -> None:
     assert later == first and await h.count() == 1
 
 
+@pytest.mark.sql_only
 async def test_a_session_start_waits_for_and_returns_a_concurrent_uncommitted_one(
     h: Harness,
 ) -> None:
@@ -217,6 +221,7 @@ async def test_inline_with_a_repeated_key_returns_without_running(h: Harness) ->
     assert h.probe.effects["a"] == 0, "a repeated start never drives the existing saga"
 
 
+@pytest.mark.sql_only
 async def test_an_older_table_gets_the_column_and_unique_index(h: Harness) -> None:
     sql = h.sql_engine()
     model = make_model(unique_table_name("old"))

@@ -58,6 +58,8 @@ from saga_core import (
     current_step,
 )
 
+ALSO_IN_MEMORY = True  # also on saga_core.testing's in-memory store (conftest.py)
+
 EXAMPLES = int(os.environ.get("SAGA_MODEL_EXAMPLES", "10"))
 ORACLE = os.environ.get("SAGA_MODEL_NO_ORACLE", "") in ("", "0")
 """``SAGA_MODEL_NO_ORACLE=1`` checks the invariants only (to look past a known refusal)."""

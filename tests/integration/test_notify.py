@@ -22,6 +22,8 @@ from itkit import (
 
 from saga_core import FixedRetry, InputContext, SagaInputError, SagaNotFoundError
 
+ALSO_IN_MEMORY = True  # also on saga_core.testing's in-memory store (conftest.py)
+
 
 def define_event_flow(h: Harness, seen: list[InputContext]) -> None:
     """a, then b, whose input comes from the latest event; b fails (and waits an hour) until

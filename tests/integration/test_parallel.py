@@ -36,6 +36,8 @@ from saga_core import (
     current_step,
 )
 
+ALSO_IN_MEMORY = True  # also on saga_core.testing's in-memory store (conftest.py)
+
 LONG = 3600.0
 
 

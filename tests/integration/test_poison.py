@@ -17,6 +17,8 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from saga_core import SagaError, SagaOrchestrator
 
+ALSO_IN_MEMORY = True  # also on saga_core.testing's in-memory store (conftest.py)
+
 
 async def crash_in_step(w: Worker, h: Harness, step: str) -> None:
     """``w`` claims the due saga, enters ``step``, and dies there."""
@@ -94,6 +96,7 @@ async def test_recorded_outcome_resets_the_count(h: Harness) -> None:
     assert (row.recovery_count, row.takeover_count) == (0, 3)
 
 
+@pytest.mark.sql_only
 async def test_unlimited_and_invalid_settings(h: Harness) -> None:
     h.define("flow", chain(h.probe))
     w = await h.worker("w", max_recoveries=None)

@@ -48,6 +48,8 @@ from saga_core import (
     current_step,
 )
 
+ALSO_IN_MEMORY = True  # also on saga_core.testing's in-memory store (conftest.py)
+
 BAD = "\udcff"
 """A lone surrogate: what ``os.fsdecode`` makes of the byte 0xff in a file name."""
 

@@ -36,6 +36,8 @@ from regresskit import (
 
 from saga_core import FixedRetry, RetryPolicy, SagaBuilder, SagaDefinition
 
+ALSO_IN_MEMORY = True  # also on saga_core.testing's in-memory store (conftest.py)
+
 NAME = "reply"
 
 

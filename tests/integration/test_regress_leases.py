@@ -34,6 +34,8 @@ from saga_core import BaseStep, SagaAdmin, SagaBuilder, SagaOrchestrator, curren
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "acceptance"))
 from holdproxy import HoldProxy
 
+ALSO_IN_MEMORY = True  # also on saga_core.testing's in-memory store (conftest.py)
+
 pytestmark = pytest.mark.parametrize(
     "backend", [pytest.param("postgresql", id="pg", marks=pytest.mark.postgres)]
 )

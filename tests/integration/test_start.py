@@ -21,6 +21,8 @@ from saga_core import (
     SagaNotFoundError,
 )
 
+ALSO_IN_MEMORY = True  # also on saga_core.testing's in-memory store (conftest.py)
+
 
 @pytest.fixture
 async def business(h: Harness) -> AsyncIterator[Table]:
@@ -49,6 +51,7 @@ async def count_business(h: Harness, table: Table) -> int:
         await sql.dispose()
 
 
+@pytest.mark.sql_only
 @pytest.mark.parametrize("saga_first", [True, False], ids=["saga-first", "business-first"])
 async def test_session_start_commits_with_the_callers_transaction(
     h: Harness, business: Table, saga_first: bool
@@ -85,6 +88,7 @@ async def test_session_start_commits_with_the_callers_transaction(
     assert (await w.orch.get_snapshot(committed)).status.value == "COMPLETED"
 
 
+@pytest.mark.sql_only
 async def test_session_start_refused_keeps_the_callers_transaction_usable(
     h: Harness, business: Table
 ) -> None:
@@ -102,6 +106,7 @@ async def test_session_start_refused_keeps_the_callers_transaction_usable(
     assert [s.id for s in await w.admin.list_sagas()] == [first]
 
 
+@pytest.mark.sql_only
 async def test_inline_with_session_is_refused(h: Harness) -> None:
     define_standard(h)
     w = await h.worker()

@@ -11,6 +11,8 @@ from itkit import LONG_WAIT, STATUS_CASES, Harness, define_standard, entries, re
 
 from saga_core import SagaStatus
 
+ALSO_IN_MEMORY = True  # also on saga_core.testing's in-memory store (conftest.py)
+
 
 @pytest.mark.parametrize("case", STATUS_CASES)
 async def test_reach_status(h: Harness, case: str) -> None:

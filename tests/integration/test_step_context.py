@@ -10,6 +10,8 @@ from itkit import Harness, chain
 
 from saga_core import FixedRetry, SagaError, StepContext, current_step
 
+ALSO_IN_MEMORY = True  # also on saga_core.testing's in-memory store (conftest.py)
+
 
 async def test_current_step_in_execute_and_compensate(h: Harness) -> None:
     p = h.probe

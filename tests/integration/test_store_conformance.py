@@ -1,5 +1,6 @@
 """The store conformance suite: the persistence seam (``SagaStore``) behaves the same on
-PostgreSQL and SQLite. Rows are written through the store itself, never through the ORM."""
+PostgreSQL, SQLite and the in-memory store of ``saga_core.testing`` (``ALSO_IN_MEMORY``).
+Rows are written through the store itself, never through the ORM."""
 
 from __future__ import annotations
 
@@ -21,6 +22,9 @@ from saga_core.store import (
     SagaFilter,
     SagaRow,
 )
+
+ALSO_IN_MEMORY = True
+"""Every test here runs on the three stores: pg, sqlite and memory."""
 
 LEASE = timedelta(seconds=30)
 
@@ -480,3 +484,105 @@ async def test_list_count_and_due_summary(h: Harness) -> None:
     assert oldest is not None and oldest.tzinfo is not None and oldest <= await h.db_now()
     assert ids[0] in await h.store.saga_find_by_prefix(str(ids[0])[:8])
     assert await h.store.saga_find_by_prefix(str(ids[0])) == [ids[0]]
+
+
+async def test_a_repeated_idempotency_key_returns_the_first_saga(h: Harness) -> None:
+    first = await insert(h, idempotency_key="key-1", aggregation_id="order-9")
+    again = values(idempotency_key="key-1", aggregation_id="order-9")
+    existing = await h.store.saga_insert(again)
+    assert existing is not None and existing.id == first
+    assert existing.step_history is None, "returned without its history"
+    assert await h.store.saga_insert(values(idempotency_key="key-2")) is None
+    assert await h.count() == 2
+
+
+async def test_claim_by_versions_and_suspects(h: Harness) -> None:
+    past = datetime.now(UTC) - timedelta(minutes=1)
+    v1, v2 = await insert(h), await insert(h, definition_version=2)
+    lost = await insert(h, lease_owner="dead", recovery_count=1, deadline_at=past)
+    picked = await h.store.saga_claim(
+        owner="w1", lease=LEASE, limit=10, saga_names=["flow"], versions=[("flow", 2)]
+    )
+    assert [r.id for r in picked] == [v2]
+    plain = await h.store.saga_claim(owner="w1", lease=LEASE, limit=10, suspects=False)
+    assert [r.id for r in plain] == [v1], "a suspect is left out of ordinary claims"
+    (suspect,) = await h.store.saga_claim(owner="w2", lease=LEASE, limit=10, suspects=True)
+    assert suspect.id == lost
+    row = await h.row(lost)
+    assert (row.lease_owner, row.takeover_count, row.recovery_count) == ("w2", 1, 2)
+
+
+def _refusal(reason: str) -> dict[str, Any]:
+    from saga_core import history
+
+    return history.refused(
+        at=datetime.now(UTC).isoformat(),
+        step_id="a",
+        reason=reason,
+        event={"n": 1},
+        event_name=None,
+        actor=None,
+        note=None,
+    )
+
+
+async def test_deliver_writes_an_acceptance_or_a_bounded_refusal(h: Harness) -> None:
+    sid = await insert(h, aggregation_id="order-7")
+    before = await h.row(sid)
+    for i in range(4):
+        row, accepted = await h.store.saga_deliver(
+            lambda r, now, i=i: _refusal(f"no {i}"), saga_id=sid, refusals_kept=2
+        )
+        assert not accepted and row.id == sid
+    after = await h.row(sid)
+    assert after.updated_at == before.updated_at, "a refusal changes nothing else"
+    assert [e["status"] for e in after.step_history or []] == [
+        "REFUSED",
+        "REFUSED",
+        "REFUSALS_UNRECORDED",
+    ]
+    counted = (after.step_history or [])[-1]
+    assert counted["count"] == 2 and counted["last_reason"] == "no 3"
+
+    def accept(r: SagaRow, now: datetime) -> RowUpdate:
+        entry = {"phase": "event", "step_id": "a", "status": "RECEIVED", "attempt": 0}
+        return RowUpdate(status="SUSPENDED", history=[entry])
+
+    row, accepted = await h.store.saga_deliver(accept, aggregation_id="order-7")
+    assert accepted and row.status == "RUNNING", "the row as it was read"
+    assert (await h.row(sid)).status == "SUSPENDED"
+    with pytest.raises(SagaNotFoundError):
+        await h.store.saga_deliver(accept, aggregation_id="nobody")
+
+
+async def test_deliver_by_aggregation_id_picks_the_active_saga_else_the_newest(
+    h: Harness,
+) -> None:
+    old = await insert(h, aggregation_id="order-8", status="COMPLETED", deadline_at=None)
+    active = await insert(h, aggregation_id="order-8")
+    seen: list[uuid.UUID] = []
+
+    def look(r: SagaRow, now: datetime) -> dict[str, Any]:
+        seen.append(r.id)
+        return _refusal("looked")
+
+    await h.store.saga_deliver(look, aggregation_id="order-8")
+    assert seen == [active]
+    assert old != active
+
+
+async def test_purge_deletes_old_finished_sagas_in_batches(h: Harness) -> None:
+    long_ago = datetime.now(UTC) - timedelta(days=30)
+    done = [
+        await insert(h, status="COMPLETED", deadline_at=None, finished_at=long_ago)
+        for _ in range(3)
+    ]
+    recent = await insert(h, status="COMPLETED", deadline_at=None, finished_at=datetime.now(UTC))
+    running = await insert(h)
+    cutoff = datetime.now(UTC) - timedelta(days=1)
+    assert await h.store.saga_purge(["COMPLETED"], cutoff, 2) == 2
+    assert await h.store.saga_purge(["COMPLETED"], cutoff, 2) == 1
+    assert await h.store.saga_purge(["COMPLETED"], cutoff, 2) == 0
+    assert all([await h.store.saga_get(s) is None for s in done])
+    assert await h.store.saga_get(recent) is not None
+    assert await h.store.saga_get(running) is not None

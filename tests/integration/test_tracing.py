@@ -42,6 +42,8 @@ from saga_core import (
     current_step,
 )
 
+ALSO_IN_MEMORY = True  # also on saga_core.testing's in-memory store (conftest.py)
+
 
 @pytest.fixture
 def exporter() -> InMemorySpanExporter:

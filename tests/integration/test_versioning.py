@@ -27,6 +27,8 @@ from saga_core.schema import SCHEMA_VERSION, upgrade_tables
 from saga_core.state import SagaWorker
 from saga_core.store.sql import WORKERS
 
+ALSO_IN_MEMORY = True  # also on saga_core.testing's in-memory store (conftest.py)
+
 
 async def versioned_worker(
     h: Harness, versions: dict[int, SagaDefinition], name: str = "flow", **options: Any
@@ -104,6 +106,7 @@ async def test_worker_without_the_version_leaves_the_saga_untouched(h: Harness) 
     assert (await h.row(v2_saga)).status == "COMPLETED"
 
 
+@pytest.mark.sql_only
 async def test_store_claim_filters_on_pairs(h: Harness) -> None:
     """The store's claim by (name, version), on both of PostgreSQL's paths (the raw asyncpg
     statement with names, the SQLAlchemy one without) and on SQLite."""
@@ -211,6 +214,7 @@ async def sql(h: Harness) -> AsyncIterator[AsyncEngine]:
     await engine.dispose()
 
 
+@pytest.mark.sql_only
 async def test_upgrade_adds_definition_version_existing_rows_are_v1(
     h: Harness, sql: AsyncEngine
 ) -> None:
@@ -300,6 +304,7 @@ async def test_upgrade_adds_definition_version_existing_rows_are_v1(
             await conn.run_sync(current.drop)
 
 
+@pytest.mark.sql_only
 async def test_upgrade_adds_saga_versions_to_an_older_worker_registry(sql: AsyncEngine) -> None:
     """The registry's new column on a copy of ``saga_workers`` (the real one is shared by
     the session's tests): added with an empty object, and rows written without it (an older
@@ -347,6 +352,7 @@ def _unique(prefix: str) -> str:
     return f"{prefix}_{uuid.uuid4().hex[:8]}"
 
 
+@pytest.mark.sql_only
 async def test_orphans_are_active_sagas_no_live_worker_runs(h: Harness) -> None:
     p = h.probe
     name, other = _unique("ship"), _unique("bill")

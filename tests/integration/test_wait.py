@@ -12,6 +12,8 @@ from itkit import STATUS_CASES, Harness, define_standard, reach
 
 from saga_core import SagaNotFoundError
 
+ALSO_IN_MEMORY = True  # also on saga_core.testing's in-memory store (conftest.py)
+
 WAITED = {
     "SUSPENDED": "SUSPENDED",
     "COMPLETED": "COMPLETED",

@@ -11,6 +11,7 @@ from collections import defaultdict
 from datetime import datetime
 
 import asyncpg
+import pytest
 from dbutil import plain_dsn
 from itkit import SAFETY_TIMEOUT, Harness, Worker, chain, entries, skip_on_sqlite
 from sqlalchemy import Column, Float, Integer, MetaData, String, Table, insert, select
@@ -18,9 +19,12 @@ from sqlalchemy import Column, Float, Integer, MetaData, String, Table, insert, 
 from saga_core import FixedRetry, StepContext
 from saga_core.store import SagaFilter
 
+ALSO_IN_MEMORY = True  # also on saga_core.testing's in-memory store (conftest.py)
+
 SAGAS = 30
 
 
+@pytest.mark.sql_only
 async def test_two_run_due_loops_never_run_a_step_twice_or_at_once(h: Harness) -> None:
     """Two workers, each with its own SQLAlchemy engine (disjoint connections), loop on
     ``run_due`` over the same sagas. Every step execution records its interval in a table;
@@ -156,6 +160,7 @@ async def test_run_due_limit_and_unknown_names(h: Harness) -> None:
     assert isinstance(other, uuid.UUID)
 
 
+@pytest.mark.sql_only
 async def test_claims_skip_rows_locked_by_another_transaction(h: Harness) -> None:
     """``FOR UPDATE SKIP LOCKED``: a row another transaction holds is passed over at once, not
     waited for, and claimed once it is free."""
@@ -185,6 +190,7 @@ async def test_claims_skip_rows_locked_by_another_transaction(h: Harness) -> Non
     assert (await h.row(locked)).status == "COMPLETED"
 
 
+@pytest.mark.sql_only
 async def test_wakeups_are_sent_with_committed_work(h: Harness) -> None:
     """PostgreSQL ``NOTIFY`` on the wake-up channel when a saga is started, notified or
     resumed by an operator; transactional, so a rolled-back start wakes nobody."""
@@ -228,3 +234,28 @@ async def test_wakeups_are_sent_with_committed_work(h: Harness) -> None:
         assert (await h.row(sid)).status == "COMPLETED"
     finally:
         await listener.close()
+
+
+async def test_worker_forget_removes_only_that_registry_row(h: Harness) -> None:
+    """What ``sagad`` does when a stop comes while it registers (before it is ready): the row
+    goes, other workers' rows stay; forgetting an absent row changes nothing."""
+    store = h.store
+    ids = [f"forget-{uuid.uuid4().hex[:8]}" for _ in range(2)]
+    for wid in ids:
+        await store.worker_heartbeat(
+            {
+                "id": wid,
+                "host": "box",
+                "pid": 1,
+                "version": "test",
+                "in_flight": 0,
+                "concurrency": 1,
+                "saga_names": ["s"],
+                "info": {},
+            }
+        )
+    await store.worker_forget(ids[0])
+    await store.worker_forget(ids[0])
+    await store.worker_forget("never-registered")
+    listed = {w.id for w in await store.worker_list()}
+    assert ids[0] not in listed and ids[1] in listed

@@ -43,6 +43,8 @@ PUBLIC = [
     "current_step",
     "schema_status",
     "upgrade_schema",
+    "upgrade_schema_sql",
+    "upgrade_script",
 ]
 
 SAGACTL_MAY_IMPORT = {"saga_core", "saga_core.settings", "saga_core.snapshot", "saga_core.errors"}
@@ -98,3 +100,31 @@ def test_the_read_models_sagactl_needs_are_public() -> None:
     for method in ("preview_delivery", "orphan_sagas", "orphans"):
         assert callable(getattr(saga_core.SagaAdmin, method))
     assert isinstance(saga_core.SagaAdminSnapshot.waiting_event, property)
+
+
+TESTING = [
+    "START",
+    "Boundary",
+    "CrashCase",
+    "CrashMatrix",
+    "CrashPoint",
+    "MemoryDatabase",
+    "MemorySagaStore",
+    "SagaResult",
+    "SagaTestKit",
+    "StepCalls",
+    "StoreCrashed",
+    "VirtualTimeLoop",
+    "crash_matrix",
+    "memory_orchestrator",
+    "run",
+    "virtual_time",
+]
+
+
+def test_saga_core_testing_all_is_pinned() -> None:
+    import saga_core.testing as testing
+
+    assert testing.__all__ == TESTING  # in ruff's order (RUF022)
+    for name in testing.__all__:
+        assert hasattr(testing, name), name
