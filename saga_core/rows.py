@@ -186,7 +186,7 @@ def with_tokens(row: SagaRow) -> list[dict[str, Any]]:
         if "token" not in s:
             sid = str(s.get("step_id"))
             keeps = sid in waiting if waiting else i == row.current_step_index
-            derived = uuid.uuid5(row.step_execution_token, str(s.get("step_id")))
+            derived = uuid.uuid5(row.step_execution_token, sid)
             s["token"] = legacy if keeps else str(derived)
         out.append(s)
     return out
