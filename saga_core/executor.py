@@ -284,7 +284,10 @@ class Executor:
                 rest = [e for e in inbox if e is not match]
                 ctx, steps = waits.consume(run.context, run.steps, index, match.get("event"))
                 consumed = h.consumed(
-                    at=at, step_id=spec.step_id, event_id=str(match.get("event_id"))
+                    at=at,
+                    step_id=spec.step_id,
+                    event_id=str(match.get("event_id")),
+                    event=match.get("event"),
                 )
                 return RowUpdate(
                     context=ctx,
@@ -343,7 +346,10 @@ class Executor:
                 rest = [e for e in inbox if e is not match]
                 ctx, steps = waits.consume(run.context, run.steps, index, match.get("event"))
                 consumed = h.consumed(
-                    at=at, step_id=spec.step_id, event_id=str(match.get("event_id"))
+                    at=at,
+                    step_id=spec.step_id,
+                    event_id=str(match.get("event_id")),
+                    event=match.get("event"),
                 )
                 return RowUpdate(
                     context=ctx,

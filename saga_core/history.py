@@ -220,15 +220,22 @@ def received(
     actor: str | None,
     note: str | None,
 ) -> dict[str, Any]:
+    """An accepted event. Consumed at once, the entry holds the event; kept in the inbox
+    (``queued``), a bounded summary (its size and a short preview): a queued event may go
+    unused, and a sender could otherwise grow the history with early events. Its
+    ``CONSUMED`` entry holds it in full once a step takes it."""
     entry: dict[str, Any] = {
         "at": at,
         "phase": EVENT,
         "step_id": step_id,
         "status": RECEIVED,
         "attempt": 0,
-        "event": event,
-        "event_id": event_id,
     }
+    if queued:
+        entry["event_bytes"], entry["event_preview"] = event_size(event)
+    else:
+        entry["event"] = event
+    entry["event_id"] = event_id
     if event_name is not None:
         entry["event_name"] = event_name
     if queued:
@@ -240,7 +247,10 @@ def received(
     return entry
 
 
-def consumed(*, at: str, step_id: str, event_id: str) -> dict[str, Any]:
+def consumed(
+    *, at: str, step_id: str, event_id: str, event: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """A queued event handed to its step (with the event, now that a step uses it)."""
     return {
         "at": at,
         "phase": EVENT,
@@ -248,6 +258,7 @@ def consumed(*, at: str, step_id: str, event_id: str) -> dict[str, Any]:
         "status": CONSUMED,
         "attempt": 0,
         "event_id": event_id,
+        "event": event,
     }
 
 

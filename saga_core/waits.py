@@ -239,8 +239,9 @@ def settle_inbox(
             continue
         out.context, out.steps = consume(out.context, out.steps, index, entry.get("event"))
         waits = waits_of(out.context)
+        step_id = str(out.steps[index]["step_id"])
         out.history.append(
-            h.consumed(at=at, step_id=str(out.steps[index]["step_id"]), event_id=event_id)
+            h.consumed(at=at, step_id=step_id, event_id=event_id, event=entry.get("event"))
         )
         out.released.append(index)
     return out

@@ -36,9 +36,10 @@ def install() -> None:
         signal.signal(sig, _stop)
 
 
-def use_format(fmt: str, *, with_time: bool) -> None:
-    """Write the line like the daemon's logs (``text`` or ``json``; ``with_time`` for text)."""
-    _format.update(json=fmt == "json", time=with_time)
+def use_format(fmt: str, *, with_time: bool, journal: bool = False) -> None:
+    """Write the line like the daemon's logs (``text`` or ``json``; ``with_time`` for text;
+    ``journal``: text with the syslog priority prefix journald reads, ``<6>`` for INFO)."""
+    _format.update(json=fmt == "json", time=with_time, journal=journal)
 
 
 def line(now: float) -> str:
@@ -52,7 +53,8 @@ def line(now: float) -> str:
             f'{{"ts": "{ts}", "level": "INFO", "message": "{MESSAGE}", "logger": "{__name__}"}}\n'
         )
     stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now)) + f".{ms:03d} | "
-    return (stamp if _format["time"] else "") + f"{'INFO':<8} | {MESSAGE}\n"
+    prefix = "<6>" if _format.get("journal") else (stamp if _format["time"] else "")
+    return prefix + f"{'INFO':<8} | {MESSAGE}\n"
 
 
 def _stop(signum: int, frame: FrameType | None) -> None:

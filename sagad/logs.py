@@ -191,7 +191,7 @@ def configure_logging(level: str, fmt: str, *, stream: TextIO | None = None) -> 
         )
     _route_standard_logging(level)
     _state.update(handler=handler, format=fmt, stream=stream, level=level)
-    early.use_format(fmt, with_time=not journal)
+    early.use_format(fmt, with_time=not journal, journal=journal and fmt != "json")
 
 
 def set_level(level: str) -> None:

@@ -27,13 +27,6 @@ BLOB = 64_000
 BOUND = 1_000_000
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="design: an accepted early event is recorded in full (RECEIVED) even when it is "
-    "never used; any name is accepted while a worker holds the saga. Bounding it needs a "
-    "decision (record a summary on RECEIVED and the event only when CONSUMED, or accept "
-    "early events by name only for names a step of the saga has waited for).",
-)
 async def test_unused_early_events_do_not_grow_the_history_without_bound(h: Harness) -> None:
     accepted: list[bool] = []
 

@@ -42,14 +42,19 @@ def test_the_entry_point_imports_nothing_heavy_before_it_handles_signals() -> No
     assert out.strip() == "[]"
 
 
-@pytest.mark.parametrize(("fmt", "journal"), [("text", ""), ("text", "8:1"), ("json", "")], ids=str)
+@pytest.mark.parametrize(
+    ("fmt", "journal"), [("text", ""), ("text", "journal"), ("json", "")], ids=str
+)
 def test_the_line_is_written_like_the_daemons_logs(fmt: str, journal: str) -> None:
     """The same message through sagad's logging and through sagad.early, in a child process
     (configuring loguru here would change this process's logging)."""
-    env = {"JOURNAL_STREAM": journal} if journal else {}
+    env = {"JOURNAL_STREAM_OF_STDOUT": "1"} if journal else {}
     out = _python(
         f"""
-        import sys, time
+        import os, sys, time
+        if os.environ.get("JOURNAL_STREAM_OF_STDOUT"):  # stdout is "the journal"
+            st = os.fstat(1)
+            os.environ["JOURNAL_STREAM"] = f"{{st.st_dev}}:{{st.st_ino}}"
         from loguru import logger
         from sagad import early
         from sagad.logs import configure_logging
@@ -70,7 +75,8 @@ def test_the_line_is_written_like_the_daemons_logs(fmt: str, journal: str) -> No
     else:
         stamp = r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} \| "
         strip = (lambda s: re.sub(stamp, "", s)) if not journal else (lambda s: s)
-        assert strip(daemon) == strip(ours) == f"INFO     | {early.MESSAGE}"
+        expected = f"{'<6>' if journal else ''}INFO     | {early.MESSAGE}"
+        assert strip(daemon) == strip(ours) == expected
         if not journal:
             assert re.match(stamp, daemon) and re.match(stamp, ours)
 
