@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import json
 
-import pytest
 from itkit import Harness, StepContext, Work, from_context
 from regresskit import describe, event_entries, history
 
