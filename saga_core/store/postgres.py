@@ -342,7 +342,8 @@ class FastPostgresSagaStore(PostgresSagaStore):
             for col, value in zip(cols, values, strict=True):
                 col.append(value)
         args = [*cols[:14], self.lease.total_seconds(), *cols[14:]]
-        async with self._raw() as raw, raw.transaction():
+        # One statement, so atomic without BEGIN/COMMIT (two round trips fewer per batch).
+        async with self._raw() as raw:
             rows = await raw.fetch(self._sql_checkpoint, *args)
         # Keyed by (id, token): a stale checkpoint batched with the current one for the same
         # saga (a run that lost its lease in this very process) must still be told None.
