@@ -31,7 +31,7 @@ __all__ = [
 
 
 class SagaStatus(StrEnum):
-    """Where a saga is in its life; see the README for the full table."""
+    """Where a saga is in its life; see docs/concepts.md for the full table."""
 
     RUNNING = "RUNNING"
     SUSPENDED = "SUSPENDED"
