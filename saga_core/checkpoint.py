@@ -57,8 +57,9 @@ class CheckpointWriter:
         self._queue.append((checkpoint, fut))
         if self._flusher is None or self._flusher.done():
             self._flusher = loop.create_task(self._flush())
-        # Shielded: a caller cancelled mid-write must not withdraw a finished step's record.
-        return await asyncio.shield(fut)
+        # A caller cancelled meanwhile cancels only ``fut``: the checkpoint stays queued (or
+        # in the batch being written) and is written all the same; its outcome is dropped.
+        return await fut
 
     async def _flush(self) -> None:
         while self._queue:

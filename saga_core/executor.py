@@ -85,12 +85,11 @@ class Executor:
             )
             run.span = span
             run.isolated = isolated
-            keeper = asyncio.create_task(run.lease.keep(log=log))
+            run.lease.start_keeping(log=log)
             try:
                 await self._run(run)
             finally:
-                keeper.cancel()
-                await asyncio.gather(keeper, return_exceptions=True)
+                await run.lease.stop_keeping()
 
     @contextlib.contextmanager
     def _span(self, row: SagaRow) -> Iterator[RunSpan]:

@@ -95,6 +95,8 @@ class Lease:
         """Monotonic time until which the lease is known to hold."""
         self._lost: asyncio.Future[None] | None = None
         self._watched: set[asyncio.Task[Any]] = set()
+        self._keep_timer: asyncio.TimerHandle | None = None
+        self._keeper: asyncio.Task[None] | None = None
         self.is_lost = False
 
     # --- what the database told us ---------------------------------------------------------
@@ -169,6 +171,28 @@ class Lease:
             return False
         self.confirm(sent, left)
         return True
+
+    def start_keeping(self, *, log: logging.LoggerAdapter[Any] | None = None) -> None:
+        """Renew the lease in the background (:meth:`keep`) until :meth:`stop_keeping`. The
+        renewing task starts only once half the lease has passed: most runs end before, and
+        a timer costs far less than a task that sleeps and is cancelled."""
+        loop = asyncio.get_running_loop()
+        delay = max(self.valid_until - self.length / 2 - monotonic(), 0.0)
+        self._keep_timer = loop.call_later(delay, self._start_keeper, log)
+
+    def _start_keeper(self, log: logging.LoggerAdapter[Any] | None) -> None:
+        self._keep_timer = None
+        if not self.is_lost:
+            self._keeper = asyncio.get_running_loop().create_task(self.keep(log=log))
+
+    async def stop_keeping(self) -> None:
+        if self._keep_timer is not None:
+            self._keep_timer.cancel()
+            self._keep_timer = None
+        keeper, self._keeper = self._keeper, None
+        if keeper is not None:
+            keeper.cancel()
+            await asyncio.gather(keeper, return_exceptions=True)
 
     async def keep(self, *, log: logging.LoggerAdapter[Any] | None = None) -> None:
         """Renew every half lease until cancelled. A renewal that fails on a database error
