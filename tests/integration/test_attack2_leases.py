@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from itkit import SAFETY_TIMEOUT, Harness, Num, Out, Worker, eventually, from_context
 from regresskit import describe, history, settle
+from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
@@ -162,3 +163,239 @@ async def test_attack2_a_step_outliving_its_lease_behind_a_silent_network_is_can
         )
     finally:
         await shut(proxy, w1)
+
+
+# --------------------------------------------------------------------------- helpers (SQL)
+
+
+async def named_worker(h: Harness, name: str, *, lease: float = 30.0, pool: int = 2) -> Worker:
+    """A worker whose connections carry ``application_name`` = ``name``."""
+    sql = create_async_engine(
+        make_url(h.url),
+        pool_size=pool,
+        max_overflow=0,
+        connect_args={"server_settings": {"application_name": name}},
+    )
+    orch: SagaOrchestrator[Any] = SagaOrchestrator(
+        model_class=h.model,
+        session_maker=async_sessionmaker(sql),
+        execution_lease=timedelta(seconds=lease),
+        worker_id=name,
+    )
+    for saga_name, definition in h.definitions.items():
+        orch.register(saga_name, definition)
+    w = Worker(sql, orch, SagaAdmin(engine=orch.engine, actor="tester"))
+    h.workers.append(w)
+    return w
+
+
+async def observer_scalar(h: Harness, sql: str, **params: Any) -> Any:
+    assert h._observer_sql is not None
+    async with h._observer_sql.connect() as conn:
+        res = await conn.execute(text(sql), params)
+        await conn.commit()
+        return res.scalar_one()
+
+
+async def waiting_on_a_lock(h: Harness, name: str) -> bool:
+    n = await observer_scalar(
+        h,
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = :n "
+        "AND wait_event_type = 'Lock'",
+        n=name,
+    )
+    return bool(n)
+
+
+class RowLock:
+    """The saga's row locked by an open transaction of the observer (FOR UPDATE): a
+    checkpoint of it waits until :meth:`free`."""
+
+    def __init__(self, h: Harness) -> None:
+        self.h = h
+        self.conn: Any = None
+
+    async def take(self, saga_id: Any) -> None:
+        assert self.h._observer_sql is not None
+        self.conn = await self.h._observer_sql.connect()
+        await self.conn.begin()
+        await self.conn.execute(
+            text(f"SELECT 1 FROM {self.h.table_name} WHERE id = :id FOR UPDATE"), {"id": saga_id}
+        )
+
+    async def free(self) -> None:
+        if self.conn is not None:
+            conn, self.conn = self.conn, None
+            await conn.rollback()
+            await conn.close()
+
+
+def successes(row: Any, step_id: str) -> int:
+    return sum(1 for e in history(row) if e.get("step_id") == step_id and e["status"] == "SUCCESS")
+
+
+# --------------------------------------------------------------------------- cancellation
+
+
+async def test_attack2_cancelled_during_its_checkpoint_the_step_is_recorded_once(
+    h: Harness,
+) -> None:
+    """sagad's shutdown cancels a run while the checkpoint of its finished step is in flight
+    (held up by a row lock). The checkpoint must still land (no shield any more: only the
+    caller's future is cancelled), then the release; the step never runs again."""
+    step = Tracked()
+    define(h, step)
+    lock = RowLock(h)
+    name = "a2-cancel-w"
+    w = await named_worker(h, name)
+    sid = await w.orch.start(saga_name="flow", initial_data={"n": 1}, aggregation_id="c")
+    step.gates["a"] = gate = asyncio.Event()
+    run = w.spawn(w.orch.run_due())
+    try:
+        await asyncio.wait_for(step.started_event("a").wait(), SAFETY_TIMEOUT)
+        await lock.take(sid)
+        gate.set()  # a returns: its checkpoint waits for the row lock
+        await eventually(lambda: waiting_on_a_lock(h, name), what="the checkpoint to block")
+        run.cancel()  # the shutdown
+        await asyncio.sleep(0)  # (let the cancellation reach the run before the lock goes)
+        assert not run.done()
+        await lock.free()
+        await asyncio.gather(run, return_exceptions=True)
+        await asyncio.wait_for(w.orch.engine.writer.flush(), SAFETY_TIMEOUT)
+        row = await h.row(sid)
+        assert successes(row, "a") == 1, describe(row)
+        assert row.lease_owner is None and row.deadline_at is not None, describe(row)
+        assert [e["status"] for e in history(row)][-1] == "INTERRUPTED", describe(row)
+        row = await settle(h, w, sid)
+        assert row.status == "COMPLETED", describe(row)
+        assert [s for s, _ in step.starts] == ["a", "b"], step.starts
+        assert successes(row, "a") == 1 and successes(row, "b") == 1, describe(row)
+    finally:
+        await lock.free()
+
+
+async def test_attack2_connection_killed_while_a_checkpoint_waits_does_not_rerun_the_step(
+    h: Harness,
+) -> None:
+    """The worker's connection is killed (``pg_terminate_backend``) while its autocommitted
+    checkpoint statement waits on a row lock: nothing was written, the writer retries on a
+    new connection, the step is recorded once and not run again."""
+    step = Tracked()
+    define(h, step)
+    lock = RowLock(h)
+    name = "a2-kill-w"
+    w = await named_worker(h, name)
+    sid = await w.orch.start(saga_name="flow", initial_data={"n": 1}, aggregation_id="k")
+    step.gates["a"] = gate = asyncio.Event()
+    run = w.spawn(w.orch.run_due())
+    try:
+        await asyncio.wait_for(step.started_event("a").wait(), SAFETY_TIMEOUT)
+        await lock.take(sid)
+        gate.set()
+        await eventually(lambda: waiting_on_a_lock(h, name), what="the checkpoint to block")
+        killed = await observer_scalar(
+            h,
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE application_name = :n AND wait_event_type = 'Lock'",
+            n=name,
+        )
+        assert killed == 1
+
+        async def retried() -> bool:  # the retry is blocked on the lock again
+            return await waiting_on_a_lock(h, name)
+
+        await eventually(retried, what="the checkpoint's retry")
+        await lock.free()
+        assert await asyncio.wait_for(run, SAFETY_TIMEOUT) == 1
+        row = await h.row(sid)
+        assert row.status == "COMPLETED", describe(row)
+        assert [s for s, _ in step.starts] == ["a", "b"], step.starts
+        assert successes(row, "a") == 1 and successes(row, "b") == 1, describe(row)
+        assert not [e for e in history(row) if e["status"] == "INTERRUPTED"], describe(row)
+    finally:
+        await lock.free()
+
+
+async def test_attack2_checkpoint_committed_but_its_reply_lost_is_not_applied_twice(
+    h: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The autocommitted checkpoint statement commits but its reply never arrives (the
+    connection drops in between, seen through a proxy holding the reply): the writer sends
+    it again. Re-applied, it must change nothing: one SUCCESS entry, the step run once."""
+    step = Tracked()
+    define(h, step)
+    proxy = await start_proxy(h)
+    url = make_url(h.url).set(host="127.0.0.1", port=proxy.port)
+    sql = create_async_engine(url, pool_size=1, max_overflow=0)
+    orch: SagaOrchestrator[Any] = SagaOrchestrator(
+        model_class=h.model,
+        session_maker=async_sessionmaker(sql),
+        execution_lease=timedelta(seconds=60),
+        worker_id="a2-reply-w",
+    )
+    for saga_name, definition in h.definitions.items():
+        orch.register(saga_name, definition)
+    w = Worker(sql, orch, SagaAdmin(engine=orch.engine, actor="tester"))
+    h.workers.append(w)
+    try:
+        # A first saga, run to its end: the checkpoint statement is prepared on the (only)
+        # connection, so the next checkpoint is one message and one reply.
+        warm = await orch.start(
+            saga_name="flow", initial_data={"n": 1}, aggregation_id="w", inline=True
+        )
+        assert (await h.row(warm)).status == "COMPLETED"
+        step.starts.clear()
+        step.started.clear()
+        sid = await orch.start(
+            saga_name="flow", initial_data={"n": 1}, aggregation_id="r", inline=False
+        )
+        step.gates["a"] = gate = asyncio.Event()
+        run = w.spawn(orch.run_due())
+        await asyncio.wait_for(step.started_event("a").wait(), SAFETY_TIMEOUT)
+        (link,) = proxy.open_links()
+        proxy.hold_reply_to_next(link)
+        gate.set()  # a returns: its checkpoint is sent; the reply is held
+
+        async def committed() -> bool:
+            return successes(await h.row(sid), "a") == 1 and bool(proxy.held_down())
+
+        await eventually(committed, what="the checkpoint to commit with its reply held")
+        for writer in list(proxy.writers):  # the connection drops; the reply is lost
+            writer.transport.abort()
+        proxy.release_all()
+        assert await asyncio.wait_for(run, SAFETY_TIMEOUT) == 1
+        row = await h.row(sid)
+        assert row.status == "COMPLETED", describe(row)
+        assert [s for s, _ in step.starts] == ["a", "b"], step.starts
+        assert successes(row, "a") == 1 and successes(row, "b") == 1, describe(row)
+        assert "database unavailable while writing 1 checkpoint(s)" in caplog.text, (
+            "the checkpoint was not sent again"
+        )
+    finally:
+        await shut(proxy, w)
+
+
+# --------------------------------------------------------------------------- lease lost
+
+
+async def test_attack2_an_operator_abort_mid_step_cancels_it_and_nothing_lands(
+    h: Harness,
+) -> None:
+    """An operator aborts a saga while its step runs (the token rotates): the lazy keeper's
+    first renewal (half a lease in) finds the token changed, the step's task is cancelled,
+    and no write of that run lands on the ABORTED saga."""
+    step = Tracked()
+    define(h, step)
+    w = await h.worker("a2-abort-w", lease=LEASE)
+    sid = await w.orch.start(saga_name="flow", initial_data={"n": 1}, aggregation_id="ab")
+    step.gates["a"] = asyncio.Event()  # never set: only the lease can end the step
+    run = w.spawn(w.orch.run_due())
+    await asyncio.wait_for(step.started_event("a").wait(), SAFETY_TIMEOUT)
+    await w.admin.abort(sid, reason="attack")
+    aborted = await h.row(sid)
+    assert await asyncio.wait_for(run, SAFETY_TIMEOUT) == 1
+    assert step.ended == [("a", w.id, "cancelled")], step.ended
+    row = await h.row(sid)
+    assert row.status == "ABORTED", describe(row)
+    assert row.step_history == aborted.step_history, describe(row)
+    assert row.updated_at == aborted.updated_at and row.context == aborted.context
