@@ -399,3 +399,42 @@ async def test_attack2_an_operator_abort_mid_step_cancels_it_and_nothing_lands(
     assert row.status == "ABORTED", describe(row)
     assert row.step_history == aborted.step_history, describe(row)
     assert row.updated_at == aborted.updated_at and row.context == aborted.context
+
+
+# --------------------------------------------------------------------------- the lazy keeper
+
+
+@pytest.mark.parametrize("how_long", ["past_half_the_lease", "past_the_whole_lease"])
+async def test_attack2_a_long_step_keeps_its_lease_against_a_polling_worker(
+    h: Harness, how_long: str
+) -> None:
+    """The keeper now starts from a timer at half the lease. A step running past that point
+    (until the keeper's renewal is seen), or past the whole lease the claim gave (until the
+    database clock is beyond it): a second worker polling ``run_due`` all along never takes
+    the saga over, and the step runs once."""
+    step = Tracked()
+    define(h, step)
+    holder = await h.worker("a2-keep-holder", lease=LEASE)
+    poller = await h.worker("a2-keep-poller", lease=LEASE)
+    sid = await holder.orch.start(saga_name="flow", initial_data={"n": 1}, aggregation_id="k")
+    step.gates["a"] = gate = asyncio.Event()
+    run = holder.spawn(holder.orch.run_due())
+    await asyncio.wait_for(step.started_event("a").wait(), SAFETY_TIMEOUT)
+    claimed = (await h.row(sid)).deadline_at
+    assert claimed is not None
+    poller_claims = 0
+
+    async def far_enough() -> bool:
+        nonlocal poller_claims
+        poller_claims += await poller.orch.run_due()
+        if how_long == "past_half_the_lease":
+            return (await h.row(sid)).deadline_at != claimed
+        return await h.db_now() > claimed + timedelta(seconds=LEASE / 2)
+
+    await eventually(far_enough, what=f"the step to run {how_long}")
+    gate.set()
+    assert await asyncio.wait_for(run, SAFETY_TIMEOUT) == 1
+    assert poller_claims == 0, "the poller took over a saga whose holder was alive"
+    row = await h.row(sid)
+    assert (row.status, row.takeover_count) == ("COMPLETED", 0), describe(row)
+    assert step.starts == [("a", holder.id), ("b", holder.id)], step.starts
