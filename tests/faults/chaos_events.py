@@ -24,6 +24,9 @@ is in its output, so the test can check what the steps saw against the history.
 
 ``initial_data``: ``plan`` (step id -> ``n`` failures of its first attempts, after applying
 its effect, or ``"always"``: fails for good before its effect), ``rounds``, ``ask_delay``,
+``answer_after`` (step id -> seconds: the test's deliverers answer that step only that
+much later, when the saga may have suspended: the answer is then consumed at once; such a
+step does not deliver from inside the worker),
 ``self_deliver`` (by ``"token"`` or ``"name"``, or absent), ``fail_ask`` (t's first attempt
 fails right after handing out its token: the early event must wait for the next attempt),
 ``sleep_w``.
@@ -64,7 +67,7 @@ EVENTS_DDL = (
     """CREATE TABLE IF NOT EXISTS {t}_asks (
     id BIGSERIAL PRIMARY KEY, saga_id UUID NOT NULL, aggregation_id TEXT NOT NULL,
     step_id TEXT NOT NULL, round INT NOT NULL, attempt INT NOT NULL, token UUID NOT NULL,
-    name TEXT, key TEXT NOT NULL, pid INT NOT NULL,
+    name TEXT, key TEXT NOT NULL, pid INT NOT NULL, answer_after FLOAT NOT NULL DEFAULT 0,
     at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp(), taken BOOLEAN NOT NULL DEFAULT false)""",
     "CREATE INDEX IF NOT EXISTS {t}_asks_untaken ON {t}_asks (id) WHERE NOT taken",
     """CREATE TABLE IF NOT EXISTS {t}_effects (
@@ -88,6 +91,7 @@ class EvIn(BaseModel):
     rounds: int = 0
     seen: list[dict[str, Any]] = []
     ask_delay: float = 0.0
+    answer_after: float = 0.0
     self_deliver: str | None = None
     fail_ask: bool = False
 
@@ -135,8 +139,8 @@ class EvStep(BaseStep[EvIn, EvOut]):
             await conn.execute(
                 text(
                     f"INSERT INTO {self.table}_asks (saga_id, aggregation_id, step_id, round, "
-                    "attempt, token, name, key, pid) VALUES (:s, :agg, :st, :r, :a, :tok, :n, "
-                    ":k, :pid)"
+                    "attempt, token, name, key, pid, answer_after) VALUES (:s, :agg, :st, :r, "
+                    ":a, :tok, :n, :k, :pid, :after)"
                 ),
                 {
                     "s": ctx.saga_id,
@@ -148,9 +152,10 @@ class EvStep(BaseStep[EvIn, EvOut]):
                     "n": name,
                     "k": ctx.idempotency_key,
                     "pid": os.getpid(),
+                    "after": inp.answer_after,
                 },
             )
-        if inp.self_deliver is not None:
+        if inp.self_deliver is not None and inp.answer_after <= 0:
             form = inp.self_deliver if name is not None else "token"
             task = asyncio.create_task(self._deliver(ctx.saga_id, ctx.aggregation_id, rnd, form))
             self.tasks.add(task)
@@ -273,6 +278,7 @@ def _input(step_id: str) -> Any:
             rounds=rounds if step_id in WAIT_STEPS else 0,
             seen=[e for e in ctx.events if e.get("step") == step_id],
             ask_delay=float(data.get("ask_delay", 0.0)),
+            answer_after=float((data.get("answer_after") or {}).get(step_id, 0.0)),
             self_deliver=data.get("self_deliver"),
             fail_ask=bool(data.get("fail_ask")) and step_id == "t",
         )

@@ -81,7 +81,8 @@ class Deliverers:
                     await conn.execute(
                         text(
                             f"UPDATE {self.db.table}_asks SET taken = true WHERE NOT taken "
-                            "RETURNING saga_id, aggregation_id, step_id, round, token, name"
+                            "RETURNING saga_id, aggregation_id, step_id, round, token, name, "
+                            "answer_after"
                         )
                     )
                 ).all()
@@ -93,9 +94,9 @@ class Deliverers:
         rng = self.rng
         copies = rng.choice([1, 2, 2, 3])
         sends = []
-        # Mostly at once (early: the step has not begun to wait yet), else late (the saga
-        # may be SUSPENDED by then); duplicates at once too (concurrent) or a little later.
-        first = 0.0 if rng.random() < 0.7 else rng.uniform(0.3, 1.5)
+        # At once (early: the step has not begun to wait yet) unless the saga's plan asks for
+        # a late answer; duplicates at the same moment (concurrent) or a little later.
+        first = float(ask.answer_after)
         for j in range(copies):
             form = "token" if ask.name is None else rng.choice(["token", "name"])
             delay = first if j == 0 or rng.random() < 0.5 else first + rng.uniform(0.05, 0.6)

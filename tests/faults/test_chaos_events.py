@@ -6,7 +6,8 @@ named ``approval``, while ``w`` sleeps (and may fail, with a retry delay that re
 saga and has it claimed again) and ``d`` may fail for good (the saga rolls back). The steps
 hand out ``current_step().token`` and the answers come at once, often before the step's
 WAITING checkpoint has committed (the step lingers after handing it out; half of the sagas
-also deliver from inside the worker, racing the wait): from the test's deliverers
+also deliver from inside the worker, racing the wait; some waits are answered late, when
+the saga may have suspended): from the test's deliverers
 (:class:`evkit.Deliverers`: several orchestrators with pools of their own, concurrently,
 duplicated, some duplicates late), by token and by ``aggregation_id`` + ``approval``.
 Meanwhile the test SIGKILLs workers (each replaced at once), terminates their database
@@ -66,6 +67,7 @@ def plan_for(rng: random.Random) -> dict[str, Any]:
     data: dict[str, Any] = {
         "rounds": rng.choice([1, 1, 2]),
         "ask_delay": rng.choice([0.0, 0.0, 0.02, 0.1, 0.3]),
+        "answer_after": {s: 0.0 if rng.random() < 0.7 else rng.uniform(1.0, 2.5) for s in "tn"},
         "sleep_w": rng.choice([0.05, 0.2, 0.6, 1.0]),
     }
     if rng.random() < 0.5:
@@ -209,6 +211,7 @@ async def test_event_sagas_under_faults(
     assert report.stats["accepted_token_queued"] and report.stats["accepted_name_queued"]
     assert report.stats["accepted_token"] and report.stats["accepted_name"]
     assert report.stats["refused"]
+    assert report.stats["effects re-applied (same key)"]  # re-runs met their own effect
     assert chaos.faults["kill9"] and chaos.faults["terminate_backend"]
     assert not chaos.faults["unexpected_exit"], "\n".join([summary, *chaos.unexpected])
     assert peak[0] < MAX_CONNECTIONS, f"{peak[0]} connections at once"
