@@ -2,7 +2,7 @@
 
 Typed steps with ``execute``/``compensate``, retry policies, timeouts, compensation in
 reverse order and crash recovery, with state in the application's own PostgreSQL or SQLite
-database. See the README for the guarantees.
+database. See docs/concepts.md for the guarantees.
 """
 
 from __future__ import annotations

@@ -282,16 +282,16 @@ async def call(
                 raise StepTimeout(message, cancelled) from None
             raise
 
+    # Its own task: the step's code runs in a copy of the context (what it sets stays its
+    # own) and the lease cancels it alone when lost.
     task = asyncio.get_running_loop().create_task(guarded(), context=run_with_step(ctx))
-    lost = run.lease.lost_future()
+    run.lease.watch(task)
     try:
-        await asyncio.wait({task, lost}, return_when=asyncio.FIRST_COMPLETED)
+        return await task
     except asyncio.CancelledError:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        me = asyncio.current_task()
+        if run.lease.is_lost and (me is None or me.cancelling() == 0):
+            raise LeaseLost() from None  # the lease cancelled the step, not our caller
         raise
-    if not task.done():
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        raise LeaseLost()
-    return task.result()
+    finally:
+        run.lease.unwatch(task)

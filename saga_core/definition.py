@@ -54,7 +54,7 @@ class BaseStep(Generic[InT, OutT]):
     transactional: ClassVar[bool] = False
     """``True``: the step's only effect is writes to the saga table's database through
     ``current_step().session``, whose transaction also commits the step's checkpoint (see
-    "Transactional steps" in the README)."""
+    "Transactional steps" in docs/concepts.md)."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -94,6 +94,7 @@ class Lease:
         self.valid_until = sent + length
         """Monotonic time until which the lease is known to hold."""
         self._lost: asyncio.Future[None] | None = None
+        self._watched: set[asyncio.Task[Any]] = set()
         self.is_lost = False
 
     # --- what the database told us ---------------------------------------------------------
@@ -126,6 +127,17 @@ class Lease:
         self.is_lost = True
         if self._lost is not None and not self._lost.done():
             self._lost.set_result(None)
+        for task in self._watched:
+            task.cancel("lease lost")
+
+    def watch(self, task: asyncio.Task[Any]) -> None:
+        """Cancel ``task`` (a step's code) when the lease is lost; at once if it is."""
+        self._watched.add(task)
+        if self.is_lost:
+            task.cancel("lease lost")
+
+    def unwatch(self, task: asyncio.Task[Any]) -> None:
+        self._watched.discard(task)
 
     def check(self) -> None:
         """Raise LeaseLost when the lease is lost."""

@@ -9,13 +9,14 @@ The executor and the admin module apply transitions; the store persists them.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import timedelta
 from enum import StrEnum
 from typing import Any
 
 from saga_core import history as h
 from saga_core.errors import SagaStateError
+from saga_core.frozen import replace
 
 __all__ = [
     "ACTIVE_STATUSES",
@@ -31,7 +32,7 @@ __all__ = [
 
 
 class SagaStatus(StrEnum):
-    """Where a saga is in its life; see the README for the full table."""
+    """Where a saga is in its life; see docs/concepts.md for the full table."""
 
     RUNNING = "RUNNING"
     SUSPENDED = "SUSPENDED"

@@ -22,7 +22,7 @@ _REFUSED_HINTS = {
     "and pg_hba.conf",
     "NO_DATABASE": "check the database name in the URL (--database-url, SAGA_DATABASE_URL or "
     "the config file)",
-    "PRIVILEGE": "the role lacks a privilege on the saga tables (README: Security: database roles)",
+    "PRIVILEGE": "the role lacks a privilege on the saga tables (docs/security.md: Security: database roles)",
     "CONFIGURATION": "check the database URL (host, SSL settings, file path)",
 }
 

@@ -1,4 +1,4 @@
-"""The JSON shapes of ``-o json`` / ``-o jsonl`` (documented in the README; keep them
+"""The JSON shapes of ``-o json`` / ``-o jsonl`` (documented in docs/sagactl.md; keep them
 stable: add fields, never rename or remove). Times are ISO-8601 UTC strings ending in ``Z``."""
 
 from __future__ import annotations

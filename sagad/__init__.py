@@ -3,7 +3,7 @@
 It imports the application's ``SagaOrchestrator`` (``--app module:attribute``), claims due
 sagas in batches with ``FOR UPDATE SKIP LOCKED``, runs them concurrently, wakes up on
 PostgreSQL ``NOTIFY``, registers itself in the worker registry, drains on SIGTERM and speaks
-the systemd notify protocol. Run ``sagad --help``; see the README.
+the systemd notify protocol. Run ``sagad --help``; see docs/sagad.md.
 """
 
 from __future__ import annotations

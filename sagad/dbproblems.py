@@ -10,7 +10,7 @@ _HINTS = {
     DbProblem.AUTHENTICATION: "check the user and password (database_url, "
     "database_password_file) and pg_hba.conf",
     DbProblem.NO_DATABASE: "check the database name in database_url, or create the database",
-    DbProblem.PRIVILEGE: "grant the worker role its privileges (README: Security: database roles)",
+    DbProblem.PRIVILEGE: "grant the worker role its privileges (docs/security.md: Security: database roles)",
     DbProblem.SCHEMA: "run `sagactl db upgrade`",
     DbProblem.CONFIGURATION: "check database_url (host, SSL settings, file path and permissions)",
 }

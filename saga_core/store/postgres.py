@@ -11,6 +11,7 @@ from contextlib import AbstractAsyncContextManager
 from datetime import datetime, timedelta
 from typing import Any
 
+import orjson
 from sqlalchemy import ColumnElement, Interval, Select, Text, bindparam, func, select
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
@@ -128,9 +129,23 @@ RETURNING {", ".join("t." + c.strip() for c in _RETURN_COLS.split(","))}
 """
 
 
-def _checkpoint_sql(table: str) -> str:
+# The checkpoint batch's rows, as parallel arrays ($15: the lease in seconds) ...
+_ROWS_FROM_ARRAYS = """unnest(
+    $1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::int[], $6::jsonb[], $7::jsonb[],
+    $8::int[], $9::bool[], $10::text[], $11::jsonb[], $12::int[], $13::float8[], $14::bool[],
+    $16::bool[], $17::uuid[], $18::uuid[]
+) AS v(id, token, status, phase, idx, steps, ctx, rc, set_err, err, hist, dmode, delay_s,
+       release, finished, step_token, new_lease)"""
+# ... or as one JSON array of objects ($2: the lease): one orjson call encodes the batch,
+# instead of asyncpg encoding seventeen arrays element by element.
+_ROWS_FROM_JSON = """jsonb_to_recordset($1::jsonb) AS v(id uuid, token uuid, status text,
+    phase text, idx int, steps jsonb, ctx jsonb, rc int, set_err bool, err text, hist jsonb,
+    dmode int, delay_s float8, release bool, finished bool, step_token uuid, new_lease uuid)"""
+
+
+def _checkpoint_sql(table: str, rows: str, lease: str) -> str:
     # deadline modes: 0 keep, 1 clear, 2 now + delay, 3 now + lease (renewal), 4 keep but
-    # renew when less than half the lease ($15) is left (the write between two steps).
+    # renew when less than half the lease is left (the write between two steps).
     return f"""
 UPDATE {table} AS t SET
     status = COALESCE(v.status, t.status),
@@ -147,10 +162,10 @@ UPDATE {table} AS t SET
         WHEN 0 THEN t.deadline_at
         WHEN 1 THEN NULL
         WHEN 2 THEN now() + v.delay_s * interval '1 second'
-        WHEN 3 THEN now() + $15::float8 * interval '1 second'
+        WHEN 3 THEN now() + {lease}::float8 * interval '1 second'
         ELSE CASE WHEN t.lease_owner IS NOT NULL
-                  AND t.deadline_at < now() + $15::float8 * interval '0.5 second'
-             THEN now() + $15::float8 * interval '1 second'
+                  AND t.deadline_at < now() + {lease}::float8 * interval '0.5 second'
+             THEN now() + {lease}::float8 * interval '1 second'
              ELSE t.deadline_at END
         END,
     lease_owner = CASE WHEN v.release THEN NULL ELSE t.lease_owner END,
@@ -158,12 +173,7 @@ UPDATE {table} AS t SET
     step_execution_token = COALESCE(v.step_token, t.step_execution_token),
     lease_token = COALESCE(v.new_lease, t.lease_token),
     updated_at = now()
-FROM unnest(
-    $1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::int[], $6::jsonb[], $7::jsonb[],
-    $8::int[], $9::bool[], $10::text[], $11::jsonb[], $12::int[], $13::float8[], $14::bool[],
-    $16::bool[], $17::uuid[], $18::uuid[]
-) AS v(id, token, status, phase, idx, steps, ctx, rc, set_err, err, hist, dmode, delay_s,
-       release, finished, step_token, new_lease)
+FROM {rows}
 WHERE t.id = v.id AND t.lease_token = v.token
 RETURNING t.id, v.token,
     CASE WHEN t.lease_owner IS NULL THEN NULL
@@ -173,7 +183,14 @@ RETURNING t.id, v.token,
 
 
 def _dumps(value: Any) -> str | None:
-    return None if value is None else json.dumps(value, separators=(",", ":"), default=str)
+    # orjson: the JSON columns are most of a checkpoint's encoding work. What it refuses
+    # (integers beyond 64 bits, non-string keys, lone surrogates) is encoded as before.
+    if value is None:
+        return None
+    try:
+        return orjson.dumps(value, default=str).decode()
+    except TypeError:
+        return json.dumps(value, separators=(",", ":"), default=str)
 
 
 def _err(value: str | None) -> str | None:
@@ -187,7 +204,8 @@ class FastPostgresSagaStore(PostgresSagaStore):
         super().__init__(*args, **kwargs)
         q = self.engine.dialect.identifier_preparer.format_table(self.table)
         self._sql_claims: dict[tuple[bool, bool, bool | None], str] = {}
-        self._sql_checkpoint = _checkpoint_sql(q)
+        self._sql_checkpoint = _checkpoint_sql(q, _ROWS_FROM_ARRAYS, "$15")
+        self._sql_checkpoint_json = _checkpoint_sql(q, _ROWS_FROM_JSON, "$2")
         self._quoted = q
         self._insert_sql: dict[tuple[str, ...], str] = {}
 
@@ -309,6 +327,45 @@ class FastPostgresSagaStore(PostgresSagaStore):
             return []
         if any(cp.update.set_inbox for cp in checkpoints):  # never on the hot path
             return await super().saga_checkpoint(checkpoints)
+        try:
+            sql, args = self._checkpoint_json(checkpoints)
+        except TypeError:  # what orjson refuses (integers beyond 64 bits, ...): as before
+            sql, args = self._checkpoint_arrays(checkpoints)
+        # One statement, so atomic without BEGIN/COMMIT (two round trips fewer per batch).
+        async with self._raw() as raw:
+            rows = await raw.fetch(sql, *args)
+        # Keyed by (id, token): a stale checkpoint batched with the current one for the same
+        # saga (a run that lost its lease in this very process) must still be told None.
+        applied = {(r[0], r[1]): Applied(lease_left=r[2], inbox=r[3]) for r in rows}
+        return [applied.get((cp.saga_id, cp.token)) for cp in checkpoints]
+
+    def _checkpoint_json(self, checkpoints: Sequence[Checkpoint]) -> tuple[str, list[Any]]:
+        rows = [
+            {
+                "id": cp.saga_id,
+                "token": cp.token,
+                "status": (u := cp.update).status,
+                "phase": u.phase,
+                "idx": u.current_step_index,
+                "steps": u.steps_state,
+                "ctx": u.context,
+                "rc": u.retry_counter,
+                "set_err": u.set_last_error or u.last_error is not None,
+                "err": _err(u.last_error),
+                "hist": u.history or None,
+                "dmode": _DEADLINE_MODE[u.deadline.value],
+                "delay_s": u.delay.total_seconds(),
+                "release": u.lease is LeaseChange.RELEASE,
+                "finished": u.finished,
+                "step_token": u.step_token,
+                "new_lease": u.new_lease_token,
+            }
+            for cp in checkpoints
+        ]
+        text = orjson.dumps(rows, default=str).decode()
+        return self._sql_checkpoint_json, [text, self.lease.total_seconds()]
+
+    def _checkpoint_arrays(self, checkpoints: Sequence[Checkpoint]) -> tuple[str, list[Any]]:
         cols: list[list[Any]] = [[] for _ in range(17)]
         for cp in checkpoints:
             u = cp.update
@@ -333,10 +390,4 @@ class FastPostgresSagaStore(PostgresSagaStore):
             )
             for col, value in zip(cols, values, strict=True):
                 col.append(value)
-        args = [*cols[:14], self.lease.total_seconds(), *cols[14:]]
-        async with self._raw() as raw, raw.transaction():
-            rows = await raw.fetch(self._sql_checkpoint, *args)
-        # Keyed by (id, token): a stale checkpoint batched with the current one for the same
-        # saga (a run that lost its lease in this very process) must still be told None.
-        applied = {(r[0], r[1]): Applied(lease_left=r[2], inbox=r[3]) for r in rows}
-        return [applied.get((cp.saga_id, cp.token)) for cp in checkpoints]
+        return self._sql_checkpoint, [*cols[:14], self.lease.total_seconds(), *cols[14:]]

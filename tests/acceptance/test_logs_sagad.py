@@ -1,6 +1,6 @@
 """A real ``sagad``'s log has saga_core's records (standard ``logging``) routed through
 loguru: in JSON with the saga's fields as keys and ``logger`` naming the saga_core module,
-at the levels the README states; a failed attempt's traceback only at DEBUG."""
+at the levels docs/sagad.md states; a failed attempt's traceback only at DEBUG."""
 
 from __future__ import annotations
 

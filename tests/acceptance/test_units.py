@@ -1,6 +1,6 @@
 """The shipped systemd units (``config/sagad.service`` and the template
 ``config/sagad@.service``) fit the daemon, pass ``systemd-analyze verify`` and have the
-``systemd-analyze security`` exposure the README states; a usage error exits 64, which the
+``systemd-analyze security`` exposure docs/sagad.md states; a usage error exits 64, which the
 units do not restart.
 
 The two systemd-analyze tests need systemd-analyze 250 or later (``--offline=yes``); where it
@@ -64,7 +64,7 @@ def test_units_fit_the_daemon(unit: str) -> None:
     assert one["DynamicUser"] == "yes", "no user to create by hand"
     assert "ProcSubset" not in one, "it hides /proc/stat from the process metrics"
     assert all(not doc.startswith("man:systemd") for doc in d["Documentation"])
-    assert "README" in one["Documentation"]
+    assert "README" in one["Documentation"] and "docs/sagad.md" in one["Documentation"]
     assert "SAGA_DATABASE_PASSWORD_FILE=%d/db-password" in d["Environment"]
     defaults = SagaSettings()
     assert int(one["TimeoutStopSec"].rstrip("s")) > defaults.drain_timeout
@@ -96,7 +96,7 @@ def test_systemd_analyze_verify(unit: str, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("unit", UNITS)
-def test_security_exposure_is_the_one_the_readme_states(unit: str, tmp_path: Path) -> None:
+def test_security_exposure_is_the_one_the_docs_state(unit: str, tmp_path: Path) -> None:
     tool = _analyze()
     path = _installed_copy(unit, tmp_path)
     done = subprocess.run(
@@ -109,8 +109,8 @@ def test_security_exposure_is_the_one_the_readme_states(unit: str, tmp_path: Pat
     found = re.search(r"Overall exposure level for \S+: (\d+\.\d) (\w+)", done.stdout)
     assert found is not None, done.stdout + done.stderr
     measured = f"{found.group(1)} {found.group(2)}"
-    readme = (ROOT / "README.md").read_text()
-    stated = re.search(r"`systemd-analyze security`: (\d+\.\d \w+)", readme)
+    page = (ROOT / "docs" / "sagad.md").read_text()
+    stated = re.search(r"`systemd-analyze security`: (\d+\.\d \w+)", page)
     assert stated is not None and stated.group(1) == measured, (stated, measured)
 
 

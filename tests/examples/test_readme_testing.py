@@ -1,4 +1,4 @@
-"""The README's "Testing your sagas" example runs as pasted: extracted into a fresh directory
+"""The "Testing your sagas" example (docs/testing.md) runs as pasted: extracted into a fresh directory
 and run by pytest in a subprocess, with no configuration of this project (no database)."""
 
 from __future__ import annotations
@@ -9,19 +9,20 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+PAGE = ROOT / "docs" / "testing.md"
 START, END = "<!-- testing-example:start -->", "<!-- testing-example:end -->"
 
 
-def readme_example() -> str:
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
+def page_example() -> str:
+    text = PAGE.read_text(encoding="utf-8")
     block = text[text.index(START) + len(START) : text.index(END)]
     match = re.fullmatch(r"\s*```python\n(.*)```\s*", block, re.DOTALL)
     assert match, "the example is one python code block between the markers"
     return match.group(1)
 
 
-def test_the_readme_example_passes_as_pasted(tmp_path: Path) -> None:
-    (tmp_path / "test_checkout.py").write_text(readme_example(), encoding="utf-8")
+def test_the_testing_example_passes_as_pasted(tmp_path: Path) -> None:
+    (tmp_path / "test_checkout.py").write_text(page_example(), encoding="utf-8")
     (tmp_path / "pytest.ini").write_text("[pytest]\n", encoding="utf-8")  # no project config
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider", "test_checkout.py"],
@@ -37,9 +38,9 @@ def test_the_readme_example_passes_as_pasted(tmp_path: Path) -> None:
     assert "differs: output of ChargeCard" in proc.stdout
 
 
-def test_the_readme_shows_the_report_the_example_prints(tmp_path: Path) -> None:
+def test_the_page_shows_the_report_the_example_prints(tmp_path: Path) -> None:
     """The report quoted under the example is the one it prints (kept in step)."""
-    (tmp_path / "test_checkout.py").write_text(readme_example(), encoding="utf-8")
+    (tmp_path / "test_checkout.py").write_text(page_example(), encoding="utf-8")
     (tmp_path / "pytest.ini").write_text("[pytest]\n", encoding="utf-8")
     proc = subprocess.run(
         [
@@ -60,7 +61,7 @@ def test_the_readme_shows_the_report_the_example_prints(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     printed = proc.stdout[proc.stdout.index("crash matrix of") :]
     printed = printed[: printed.index("\n.")] if "\n." in printed else printed
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    text = PAGE.read_text(encoding="utf-8")
     shown = text[text.index(END) :]
     shown = shown[shown.index("```text\n") + len("```text\n") :]
     shown = shown[: shown.index("```")]

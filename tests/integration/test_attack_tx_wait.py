@@ -1,4 +1,4 @@
-"""Attack: a transactional step that waits for an event (README: "A step that raises, times
+"""Attack: a transactional step that waits for an event (docs/concepts.md: "A step that raises, times
 out or waits for an event (WaitForEvent) ... leave none of the step's rows"). On SQLite the
 step's transaction holds this process's write lock until the run's checkpoint; the write that
 suspends the step for its event is made under the row lock *before* that transaction is

@@ -625,7 +625,7 @@ def _children() -> Any:
     return SagaFilter(saga_names=["child"])
 
 
-# --------------------------------------------------------------------------- the README's example
+# ------------------------------------------------------------- the example of docs/concepts.md
 
 
 class ReserveIn(BaseModel):
@@ -638,7 +638,7 @@ class ReserveOut(BaseModel):
 
 
 class ReserveStock(BaseStep[ReserveIn, ReserveOut]):
-    """The README's example: an ORM read with a row lock, a change to it, a new row."""
+    """The docs' example (docs/concepts.md): an ORM read with a row lock, a change to it, a new row."""
 
     transactional = True
 
