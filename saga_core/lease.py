@@ -97,6 +97,7 @@ class Lease:
         self._watched: set[asyncio.Task[Any]] = set()
         self._keep_timer: asyncio.TimerHandle | None = None
         self._keeper: asyncio.Task[None] | None = None
+        self._expiry: asyncio.TimerHandle | None = None
         self.is_lost = False
 
     # --- what the database told us ---------------------------------------------------------
@@ -204,16 +205,38 @@ class Lease:
             if wait > 0:
                 await asyncio.sleep(wait)
                 continue
+            # A renewal left unanswered (a silent network: no reset, no reply; a connect
+            # that hangs) must not outlast the lease: a timer ends it when the lease runs out.
+            self._arm_expiry(log)
             try:
                 if not await self.renew():
                     return
             except Exception as exc:
                 if self.left() <= 0:
-                    (log or logger).warning(
-                        "lease ran out while the database could not be reached (%s): stopping "
-                        "the step in flight before another worker may claim the saga",
-                        exc,
-                    )
-                    self.mark_lost()
+                    self._run_out(log, exc)
                     return
                 await asyncio.sleep(min(retry, max(self.left(), 0.01)))
+            finally:
+                if self._expiry is not None:
+                    self._expiry.cancel()
+                    self._expiry = None
+
+    def _arm_expiry(self, log: logging.LoggerAdapter[Any] | None) -> None:
+        self._expiry = asyncio.get_running_loop().call_at(self.valid_until, self._expired, log)
+
+    def _expired(self, log: logging.LoggerAdapter[Any] | None) -> None:
+        self._expiry = None
+        if self.is_lost:
+            return
+        if self.left() > 0:  # another write confirmed more lease meanwhile
+            self._arm_expiry(log)
+            return
+        self._run_out(log, "no answer to the renewal")
+
+    def _run_out(self, log: logging.LoggerAdapter[Any] | None, why: object) -> None:
+        (log or logger).warning(
+            "lease ran out while the database could not be reached (%s): stopping the step in "
+            "flight before another worker may claim the saga",
+            why,
+        )
+        self.mark_lost()

@@ -106,9 +106,10 @@ _PLAIN = (
 
 
 def check_size(value: Any, what: str, limit: int) -> int:
-    """Size of ``value`` as UTF-8 JSON; raises SagaInputError above ``limit`` bytes, and for
-    what no store can keep: NaN or infinite numbers, NUL characters (PostgreSQL JSONB refuses
-    them, SQLite's JSON functions refuse NaN)."""
+    """Size of ``value`` as UTF-8 JSON; raises SagaInputError above ``limit`` bytes (json's
+    compact text), and for what no store can keep: NaN or infinite numbers, NUL characters
+    (PostgreSQL JSONB refuses them, SQLite's JSON functions refuse NaN). Well under the limit
+    the size returned is orjson's, which may differ from json's by a byte or two per float."""
     # Fast path (orjson, the same compact UTF-8 text): taken when it has nothing to refuse.
     # orjson writes NaN as null and has no NUL check, so any null or \u0000 in its output
     # takes the careful path below, as does whatever orjson refuses.
@@ -116,9 +117,15 @@ def check_size(value: Any, what: str, limit: int) -> int:
         fast = orjson.dumps(value, option=_PLAIN)
     except TypeError:
         fast = None
-    if fast is not None and b"null" not in fast and b"\\u0000" not in fast:
-        if len(fast) > limit:
-            _over(what, len(fast), limit)
+    # The limit is json's count. orjson writes some floats differently: 1e-7 (json 1e-07, one
+    # byte more: each such float holds "e-") and 0.00001 (json 1e-05, shorter). Clearly under
+    # the limit, orjson's count will do; near or over it, json's decides (careful path).
+    if (
+        fast is not None
+        and b"null" not in fast
+        and b"\\u0000" not in fast
+        and len(fast) + fast.count(b"e-") <= limit
+    ):
         return len(fast)
     try:
         text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
