@@ -35,7 +35,6 @@ from saga_core.rows import (
     rotate_token,
     shape_of,
     update_for,
-    waits_of,
     with_tokens,
     without_holds,
 )
@@ -143,15 +142,21 @@ class SagaAdmin(SagaQueries[M]):
             _check_expected(row, want_status, want_time, sid)
             t, context = compute(row, now)
             base = row.context if context is None else context
-            # An operator ends every event wait (its token is spent) and the retry waits of
-            # parallel branches: what runs next runs now.
+            # An operator ends every event wait and the retry waits of parallel branches
+            # (what runs next runs now) and spends every step's token: a token handed out
+            # by an execution the operator overruled (waiting for an event, or failed and
+            # waiting for its retry time) is refused from now on, and the step hands out a
+            # new one when it runs again. A plain new claim keeps the tokens.
             steps = with_tokens(row)
-            for step_id in waits_of(base):
-                index = next((i for i, s in enumerate(steps) if s["step_id"] == step_id), None)
-                if index is not None:
-                    steps = rotate_token(steps, index)
+            for index in range(len(steps)):
+                steps = rotate_token(steps, index)
             ctx = without_holds(base)
             at = now.isoformat()
+            # Events kept in the inbox for one of those tokens are dropped with them.
+            inbox: list[dict[str, Any]] = []
+            spent: list[dict[str, Any]] = []
+            for e in row.inbox or []:
+                (spent if e.get("token") is not None else inbox).append(e)
             idx = row.current_step_index
             entry = h.admin(
                 at=at,
@@ -163,13 +168,22 @@ class SagaAdmin(SagaQueries[M]):
                 to_status=t.state.status.value,
                 **(extra or {}),
             )
-            # Events waiting in the inbox for steps this action finished are dropped.
+            dropped = [
+                h.unused(
+                    at=at,
+                    step_id=e.get("step_id"),
+                    event_id=str(e.get("event_id")),
+                    reason=f"an operator action ({action}) spent the token it was sent to",
+                )
+                for e in spent
+            ]
+            # Events by name waiting in the inbox for steps this action finished are dropped.
             settled = waits.settle_inbox(
                 t.state,
                 shape_of(row),
                 ctx,
                 steps,
-                list(row.inbox or []),
+                inbox,
                 at=at,
                 now=now,
                 consume_events=False,
@@ -178,11 +192,11 @@ class SagaAdmin(SagaQueries[M]):
                 t,
                 steps,
                 at=at,
-                history=[entry, *settled.history],
+                history=[entry, *dropped, *settled.history],
                 context=None if ctx is row.context else ctx,
             )
             upd.new_lease_token = uuid.uuid4()
-            if settled.history:
+            if dropped or settled.history:
                 upd.inbox, upd.set_inbox = settled.inbox, True
             if action == "RETRY":
                 upd.set_last_error = False

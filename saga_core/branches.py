@@ -27,8 +27,9 @@ from saga_core import waits
 from saga_core.errors import is_transient
 from saga_core.lease import LeaseLost, monotonic
 from saga_core.logs import log_traceback
-from saga_core.rows import RETRY_AT_KEY, rotate_token, waits_of, with_waits
+from saga_core.rows import RETRY_AT_KEY, rotate_token, update_for, waits_of, with_waits
 from saga_core.run import Run
+from saga_core.store.base import RowUpdate, SagaRow
 
 __all__ = ["INBOX_POLL_S", "run_branches"]
 
@@ -259,7 +260,10 @@ class _Branches:
                         self._launch(i, delay)
                     await self._wait_some()
                     continue
-                return await self._settle()
+                settled = await self._settle()
+                if isinstance(settled, _GoOn):
+                    continue
+                return settled
         finally:
             if self.running:
                 tasks = list(self.running)
@@ -306,7 +310,7 @@ class _Branches:
             run.log.warning("could not look at the inbox (will look again): %s", exc)
             return False
 
-    async def _settle(self) -> m.Transition | None:
+    async def _settle(self) -> m.Transition | _GoOn | None:
         run = self.run
         if self.failed is not None:  # the rollback comes first: nothing waits any more
             self.retry_held.clear()
@@ -329,8 +333,59 @@ class _Branches:
                 await self._checkpoint(m.Transition(self.state, m.Schedule.hold()))
             await run.release(run.interrupted_note("worker draining: released between steps"))
             return None
+        if self.wait_held and t.state.status is m.SagaStatus.SUSPENDED:
+            return await self._suspend(t)
         await self._checkpoint(t)
         return t
+
+    async def _suspend(self, t: m.Transition) -> m.Transition | _GoOn:
+        """Suspend the saga (``t``) while a branch waits for an event, in one locked write
+        with a look at the inbox: an event that came for a waiting branch while this worker
+        held the saga is consumed instead, the saga stays held and the branch runs again
+        (GO_ON). Two writes (suspend, then look) would strand such an event if the worker
+        were lost between them: the saga released with no due time, its event unseen."""
+        run = self.run
+        self._save_holds()
+        history, error = self.history, self.error
+        consumed: list[waits.Settled] = []
+
+        def decide(row: SagaRow, now: datetime) -> RowUpdate:
+            consumed.clear()  # decided again if the write must be retried
+            at = now.isoformat()
+            inbox = list(row.inbox or [])
+            settled = waits.settle_inbox(
+                self.state, self.shape, run.context, run.steps, inbox, at=at, now=now
+            )
+            goes_on = m.Transition(self.state, m.Schedule.hold())
+            if settled.released:
+                consumed.append(settled)
+            upd = update_for(
+                goes_on if settled.released else t,
+                settled.steps,
+                at=at,
+                history=[*history, *settled.history],
+                context=settled.context,
+                last_error=error,
+                set_last_error=error is not None,
+            )
+            if settled.changed:
+                upd.inbox, upd.set_inbox = settled.inbox, True
+            return upd
+
+        await run.locked(decide)
+        self.history, self.error = [], None
+        if consumed:
+            self._released(consumed[0])
+            return GO_ON
+        run.span.saw(t.state.status.value)
+        return t
+
+
+class _GoOn:
+    """The saga did not settle after all (an event released a waiting branch): go on."""
+
+
+GO_ON = _GoOn()
 
 
 async def run_branches(run: Run) -> m.Transition | None:

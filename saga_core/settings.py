@@ -51,8 +51,8 @@ class SagaSettings(BaseSettings):
     """module:attribute of the application's SagaOrchestrator(s), or of a factory that takes
     the database URL and returns one (or a list)."""
     table: str = "saga_state"
-    concurrency: int = Field(default=64, ge=1, le=100_000)
-    batch_size: int = Field(default=32, ge=1, le=10_000)
+    concurrency: int = Field(default=512, ge=1, le=100_000)
+    batch_size: int = Field(default=64, ge=1, le=10_000)
     poll_interval: float = Field(default=1.0, gt=0, le=3600)
     drain_timeout: float = Field(default=30.0, ge=0, le=86_400)
     heartbeat_interval: float = Field(default=5.0, gt=0, le=3600)

@@ -19,6 +19,7 @@ from sagactl.cmd_repair import abort_cmd, compensate_cmd, notify_cmd, retry_cmd,
 from sagactl.cmd_show import show_cmd
 from sagactl.exitcodes import EXIT_CODES_HELP, ExitCode
 from sagactl.helpfmt import Command, Group
+from sagactl.logs import route_standard_logging
 from sagactl.runtime import ColorMode, GlobalOptions, OutputFormat, Runtime, pause_gc
 from sagactl.watch import watch_cmd
 
@@ -124,6 +125,7 @@ app.add_typer(db_app, rich_help_panel=OPERATE)
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``sagactl`` console script."""
     pause_gc()
+    route_standard_logging()
     raw = sys.argv[1:] if argv is None else argv
     args = hoist_global_options(raw)
     problem = undecodable(raw)

@@ -450,8 +450,9 @@ class SqlSagaStore(SqlReads, SagaStore):
         tell_unapplied: bool = False,
     ) -> tuple[SagaRow, bool]:
         t = self.table
-        async with self._write_lock(), self.engine.begin() as conn:
-            try:
+        done: tuple[SagaRow, bool] | None = None
+        try:
+            async with self._write_lock(), self.engine.begin() as conn:
                 current = await self._locked(conn, select(t).where(t.c.id == saga_id))
                 if current is None:
                     raise SagaNotFoundError(f"no saga with id {saga_id}", saga_id)
@@ -459,20 +460,25 @@ class SqlSagaStore(SqlReads, SagaStore):
                     raise LeaseLost()
                 upd = fn(current, await self._clock(conn))
                 if upd is None:
-                    return current, False
-                new = (await conn.execute(self._guarded(current, upd))).mappings().first()
-                if new is None:
-                    raise SagaConflictError(
-                        f"saga {saga_id} changed while the action was being applied; try again"
-                    )
-                if upd.deadline is DeadlineChange.AFTER and upd.delay <= timedelta(0):
-                    await self._wake(conn)
-            except Exception as exc:
-                # Before the commit: the server rolls back whatever this transaction did.
-                if tell_unapplied and is_transient(exc):
-                    raise NotApplied(exc) from exc
-                raise
-        return SagaRow.from_mapping(new), True
+                    done = current, False
+                else:
+                    res = await conn.execute(self._guarded(current, upd))
+                    new = res.mappings().first()
+                    if new is None:
+                        raise SagaConflictError(
+                            f"saga {saga_id} changed while the action was being applied; try again"
+                        )
+                    if upd.deadline is DeadlineChange.AFTER and upd.delay <= timedelta(0):
+                        await self._wake(conn)
+                    done = SagaRow.from_mapping(new), True
+        except Exception as exc:
+            # Before the commit the server rolls back whatever this transaction did; the
+            # commit of a transaction that wrote nothing (a look that decided nothing) loses
+            # nothing either. Only a commit of a write may or may not have landed.
+            if tell_unapplied and is_transient(exc) and (done is None or not done[1]):
+                raise NotApplied(exc) from exc
+            raise
+        return done
 
     async def saga_deliver(
         self,

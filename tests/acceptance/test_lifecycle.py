@@ -312,4 +312,4 @@ def test_example_config_documents_and_accepts_every_setting(tmp_path: Path) -> N
     enabled = tmp_path / "all.toml"
     enabled.write_text(re.sub(r"^# (\w+ = )", r"\1", text, flags=re.MULTILINE))
     settings = load_settings(enabled)
-    assert settings.metrics_port == 9464 and settings.concurrency == 64
+    assert settings.metrics_port == 9464 and settings.concurrency == 512

@@ -141,3 +141,17 @@ def test_watch_json_lines(subprocess_env: dict[str, str], seeded: Seeded) -> Non
     assert len(frames) == 2
     assert frames[0]["stats"]["total"] == 8
     assert frames[0]["failures"][0]["id"] == str(seeded["failed"])
+
+
+def test_standard_logging_reaches_stderr_through_loguru(
+    subprocess_env: dict[str, str], seeded: Seeded
+) -> None:
+    """Records of standard logging (here an application's, under ``saga_core.``) from
+    WARNING up are printed on stderr, as text, markup and braces kept; stdout stays the
+    command's output."""
+    out = run(subprocess_env, "--app", "log_app:orch", "-o", "json", "list")
+    assert out.returncode == 0, out.stderr
+    assert "sagactl: WARNING: careful: {braces} <b>[red]markup[/]</b> 42" in out.stderr
+    assert "info line" not in out.stderr
+    assert "careful" not in out.stdout
+    json.loads(out.stdout)

@@ -15,9 +15,13 @@ Sagas:
   ``chaos``.
 - ``poison``: step a records and succeeds; step b records, then SIGKILLs its own process
   (a step that brings its worker down every time).
+- ``evfork``: a parallel saga whose branches wait for external events (see
+  :mod:`chaos_events`): a -> (t, n, w) -> d.
 
 Environment read by :func:`make`: ``CHAOS_TABLE``, ``CHAOS_LEASE`` (seconds, default 2),
-``CHAOS_MAX_RECOVERIES`` (default 5; ``none``: unlimited), ``CHAOS_RECORD_URL``.
+``CHAOS_MAX_RECOVERIES`` (default 5; ``none``: unlimited), ``CHAOS_RECORD_URL``,
+``CHAOS_POOL`` (the saga engine's ``pool_size,max_overflow``, default ``3,2``; the recorder's
+pool has ``pool_size`` connections).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import os
 import signal
 from typing import Any
 
+import chaos_events
 from app_sagas import Recorder, model_for
 from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
@@ -42,6 +47,7 @@ from saga_core import (
 
 SAGAD_APP_NAME = "chaos-sagad"
 RECORDER_APP_NAME = "chaos-recorder"
+DELIVERER_APP_NAME = "chaos-deliverer"
 
 
 class ChaosIn(BaseModel):
@@ -100,18 +106,19 @@ def build(
     max_recoveries: int | None = 5,
     record_url: str | None = None,
     app_name: str = SAGAD_APP_NAME,
+    pool: tuple[int, int] = (3, 2),
 ) -> SagaOrchestrator[Any]:
     # Small pools: many of these processes share one server (max_connections) with others.
     engine = create_async_engine(
         url,
-        pool_size=3,
-        max_overflow=2,
+        pool_size=pool[0],
+        max_overflow=pool[1],
         pool_timeout=120,
         connect_args={"server_settings": {"application_name": app_name}},
     )
     rec_engine = create_async_engine(
         record_url or url,
-        pool_size=3,
+        pool_size=pool[0],
         max_overflow=0,
         pool_timeout=120,
         connect_args={"server_settings": {"application_name": RECORDER_APP_NAME}},
@@ -148,16 +155,34 @@ def build(
     for sid in ("a", "b"):
         poison.add_step(step=PoisonStep(rec), step_id=sid, input_map=_input(sid))
     orch.register("poison", poison.build())
+    # evfork's steps deliver events from inside the worker too, on an engine of their own
+    # (never a target of the faults: connections named chaos-deliverer).
+    deliverer: SagaOrchestrator[Any] = SagaOrchestrator(
+        model_class=orch.engine.model_class,
+        session_maker=async_sessionmaker(
+            create_async_engine(
+                url,
+                pool_size=1,
+                max_overflow=1,
+                pool_timeout=120,
+                connect_args={"server_settings": {"application_name": DELIVERER_APP_NAME}},
+            )
+        ),
+        execution_lease=lease,
+    )
+    orch.register("evfork", chaos_events.evfork(rec, table, deliverer))
     return orch
 
 
 def make(url: str) -> SagaOrchestrator[Any]:
     """The factory sagad imports: ``--app chaos_app:make``."""
     raw = os.environ.get("CHAOS_MAX_RECOVERIES", "5").strip().lower()
+    size, overflow = (int(x) for x in os.environ.get("CHAOS_POOL", "3,2").split(","))
     return build(
         url,
         table=os.environ.get("CHAOS_TABLE", "chaos_saga"),
         lease=float(os.environ.get("CHAOS_LEASE", "2")),
         max_recoveries=None if raw == "none" else int(raw),
         record_url=os.environ.get("CHAOS_RECORD_URL") or None,
+        pool=(size, overflow),
     )

@@ -1,29 +1,20 @@
-"""Attack: operator actions and step tokens. I11_SEMANTICS: a step's token is rotated when
-"an operator acts on the saga (retry, skip, compensate, abort end every wait)"; SEMANTICS.md:
-after an action that resumes work the saga is due now "with a new token". A step that handed
-out its token and then failed (waiting for its retry time, not for an event) keeps that
-token through an operator's retry: a late reply to the abandoned attempt is still accepted."""
+"""Attack: operator actions and step tokens. SEMANTICS.md: after an action that resumes work
+the saga is due now "with a new token"; an operator action spends every step's token. A step
+that handed out its token and then failed (waiting for its retry time, not for an event) kept
+that token through an operator's retry: a late reply to the abandoned attempt was accepted."""
 
 from __future__ import annotations
 
-import pytest
-from itkit import Harness, Work, from_context
-from regresskit import REPLY, Ask, AskLog, describe
+from itkit import Harness, Work, Worker, from_context
+from regresskit import REPLY, Ask, AskLog, describe, settle
 
-from saga_core import FixedRetry, InputContext, SagaBuilder
+from saga_core import FixedRetry, InputContext, SagaBuilder, StepContext
 
 
 def seen(ctx: InputContext) -> dict[str, int]:
     return {"replies": sum(1 for e in ctx.events if e.get("kind") == "reply")}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="contract conflict for the lead: I11_SEMANTICS says a step's token is rotated when "
-    "an operator acts on the saga and SEMANTICS.md promises a new token after an action that "
-    "resumes work, but test_step_context.py::test_idempotency_key_survives_a_new_claim "
-    "asserts that an operator retry keeps it (the code rotates only waiting steps' tokens)",
-)
 async def test_operator_retry_of_a_retry_wait_rotates_the_token(h: Harness) -> None:
     log = AskLog()
     b = SagaBuilder()
@@ -52,3 +43,39 @@ async def test_operator_retry_of_a_retry_wait_rotates_the_token(h: Harness) -> N
         f"the abandoned attempt's token still delivers after an operator retry: "
         f"{describe(await h.row(sid))}"
     )
+
+
+async def test_an_event_queued_for_an_overruled_execution_is_dropped(h: Harness) -> None:
+    """The other side answered while the step ran (the event is kept in the inbox until the
+    step waits), then the worker died. An operator's rollback of the abandoned saga spends
+    the token the event was sent to: the event is dropped (``UNUSED``, saying why), nothing
+    is left in the inbox, and the saga rolls back."""
+    log = AskLog()
+    dead_box: list[Worker] = []
+
+    async def respond(ctx: StepContext) -> None:
+        if ctx.worker == "dead":
+            assert await h.observer.notify(saga_id=ctx.saga_id, token=ctx.token, event=REPLY)
+            dead_box[0].crash()
+
+    b = SagaBuilder()
+    b.add_step(step=Work(h.probe), step_id="a", input_map=from_context)
+    b.add_step(step=Ask(log, respond=respond), step_id="ask", input_map=seen)
+    h.define("flow", b.build())
+    dead = await h.worker("dead", lease=1.0)
+    dead_box.append(dead)
+    operator = await h.worker("operator")
+    sid = await dead.orch.start(saga_name="flow", initial_data={"n": 1}, aggregation_id="o")
+    await dead.orch.run_due()
+    row = await h.row(sid)
+    assert row.lease_owner == "dead" and len(row.inbox or []) == 1, describe(row)
+    await h.wait_lease_expired(sid)
+    after = await operator.admin.compensate_step(sid, reason="give up")
+    assert after.step_execution_token != row.step_execution_token
+    row = await h.row(sid)
+    assert not row.inbox, describe(row)
+    (unused,) = [e for e in row.step_history or [] if e["status"] == "UNUSED"]
+    assert "operator action (COMPENSATE) spent the token" in unused["reason"], describe(row)
+    row = await settle(h, operator, sid)
+    assert row.status == "COMPENSATED", describe(row)
+    assert [r.replies for r in log.of(sid)] == [0]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from itkit import Harness, chain
+from itkit import Harness, chain, eventually
 
 from saga_core import FixedRetry, SagaError, StepContext, current_step
 
@@ -66,18 +66,49 @@ async def test_current_step_in_execute_and_compensate(h: Harness) -> None:
 
 
 async def test_idempotency_key_survives_a_new_claim(h: Harness) -> None:
-    """A retry after a suspension runs under a new claim with the same key, and the same
-    token: a step's token survives claims and retries (only its wait's end spends it)."""
+    """A retry after a suspension runs under a new claim with the same idempotency key
+    (``f"{saga_id}:{step_id}"``, not derived from the token: stable across every retry of
+    that step, an operator's included) but, after an operator retry, a NEW token: an
+    operator action spends every token handed out, so a late reply to the overruled attempt
+    is refused. The saga's ``step_execution_token`` follows: the one the retry runs with."""
     p = h.probe
     p.fail["b"] = 1
     h.define("flow", chain(p, retry={"b": FixedRetry(2, 3600)}))
     w = await h.worker()
     sid = await w.orch.start(saga_name="flow", initial_data={}, aggregation_id="x", inline=True)
-    await w.admin.retry_step(sid)
+    before = await w.orch.get_snapshot(sid)
+    after = await w.admin.retry_step(sid)
+    assert after.step_execution_token != before.step_execution_token
     await w.drain()
     b_runs = [c for c in p.contexts if c.step_id == "b"]
     assert [c.attempt for c in b_runs] == [1, 2]
-    assert b_runs[0].token == b_runs[1].token
+    assert b_runs[0].token == before.step_execution_token
+    assert b_runs[1].token == after.step_execution_token != b_runs[0].token
+    assert b_runs[0].idempotency_key == b_runs[1].idempotency_key == f"{sid}:b"
+    late = await w.orch.deliver(saga_id=sid, token=b_runs[0].token, event={"late": True})
+    assert not late.accepted
+
+
+async def test_a_plain_new_claim_keeps_the_token(h: Harness) -> None:
+    """No operator action: a failed attempt retried after its backoff (longer than
+    ``in_place_retry_max``, so the saga is released and claimed again) runs with the same
+    token and idempotency key, and the saga's ``step_execution_token`` stays that token."""
+    p = h.probe
+    p.fail["b"] = 1
+    h.define("flow", chain(p, retry={"b": FixedRetry(2, 0.3)}))
+    w = await h.worker(in_place_retry_max=0.1)
+    sid = await w.orch.start(saga_name="flow", initial_data={}, aggregation_id="x", inline=True)
+    suspended = await w.orch.get_snapshot(sid)
+    assert suspended.status.value == "SUSPENDED"
+
+    async def done() -> bool:
+        await w.orch.run_due()
+        return (await w.orch.get_snapshot(sid)).status.value == "COMPLETED"
+
+    await eventually(done, what="the retry of b after its backoff")
+    b_runs = [c for c in p.contexts if c.step_id == "b"]
+    assert [c.attempt for c in b_runs] == [1, 2]
+    assert b_runs[0].token == b_runs[1].token == suspended.step_execution_token
     assert b_runs[0].idempotency_key == b_runs[1].idempotency_key
 
 
