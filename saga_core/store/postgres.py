@@ -74,7 +74,8 @@ class PostgresSagaStore(SqlSagaStore):
 # Claims and checkpoints are most of the database work. They bypass SQLAlchemy's statement
 # construction (its per-call cost dominated a profile) and run as fixed SQL text on the asyncpg
 # connection underneath the pool, so asyncpg prepares each once per connection. A batch of
-# checkpoints is ONE statement: UPDATE ... FROM unnest(arrays), fenced per row by its token.
+# checkpoints is ONE statement, fenced per row by its token: UPDATE ... FROM the batch's rows,
+# one JSON document (jsonb_to_recordset) or, for what that cannot carry, parallel arrays.
 #
 # A batch retried after its connection died may already have committed (the server applied it,
 # the answer was lost). Every field is written absolutely, so re-applying it changes nothing,
@@ -141,6 +142,13 @@ _ROWS_FROM_ARRAYS = """unnest(
 _ROWS_FROM_JSON = """jsonb_to_recordset($1::jsonb) AS v(id uuid, token uuid, status text,
     phase text, idx int, steps jsonb, ctx jsonb, rc int, set_err bool, err text, hist jsonb,
     dmode int, delay_s float8, release bool, finished bool, step_token uuid, new_lease uuid)"""
+
+
+_JSON_BATCH_MAX_BYTES = 32 * 1024 * 1024
+"""A larger batch goes as arrays. PostgreSQL caps one jsonb value at 256 MB in its binary
+form, which is up to six times the text (arrays of small numbers): a batch of contexts
+that are each well within ``max_payload_bytes`` would be refused as one document (and
+written one checkpoint at a time), where each element of the array form is its own jsonb."""
 
 
 def _checkpoint_sql(table: str, rows: str, lease: str) -> str:
@@ -328,9 +336,10 @@ class FastPostgresSagaStore(PostgresSagaStore):
         if any(cp.update.set_inbox for cp in checkpoints):  # never on the hot path
             return await super().saga_checkpoint(checkpoints)
         try:
-            sql, args = self._checkpoint_json(checkpoints)
+            encoded = self._checkpoint_json(checkpoints)
         except TypeError:  # what orjson refuses (integers beyond 64 bits, ...): as before
-            sql, args = self._checkpoint_arrays(checkpoints)
+            encoded = None
+        sql, args = encoded or self._checkpoint_arrays(checkpoints)
         # One statement, so atomic without BEGIN/COMMIT (two round trips fewer per batch).
         async with self._raw() as raw:
             rows = await raw.fetch(sql, *args)
@@ -339,7 +348,8 @@ class FastPostgresSagaStore(PostgresSagaStore):
         applied = {(r[0], r[1]): Applied(lease_left=r[2], inbox=r[3]) for r in rows}
         return [applied.get((cp.saga_id, cp.token)) for cp in checkpoints]
 
-    def _checkpoint_json(self, checkpoints: Sequence[Checkpoint]) -> tuple[str, list[Any]]:
+    def _checkpoint_json(self, checkpoints: Sequence[Checkpoint]) -> tuple[str, list[Any]] | None:
+        """The batch as one JSON document; None when it is too large to be one jsonb value."""
         rows = [
             {
                 "id": cp.saga_id,
@@ -362,8 +372,10 @@ class FastPostgresSagaStore(PostgresSagaStore):
             }
             for cp in checkpoints
         ]
-        text = orjson.dumps(rows, default=str).decode()
-        return self._sql_checkpoint_json, [text, self.lease.total_seconds()]
+        data = orjson.dumps(rows, default=str)
+        if len(data) > _JSON_BATCH_MAX_BYTES:
+            return None
+        return self._sql_checkpoint_json, [data.decode(), self.lease.total_seconds()]
 
     def _checkpoint_arrays(self, checkpoints: Sequence[Checkpoint]) -> tuple[str, list[Any]]:
         cols: list[list[Any]] = [[] for _ in range(17)]

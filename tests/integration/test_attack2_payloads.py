@@ -14,6 +14,10 @@ Findings:
   ``0.00001``/``1e-7``/``1e16``, json ``1e-05``/``1e-07``/``1e+16``), so one output was
   refused while a *larger* one (the same plus a ``null``, which takes the careful path) was
   accepted, and an output over the limit by ``json``'s count was accepted (fixed);
+- a batch of checkpoints whose contexts are each within ``max_payload_bytes`` but together
+  over 256 MB as binary jsonb (up to six times their JSON text: small numbers) was refused
+  as one document and written one checkpoint at a time; such a batch now goes as arrays,
+  one statement as before the document (fixed);
 - pre-existing (dc7d772 too, pydantic's doing): NaN or infinity in an ``Any``-typed (or
   ``dict[str, Any]``) output field is dumped by ``model_dump(mode="json")`` as ``None`` and
   stored as ``null`` without a word, while the same NaN in a ``float`` field is refused
@@ -333,3 +337,30 @@ async def _claimed_more(h: Harness) -> list[tuple[uuid.UUID, uuid.UUID]]:
     )
     tokens = {r.id: r.lease_token for r in rows}
     return [(sid, tokens[sid]) for sid in ids]  # type: ignore[misc]
+
+
+async def test_attack2_a_batch_too_large_for_one_jsonb_is_still_one_statement(
+    h: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """48 checkpoints whose contexts each hold about 1 MB of JSON (within the default
+    ``max_payload_bytes``): a list of small numbers, which PostgreSQL's binary jsonb keeps in
+    six times the room of the text. As one JSON document the batch is over the 256 MB a
+    jsonb value may take: refused as a whole, then written one checkpoint at a time (48
+    round trips, a warning). The array form (each context its own jsonb) takes it in one
+    statement, as before the JSON document."""
+    claimed = await _claimed(h, 48)
+    ids = [1] * 490_000
+    writer = CheckpointWriter(h.store)
+    results = await asyncio.gather(
+        *(
+            writer.write(
+                Checkpoint(sid, token, RowUpdate(context={"i": i, "ids": ids}, history=[{"i": i}]))
+            )
+            for i, (sid, token) in enumerate(claimed)
+        )
+    )
+    assert all(r is not None for r in results)
+    assert "writing them one at a time" not in caplog.text, "the batch was refused"
+    for i, (sid, _) in enumerate(claimed[:3]):
+        row = await h.row(sid)
+        assert row.context == {"i": i, "ids": ids} and row.step_history == [{"i": i}]
