@@ -364,3 +364,52 @@ async def test_attack2_a_batch_too_large_for_one_jsonb_is_still_one_statement(
     for i, (sid, _) in enumerate(claimed[:3]):
         row = await h.row(sid)
         assert row.context == {"i": i, "ids": ids} and row.step_history == [{"i": i}]
+
+
+ERRORS = {
+    "nul": "a\x00b",
+    "lone_surrogate": "bad \udcff name",
+    "markup": "<script>alert(1)</script> & \"q\" '\u2028'",
+    "huge": "e" * 2_000_000,
+    "null_word": "null \\u0000",
+}
+
+
+class Raise(BaseStep[Case, AnyOut]):
+    async def execute(self, inp: Case) -> AnyOut:
+        raise RuntimeError(ERRORS[inp.case])
+
+    async def compensate(self, inp: Case, out: AnyOut) -> None:
+        pass
+
+
+async def test_attack2_hostile_error_messages_are_stored_escaped(h: Harness) -> None:
+    """Steps failing with error messages no store can keep as they are (NUL, a lone
+    surrogate), with markup, or 2 MB long, all at once (one batch): each saga records its
+    failure (escaped, bounded) and rolls back; none is stopped by another's message."""
+    b = SagaBuilder()
+    b.add_step(
+        step=Raise(),
+        step_id="raise",
+        input_map=lambda c: Case(case=c.initial_data["case"]),
+        retry_policy=FixedRetry(1, 0),
+    )
+    h.define("raise", b.build())
+    w = await h.worker()
+    ids = {
+        name: await w.orch.start(
+            saga_name="raise", initial_data={"case": name}, aggregation_id=name, inline=False
+        )
+        for name in ERRORS
+    }
+    await w.drain()
+    for name, sid in ids.items():
+        row = await h.row(sid)
+        assert row.status == "COMPENSATED", (name, describe(row))
+        (entry,) = [e for e in row.step_history or [] if e["status"] == "ERROR"]
+        assert row.last_error is not None and row.last_error.startswith("RuntimeError: ")
+        assert entry["error"] == row.last_error and len(row.last_error) < 10_000, name
+        assert "\x00" not in row.last_error and "\udcff" not in row.last_error
+        assert not [e for e in row.step_history or [] if e["status"] == "INTERRUPTED"], name
+    markup = (await h.row(ids["markup"])).last_error
+    assert markup == f"RuntimeError: {ERRORS['markup']}"
