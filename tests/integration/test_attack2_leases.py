@@ -274,6 +274,60 @@ async def test_attack2_cancelled_during_its_checkpoint_the_step_is_recorded_once
         await lock.free()
 
 
+async def test_attack2_cancelled_while_its_checkpoint_is_queued_the_step_is_recorded_once(
+    h: Harness,
+) -> None:
+    """The same, with the checkpoint still queued in the writer (another saga's batch is in
+    flight, held up by a row lock) when the run is cancelled: only the caller's future is
+    cancelled; the queued checkpoint is written when its turn comes, then the release."""
+    step = Tracked()
+    for name, ids in (("x", ("xa", "xb")), ("y", ("ya", "yb"))):
+        builder = SagaBuilder()
+        for sid in ids:
+            builder.add_step(step=step, step_id=sid, input_map=from_context)
+        h.define(name, builder.build())
+    lock = RowLock(h)
+    name = "a2-queued-w"
+    w = await named_worker(h, name)
+    eng = w.orch.engine
+    x = await w.orch.start(saga_name="x", initial_data={"n": 1}, aggregation_id="x")
+    y = await w.orch.start(saga_name="y", initial_data={"n": 1}, aggregation_id="y")
+    step.gates["xa"] = gate_x = asyncio.Event()
+    step.gates["ya"] = gate_y = asyncio.Event()
+    rows = {r.id: r for r in await eng.claim(2)}
+    assert set(rows) == {x, y}
+    run_x = w.spawn(eng.drive(rows[x]))
+    run_y = w.spawn(eng.drive(rows[y]))
+    try:
+        for sid in ("xa", "ya"):
+            await asyncio.wait_for(step.started_event(sid).wait(), SAFETY_TIMEOUT)
+        await lock.take(x)
+        gate_x.set()  # x's checkpoint: in flight, blocked on the lock
+        await eventually(lambda: waiting_on_a_lock(h, name), what="x's checkpoint to block")
+        gate_y.set()  # y's checkpoint: queued behind it
+
+        async def queued() -> bool:
+            return eng.writer.pending == 1
+
+        await eventually(queued, what="y's checkpoint to be queued")
+        run_y.cancel()  # the shutdown, for y
+        await asyncio.sleep(0)
+        await lock.free()
+        await asyncio.wait_for(asyncio.gather(run_x, run_y, return_exceptions=True), 20)
+        await asyncio.wait_for(eng.writer.flush(), SAFETY_TIMEOUT)
+        row = await h.row(y)
+        assert successes(row, "ya") == 1, describe(row)
+        assert row.lease_owner is None and history(row)[-1]["status"] == "INTERRUPTED", describe(
+            row
+        )
+        assert (await h.row(x)).status == "COMPLETED"
+        row = await settle(h, w, y)
+        assert row.status == "COMPLETED", describe(row)
+        assert sorted(s for s, _ in step.starts) == ["xa", "xb", "ya", "yb"], step.starts
+    finally:
+        await lock.free()
+
+
 async def test_attack2_connection_killed_while_a_checkpoint_waits_does_not_rerun_the_step(
     h: Harness,
 ) -> None:
