@@ -43,10 +43,11 @@ accepted (``test_attack_operator_tokens.py``). On the rebuilt run layer it finds
 200 examples of 20 and of 50 steps, nor at 400 of 20. The draft it replaces passed there
 too, but checked less: its oracle never expected a refusal nor looked at the token after an
 action, it slept a whole lease for every "let a lease pass" (most of its run time), and most
-of its "drop" rules crashed a worker with nothing to drop. Two model errors of the draft, found by reading (its
-few deliveries never reached them), fixed here: the latest token counted as live after an
-accepted event had spent it (a second delivery by it is rightly refused), and events dropped
-``UNUSED`` counted as pending forever (which turned the oracle off for that saga).
+of its "drop" rules crashed a worker with nothing to drop. Two model errors of the draft,
+found by reading (its few deliveries never reached them), fixed here: the latest token
+counted as live after an accepted event had spent it (a second delivery by it is rightly
+refused), and events dropped ``UNUSED`` counted as pending forever (which turned the oracle
+off for that saga).
 """
 
 from __future__ import annotations
