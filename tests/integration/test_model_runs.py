@@ -33,20 +33,21 @@ Checked after every rule:
   refused; an operator action is allowed exactly where SEMANTICS.md's table says.
 
 ``SAGA_MODEL_EXAMPLES`` (default 10) and ``SAGA_MODEL_STEPS`` (default 20) set the depth; the
-default run takes about 20 s. Deep runs: ``SAGA_MODEL_EXAMPLES=200`` (about 6 min on 2
-cores) and ``SAGA_MODEL_STEPS=50`` on top (about 7 min).
+default run takes 7 to 30 s here. Deep runs: ``SAGA_MODEL_EXAMPLES=200`` (about 6 min on 2
+shared cores), with ``SAGA_MODEL_STEPS=50`` too (about 18 min).
 
 What it found. On the code before this version's operator-token change it fails in two
 steps: an operator action kept the tokens of steps not waiting for an event, so the
 snapshot's token was unchanged and a late reply to an attempt the operator had overruled was
 accepted (``test_attack_operator_tokens.py``). On the rebuilt run layer it finds nothing at
-200 examples of 20 and of 50 steps. The draft it replaces passed there too, but checked less:
-its oracle never expected a refusal nor looked at the token after an action, it slept a whole
-lease for every "let a lease pass" (most of its run time), and most of its "drop" rules
-crashed a worker with nothing to drop. Two model errors of the draft, found by reading (its
-few deliveries never reached them), fixed here: the latest token counted as live after an
-accepted event had spent it (a second delivery by it is rightly refused), and events dropped
-``UNUSED`` counted as pending forever (which turned the oracle off for that saga).
+200 examples of 20 and of 50 steps, nor at 400 of 20. The draft it replaces passed there
+too, but checked less: its oracle never expected a refusal nor looked at the token after an
+action, it slept a whole lease for every "let a lease pass" (most of its run time), and most
+of its "drop" rules crashed a worker with nothing to drop. Two model errors of the draft,
+found by reading (its few deliveries never reached them), fixed here: the latest token
+counted as live after an accepted event had spent it (a second delivery by it is rightly
+refused), and events dropped ``UNUSED`` counted as pending forever (which turned the oracle
+off for that saga).
 """
 
 from __future__ import annotations
