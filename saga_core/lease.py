@@ -85,9 +85,19 @@ class Lease:
         length: the lease's length in seconds (``execution_lease``).
         sent: monotonic time at which the claim that granted it was sent.
         renew: extends the lease in the database (the store's ``saga_renew_lease``).
+        expire_unanswered: end the lease when a renewal is still unanswered as it runs out
+            (False on SQLite, where a renewal waits for the one write lock, not a network).
     """
 
-    def __init__(self, token: uuid.UUID, length: float, *, sent: float, renew: Renew) -> None:
+    def __init__(
+        self,
+        token: uuid.UUID,
+        length: float,
+        *,
+        sent: float,
+        renew: Renew,
+        expire_unanswered: bool = True,
+    ) -> None:
         self.token = token
         self._renew = renew
         self.length = length
@@ -98,6 +108,9 @@ class Lease:
         self._keep_timer: asyncio.TimerHandle | None = None
         self._keeper: asyncio.Task[None] | None = None
         self._expiry: asyncio.TimerHandle | None = None
+        # SQLite: a renewal that waits is queued behind the database's one write lock (a
+        # transactional step of this very process may hold it), not lost on a network.
+        self._expire_unanswered = expire_unanswered
         self.is_lost = False
 
     # --- what the database told us ---------------------------------------------------------
@@ -207,7 +220,8 @@ class Lease:
                 continue
             # A renewal left unanswered (a silent network: no reset, no reply; a connect
             # that hangs) must not outlast the lease: a timer ends it when the lease runs out.
-            self._arm_expiry(log)
+            if self._expire_unanswered:
+                self._arm_expiry(log)
             try:
                 if not await self.renew():
                     return

@@ -136,7 +136,13 @@ class Run:
             return await store.saga_renew_lease(saga_id, token)
 
         length = deps.settings.execution_lease.total_seconds()
-        lease = Lease(row.lease_token, length, sent=sent, renew=renew)
+        lease = Lease(
+            row.lease_token,
+            length,
+            sent=sent,
+            renew=renew,
+            expire_unanswered=store.dialect != "sqlite",
+        )
         return cls(
             row=row,
             definition=definition,
