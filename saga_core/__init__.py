@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     )
     from saga_core.machine import SagaStatus
     from saga_core.orchestrator import SagaEngine, SagaOrchestrator
+    from saga_core.reader import SagaReader
     from saga_core.retry import ExponentialRetry, FixedRetry, NoRetry, RetryPolicy
     from saga_core.schema import schema_status, upgrade_schema, upgrade_schema_sql, upgrade_script
     from saga_core.snapshot import SagaAdminSnapshot, SagaSnapshot
@@ -65,6 +66,7 @@ _WHERE = {
     "SagaStatus": "machine",
     "SagaEngine": "engine",
     "SagaOrchestrator": "orchestrator",
+    "SagaReader": "reader",
     "ExponentialRetry": "retry",
     "FixedRetry": "retry",
     "NoRetry": "retry",
@@ -112,6 +114,7 @@ __all__ = [
     "SagaInputError",
     "SagaNotFoundError",
     "SagaOrchestrator",
+    "SagaReader",
     "SagaSnapshot",
     "SagaState",
     "SagaStateError",

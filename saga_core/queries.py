@@ -5,7 +5,6 @@ actions); every method here only reads, except :meth:`SagaQueries.purge`."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import uuid
 from collections.abc import Sequence
 from datetime import datetime, timedelta
@@ -16,6 +15,7 @@ from saga_core import waits
 from saga_core.context import check_event_name
 from saga_core.engine import SagaEngine
 from saga_core.errors import SagaInputError, SagaNotFoundError
+from saga_core.filters import check_page, saga_filter, status_values
 from saga_core.payload import check_text, json_object
 from saga_core.snapshot import SagaAdminSnapshot, SagaSnapshot
 from saga_core.state import SagaStateMixin
@@ -28,22 +28,6 @@ M = TypeVar("M", bound=SagaStateMixin)
 
 DEFAULT_PURGE_BATCH = 500
 """Rows deleted per statement (and transaction) by ``SagaAdmin.purge``."""
-
-
-def status_values(
-    status: m.SagaStatus | str | Sequence[m.SagaStatus | str] | None,
-) -> list[str] | None:
-    if status is None:
-        return None
-    items = [status] if isinstance(status, str) else list(status)
-    out: list[str] = []
-    for s in items:
-        try:
-            out.append(m.SagaStatus(str(s).upper()).value)
-        except ValueError:
-            names = ", ".join(x.value for x in m.SagaStatus)
-            raise SagaInputError(f"unknown status {s!r}; use one of {names}") from None
-    return out
 
 
 class SagaQueries(Generic[M]):
@@ -85,25 +69,6 @@ class SagaQueries(Generic[M]):
             )
         return matches[0]
 
-    def _filter(
-        self,
-        status: Any,
-        saga_name: str | Sequence[str] | None,
-        aggregation_id: str | None,
-        created_after: datetime | None,
-        created_before: datetime | None,
-    ) -> SagaFilter:
-        names = (
-            [saga_name] if isinstance(saga_name, str) else (list(saga_name) if saga_name else None)
-        )
-        return SagaFilter(
-            statuses=status_values(status),
-            saga_names=names,
-            aggregation_id=aggregation_id,
-            created_after=created_after,
-            created_before=created_before,
-        )
-
     async def list_sagas(
         self,
         *,
@@ -118,11 +83,10 @@ class SagaQueries(Generic[M]):
         definition_version: int | None = None,
     ) -> list[SagaSnapshot]:
         """Sagas matching every given filter, newest first; ``limit`` is honoured as given."""
-        if limit < 0 or offset < 0:
-            raise SagaInputError("limit and offset must not be negative")
-        flt = self._filter(status, saga_name, aggregation_id, created_after, created_before)
-        if definition_version is not None:
-            flt = dataclasses.replace(flt, definition_version=definition_version)
+        check_page(limit, offset)
+        flt = saga_filter(
+            status, saga_name, aggregation_id, created_after, created_before, definition_version
+        )
         rows = await self.store.saga_list(
             flt, limit=limit, offset=offset, oldest_first=oldest_first
         )
@@ -137,7 +101,7 @@ class SagaQueries(Generic[M]):
         created_after: datetime | None = None,
         created_before: datetime | None = None,
     ) -> int:
-        flt = self._filter(status, saga_name, aggregation_id, created_after, created_before)
+        flt = saga_filter(status, saga_name, aggregation_id, created_after, created_before)
         return await self.store.saga_count(flt)
 
     async def stats(self) -> list[tuple[str, str, int]]:

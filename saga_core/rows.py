@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from saga_core import history as h
 from saga_core import machine as m
-from saga_core.definition import SagaDefinition
 from saga_core.store.base import DeadlineChange, LeaseChange, RowUpdate, SagaRow
+
+if TYPE_CHECKING:
+    from saga_core.definition import SagaDefinition
 
 __all__ = [
     "CLAIMABLE_SQL",

@@ -22,6 +22,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from saga_core.dburl import simple_url, with_driver
 from saga_core.errors import SagaError
 
 __all__ = ["SagaSettings", "SettingsError", "load_settings", "mask_secrets", "mask_url"]
@@ -104,6 +105,9 @@ class SagaSettings(BaseSettings):
     @field_validator("database_url")
     @classmethod
     def _check_url(cls, v: str) -> str:
+        simple = simple_url(v)
+        if simple is not None:  # the common shapes, read without importing SQLAlchemy
+            return with_driver(v, simple)
         from sqlalchemy.engine import make_url
         from sqlalchemy.exc import ArgumentError
 
@@ -184,18 +188,13 @@ def mask_secrets(text: str, urls: Iterable[str | None] = ()) -> str:
     """
     from urllib.parse import quote
 
-    from sqlalchemy.engine import make_url
-
     text = _URL_PASSWORD.sub(
         lambda m: f"{m.group('head')}***@" if m.group("password") else m.group(0), text
     )
     for raw in urls:
         if not raw:
             continue
-        try:
-            password = make_url(raw).password
-        except Exception:
-            continue
+        password = _password_of(raw)
         if not password:
             continue
         secret = str(password)
@@ -205,6 +204,19 @@ def mask_secrets(text: str, urls: Iterable[str | None] = ()) -> str:
             token = re.compile(r"(?<![A-Za-z0-9])" + re.escape(secret) + r"(?![A-Za-z0-9])")
             text = token.sub("***", text)
     return text
+
+
+def _password_of(url: str) -> str | None:
+    simple = simple_url(url)
+    if simple is not None:  # read without importing SQLAlchemy
+        return simple.password
+    try:
+        from sqlalchemy.engine import make_url
+
+        password = make_url(url).password
+    except Exception:
+        return None
+    return None if password is None else str(password)
 
 
 def _not_text(path: Path, raw: bytes) -> str | None:

@@ -11,11 +11,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from saga_core.definition import SagaDefinition
 from saga_core.errors import SagaDefinitionError
 from saga_core.store.base import WorkerRow
+
+if TYPE_CHECKING:
+    from saga_core.definition import SagaDefinition
 
 __all__ = [
     "DEFAULT_VERSION",
@@ -46,7 +48,7 @@ def check_version(version: Any, name: str) -> int:
     return version
 
 
-class Definitions(Mapping[str, SagaDefinition]):
+class Definitions(Mapping[str, "SagaDefinition"]):
     """The definitions registered on one engine, by name and version.
 
     As a mapping it is name -> the latest (highest) version's definition, which is what

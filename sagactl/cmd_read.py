@@ -53,11 +53,11 @@ def list_cmd(
             status=status, name=name, aggregation_id=aggregation_id, since=since, until=until
         )
         first = (page - 1) * limit if page else offset
-        async with rt.connect() as s:
+        async with rt.listing() as s:
             now = await s.now()
             query = flt.query(now)
-            sagas = await s.admin.list_sagas(**query, limit=limit, offset=first)
-            total = await s.admin.count_sagas(**query)
+            sagas = await s.list_sagas(**query, limit=limit, offset=first)
+            total = await s.count_sagas(**query)
         nxt = first + len(sagas) if first + len(sagas) < total else None
         if rt.output is OutputFormat.JSONL:
             rt.emit_lines(saga_json(x) for x in sagas)

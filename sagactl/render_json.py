@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from saga_core.snapshot import OrphanGroup, SagaSnapshot
 from sagactl.runtime import iso, to_json
-from sagactl.stats import Dashboard, Stats, WorkerView
+
+if TYPE_CHECKING:
+    from sagactl.stats import Dashboard, Stats, WorkerView
 
 __all__ = [
     "dashboard_json",

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ColorMode",
     "GlobalOptions",
+    "Listing",
     "OutputFormat",
     "Runtime",
     "Session",
@@ -125,6 +126,19 @@ class Session:
     async def now(self) -> datetime:
         """The database clock (ages and ``--since 2h`` are measured against it)."""
         return _utc(await self.admin.db_now())
+
+
+class Listing:
+    """What ``list`` reads: the database clock, a page of sagas and their count, through
+    ``SagaReader`` (no SQLAlchemy: ``list`` starts fast) or a ``Session``'s ``SagaAdmin``."""
+
+    def __init__(self, source: Any, now: Callable[[], Awaitable[datetime]]) -> None:
+        self.list_sagas = source.list_sagas
+        self.count_sagas = source.count_sagas
+        self._now = now
+
+    async def now(self) -> datetime:
+        return _utc(await self._now())
 
 
 _gc_paused = False
@@ -322,6 +336,28 @@ class Runtime:
                 engines[id(o.engine.sql_engine)] = o.engine.sql_engine
             for e in engines.values():
                 await e.dispose()
+
+    @asynccontextmanager
+    async def listing(self) -> AsyncIterator[Listing]:
+        """Listing reads: through ``SagaReader`` where it serves this configuration (no
+        ``--app``, no password file, a plain URL), else through :meth:`connect`."""
+        settings = self.settings
+        if (
+            not settings.app
+            and settings.database_password_file is None
+            and "database_url" in settings.model_fields_set
+        ):
+            from saga_core import SagaReader
+
+            timeout = float(os.environ.get("SAGACTL_CONNECT_TIMEOUT", "10"))
+            reader = await SagaReader.open(settings.database_url, settings.table, timeout=timeout)
+            if reader is not None:
+                resume_gc()
+                async with reader:
+                    yield Listing(reader, reader.db_now)
+                return
+        async with self.connect() as s:
+            yield Listing(s.admin, s.admin.db_now)
 
     def run(
         self,

@@ -1,11 +1,13 @@
-"""The persistence seam and its PostgreSQL and SQLite implementations."""
+"""The persistence seam and its PostgreSQL and SQLite implementations.
+
+Importing this package (or ``store.base``) does not import SQLAlchemy: the records and the
+interface are plain Python, and ``store.lite`` reads through the bare driver for consoles
+that must start fast. The SQL stores are imported by :func:`make_store`."""
 
 from __future__ import annotations
 
 from datetime import timedelta
-
-from sqlalchemy import Table
-from sqlalchemy.ext.asyncio import AsyncEngine
+from typing import TYPE_CHECKING
 
 from saga_core.errors import SagaStoreError
 from saga_core.store.base import (
@@ -18,6 +20,10 @@ from saga_core.store.base import (
     SagaStore,
     WorkerRow,
 )
+
+if TYPE_CHECKING:
+    from sqlalchemy import Table
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
 __all__ = [
     "Checkpoint",

@@ -29,6 +29,7 @@ PUBLIC = [
     "SagaInputError",
     "SagaNotFoundError",
     "SagaOrchestrator",
+    "SagaReader",
     "SagaSnapshot",
     "SagaState",
     "SagaStateError",
