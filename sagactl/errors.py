@@ -92,4 +92,9 @@ def classify(exc: BaseException) -> tuple[ExitCode, str]:
     if isinstance(exc, DBAPIError):
         detail = str(exc.orig or exc).strip().splitlines()[0]
         return ExitCode.ERROR, f"database error: {detail}"
+    if type(exc).__module__.partition(".")[0] in ("asyncpg", "sqlite3"):
+        # The same error raised by the bare driver (``list`` reads through SagaReader),
+        # not wrapped by SQLAlchemy: worded as above.
+        lines = str(exc).strip().splitlines()
+        return ExitCode.ERROR, f"database error: {lines[0] if lines else type(exc).__name__}"
     return ExitCode.ERROR, f"unexpected error: {type(exc).__name__}: {exc}"

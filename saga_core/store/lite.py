@@ -65,6 +65,11 @@ class LiteReads(ABC):
 
     def __init__(self, table: str) -> None:
         self.table = table
+        # Quoted, and every column qualified, as SQLAlchemy writes them: a table named by a
+        # reserved word (``user``, ``order``) is read as a table, and an outdated table's
+        # error names the column as ``table.column``. ``table`` is a plain lower-case name
+        # (see open_lite), which quoting does not change.
+        self._from = f'"{table}"'
 
     @abstractmethod
     def _mark(self, n: int) -> str:
@@ -86,6 +91,9 @@ class LiteReads(ABC):
     @abstractmethod
     async def close(self) -> None: ...
 
+    def _col(self, name: str) -> str:
+        return f'{self._from}."{name}"'
+
     def _where(self, flt: SagaFilter, params: list[Any]) -> str:
         conds: list[str] = []
 
@@ -94,20 +102,20 @@ class LiteReads(ABC):
             return self._mark(len(params))
 
         def among(column: str, values: Sequence[Any]) -> None:
-            conds.append(f"{column} IN ({', '.join(one(v) for v in values)})")
+            conds.append(f"{self._col(column)} IN ({', '.join(one(v) for v in values)})")
 
         if flt.statuses:
             among("status", flt.statuses)
         if flt.saga_names:
             among("saga_name", flt.saga_names)
         if flt.aggregation_id is not None:
-            conds.append(f"aggregation_id = {one(flt.aggregation_id)}")
+            conds.append(f"{self._col('aggregation_id')} = {one(flt.aggregation_id)}")
         if flt.created_after is not None:
-            conds.append(f"created_at >= {one(flt.created_after)}")
+            conds.append(f"{self._col('created_at')} >= {one(flt.created_after)}")
         if flt.created_before is not None:
-            conds.append(f"created_at < {one(flt.created_before)}")
+            conds.append(f"{self._col('created_at')} < {one(flt.created_before)}")
         if flt.updated_after is not None:
-            conds.append(f"updated_at >= {one(flt.updated_after)}")
+            conds.append(f"{self._col('updated_at')} >= {one(flt.updated_after)}")
         if flt.ids is not None:
             # An empty list matches nothing (as SQLAlchemy's empty IN does).
             if flt.ids:
@@ -115,9 +123,10 @@ class LiteReads(ABC):
             else:
                 conds.append("1 = 0")
         if flt.finished_before is not None:
-            conds.append(f"finished_at IS NOT NULL AND finished_at < {one(flt.finished_before)}")
+            finished = self._col("finished_at")
+            conds.append(f"{finished} IS NOT NULL AND {finished} < {one(flt.finished_before)}")
         if flt.definition_version is not None:
-            conds.append(f"definition_version = {one(flt.definition_version)}")
+            conds.append(f"{self._col('definition_version')} = {one(flt.definition_version)}")
         return f" WHERE {' AND '.join(conds)}" if conds else ""
 
     async def saga_list(
@@ -126,8 +135,9 @@ class LiteReads(ABC):
         params: list[Any] = []
         order = "ASC" if oldest_first else "DESC"
         sql = (
-            f"SELECT {', '.join(LIST_COLUMNS)} FROM {self.table}{self._where(flt, params)}"
-            f" ORDER BY created_at {order}, id {order}"
+            f"SELECT {', '.join(self._col(c) for c in LIST_COLUMNS)}"
+            f" FROM {self._from}{self._where(flt, params)}"
+            f" ORDER BY {self._col('created_at')} {order}, {self._col('id')} {order}"
             f" LIMIT {self._mark(len(params) + 1)} OFFSET {self._mark(len(params) + 2)}"
         )
         rows = await self._fetch(sql, [*params, int(limit), int(offset)])
@@ -135,7 +145,7 @@ class LiteReads(ABC):
 
     async def saga_count(self, flt: SagaFilter) -> int:
         params: list[Any] = []
-        sql = f"SELECT count(*) AS n FROM {self.table}{self._where(flt, params)}"
+        sql = f"SELECT count(*) AS n FROM {self._from}{self._where(flt, params)}"
         return int((await self._fetch(sql, params))[0]["n"])
 
 
@@ -197,7 +207,9 @@ class _SqliteReads(LiteReads):
         if isinstance(value, datetime):
             if value.tzinfo is not None:
                 value = value.astimezone(UTC).replace(tzinfo=None)
-            return value.strftime("%Y-%m-%d %H:%M:%S.%f")
+            # As SQLAlchemy's SQLite DATETIME writes it: a four-digit year (strftime's %Y
+            # does not pad years before 1000, and the text comparison would then go wrong).
+            return value.isoformat(sep=" ", timespec="microseconds")
         return value
 
     async def _fetch(self, sql: str, params: list[Any]) -> list[dict[str, Any]]:
@@ -232,7 +244,9 @@ async def open_lite(url: str, table: str, *, timeout: float = 10.0) -> LiteReads
         host=simple.host,
         port=simple.port,
         user=simple.user,
-        password=simple.password,
+        # An empty password is no password (SQLAlchemy passes none): asyncpg then reads
+        # PGPASSWORD or ~/.pgpass, which password="" would rule out.
+        password=simple.password or None,
         database=simple.database,
         timeout=timeout,
         statement_cache_size=0,
