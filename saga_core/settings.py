@@ -166,7 +166,7 @@ def mask_url(url: str) -> str:
 
 # The userinfo of a URL inside free text, by SQLAlchemy's own URL grammar (make_url: the
 # username is ``[^:/]*``, the password ``[^@]*`` up to the ``@``), kept within one token.
-_URL_PASSWORD = re.compile(r"(?P<head>[\w+]+://[^:/@\s]*:)(?P<password>[^@\s]*)@")
+_URL_PASSWORD = re.compile(r"(?<![\w+])(?P<head>[\w+]+://[^:/@\s]*:)(?P<password>[^@\s]*)@")
 
 MIN_FREE_TEXT_PASSWORD = 8
 """Shorter passwords are masked only where they stand in a URL (see :func:`mask_secrets`)."""

@@ -46,3 +46,28 @@ def test_unparseable_urls_are_ignored_and_mask_url_renders_by_structure() -> Non
     assert mask_secrets("plain text", ["not a url", "", None]) == "plain text"
     assert mask_url(SHORT) == "postgresql+asyncpg://app:***@db.internal:5432/orders"
     assert mask_url("sqlite+aiosqlite:///saga.db") == "sqlite+aiosqlite:///saga.db"
+
+
+def test_a_long_word_is_scanned_once_not_once_per_character() -> None:
+    """A long run of word characters (a hostile aggregation id echoed in a message) used to
+    make the URL pattern try a scheme at every position of the run: 40,000 characters took
+    seconds, 200,000 minutes. Now a scheme starts only where a word starts. Run in a
+    subprocess with a generous deadline (a hang guard, not a performance figure)."""
+    import subprocess
+    import sys
+
+    code = (
+        "from saga_core.settings import mask_secrets\n"
+        "s = 'x' * 200_000\n"
+        "assert mask_secrets(s) == s\n"
+        "t = s + ' postgresql://u:pw@h/db'\n"
+        "assert mask_secrets(t) == s + ' postgresql://u:***@h/db'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_a_url_glued_to_a_word_is_still_masked() -> None:
+    from saga_core.settings import mask_secrets
+
+    assert mask_secrets("errorpostgresql://u:pw@h/db") == "errorpostgresql://u:***@h/db"
+    assert mask_secrets("(postgresql://u:pw@h/db)") == "(postgresql://u:***@h/db)"
