@@ -1,17 +1,19 @@
-"""The saga filter of the listing calls (``SagaAdmin.list_sagas``/``count_sagas``,
-``SagaReader``), built from their keyword arguments. Plain Python: no SQLAlchemy."""
+"""The listing calls ``list_sagas`` and ``count_sagas``, shared by ``SagaAdmin`` (through
+the store) and ``SagaReader`` (through the bare driver), and the saga filter they build from
+their keyword arguments. Plain Python: no SQLAlchemy."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from saga_core import machine as m
 from saga_core.errors import SagaInputError
-from saga_core.store.base import SagaFilter
+from saga_core.snapshot import SagaSnapshot
+from saga_core.store.base import SagaFilter, SagaRow
 
-__all__ = ["check_page", "saga_filter", "status_values"]
+__all__ = ["ListingReads", "SagaListing", "check_page", "saga_filter", "status_values"]
 
 
 def status_values(
@@ -53,3 +55,56 @@ def saga_filter(
 def check_page(limit: int, offset: int) -> None:
     if limit < 0 or offset < 0:
         raise SagaInputError("limit and offset must not be negative")
+
+
+class ListingReads(Protocol):
+    """What the listing calls read through: a store, or ``store.lite``'s reads."""
+
+    async def saga_list(
+        self, flt: SagaFilter, *, limit: int = 100, offset: int = 0, oldest_first: bool = False
+    ) -> list[SagaRow]: ...
+
+    async def saga_count(self, flt: SagaFilter) -> int: ...
+
+
+class SagaListing:
+    """``list_sagas`` and ``count_sagas`` over :meth:`_listing_reads`."""
+
+    def _listing_reads(self) -> ListingReads:
+        raise NotImplementedError
+
+    async def list_sagas(
+        self,
+        *,
+        status: m.SagaStatus | str | Sequence[m.SagaStatus | str] | None = None,
+        saga_name: str | Sequence[str] | None = None,
+        aggregation_id: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        limit: int = 100,
+        offset: int = 0,
+        oldest_first: bool = False,
+        definition_version: int | None = None,
+    ) -> list[SagaSnapshot]:
+        """Sagas matching every given filter, newest first; ``limit`` is honoured as given."""
+        check_page(limit, offset)
+        flt = saga_filter(
+            status, saga_name, aggregation_id, created_after, created_before, definition_version
+        )
+        rows = await self._listing_reads().saga_list(
+            flt, limit=limit, offset=offset, oldest_first=oldest_first
+        )
+        return [SagaSnapshot.from_row(r) for r in rows]
+
+    async def count_sagas(
+        self,
+        *,
+        status: m.SagaStatus | str | Sequence[m.SagaStatus | str] | None = None,
+        saga_name: str | Sequence[str] | None = None,
+        aggregation_id: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+    ) -> int:
+        """Sagas matching every given filter."""
+        flt = saga_filter(status, saga_name, aggregation_id, created_after, created_before)
+        return await self._listing_reads().saga_count(flt)

@@ -15,7 +15,7 @@ from saga_core import waits
 from saga_core.context import check_event_name
 from saga_core.engine import SagaEngine
 from saga_core.errors import SagaInputError, SagaNotFoundError
-from saga_core.filters import check_page, saga_filter, status_values
+from saga_core.filters import ListingReads, SagaListing, status_values
 from saga_core.payload import check_text, json_object
 from saga_core.snapshot import SagaAdminSnapshot, SagaSnapshot
 from saga_core.state import SagaStateMixin
@@ -30,7 +30,7 @@ DEFAULT_PURGE_BATCH = 500
 """Rows deleted per statement (and transaction) by ``SagaAdmin.purge``."""
 
 
-class SagaQueries(Generic[M]):
+class SagaQueries(SagaListing, Generic[M]):
     """Read sagas, workers and definitions of one engine's table; purge finished sagas."""
 
     DEFAULT_PURGE_BATCH = DEFAULT_PURGE_BATCH
@@ -69,40 +69,8 @@ class SagaQueries(Generic[M]):
             )
         return matches[0]
 
-    async def list_sagas(
-        self,
-        *,
-        status: m.SagaStatus | str | Sequence[m.SagaStatus | str] | None = None,
-        saga_name: str | Sequence[str] | None = None,
-        aggregation_id: str | None = None,
-        created_after: datetime | None = None,
-        created_before: datetime | None = None,
-        limit: int = 100,
-        offset: int = 0,
-        oldest_first: bool = False,
-        definition_version: int | None = None,
-    ) -> list[SagaSnapshot]:
-        """Sagas matching every given filter, newest first; ``limit`` is honoured as given."""
-        check_page(limit, offset)
-        flt = saga_filter(
-            status, saga_name, aggregation_id, created_after, created_before, definition_version
-        )
-        rows = await self.store.saga_list(
-            flt, limit=limit, offset=offset, oldest_first=oldest_first
-        )
-        return [SagaSnapshot.from_row(r) for r in rows]
-
-    async def count_sagas(
-        self,
-        *,
-        status: m.SagaStatus | str | Sequence[m.SagaStatus | str] | None = None,
-        saga_name: str | Sequence[str] | None = None,
-        aggregation_id: str | None = None,
-        created_after: datetime | None = None,
-        created_before: datetime | None = None,
-    ) -> int:
-        flt = saga_filter(status, saga_name, aggregation_id, created_after, created_before)
-        return await self.store.saga_count(flt)
+    def _listing_reads(self) -> ListingReads:
+        return self.store
 
     async def stats(self) -> list[tuple[str, str, int]]:
         """(saga_name, status, count) for every pair present."""

@@ -9,21 +9,19 @@ actions — is ``SagaAdmin``'s.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from datetime import datetime
 from types import TracebackType
 
-from saga_core import machine as m
-from saga_core.filters import check_page, saga_filter
-from saga_core.snapshot import SagaSnapshot
+from saga_core.filters import ListingReads, SagaListing
 from saga_core.store.lite import LiteReads, lite_enabled, open_lite
 
 __all__ = ["SagaReader"]
 
 
-class SagaReader:
+class SagaReader(SagaListing):
     """Read-only listing of one saga table over one connection. Open with :meth:`open`;
-    close with :meth:`close` or ``async with``."""
+    close with :meth:`close` or ``async with``. ``list_sagas`` and ``count_sagas`` take the
+    arguments of ``SagaAdmin``'s and answer the same."""
 
     def __init__(self, reads: LiteReads) -> None:
         self._reads = reads
@@ -57,42 +55,9 @@ class SagaReader:
     ) -> None:
         await self.close()
 
+    def _listing_reads(self) -> ListingReads:
+        return self._reads
+
     async def db_now(self) -> datetime:
         """The database clock (SQLite: this process's clock, as the SQLite store uses)."""
         return await self._reads.db_now()
-
-    async def list_sagas(
-        self,
-        *,
-        status: m.SagaStatus | str | Sequence[m.SagaStatus | str] | None = None,
-        saga_name: str | Sequence[str] | None = None,
-        aggregation_id: str | None = None,
-        created_after: datetime | None = None,
-        created_before: datetime | None = None,
-        limit: int = 100,
-        offset: int = 0,
-        oldest_first: bool = False,
-        definition_version: int | None = None,
-    ) -> list[SagaSnapshot]:
-        """As ``SagaAdmin.list_sagas``: sagas matching every given filter, newest first."""
-        check_page(limit, offset)
-        flt = saga_filter(
-            status, saga_name, aggregation_id, created_after, created_before, definition_version
-        )
-        rows = await self._reads.saga_list(
-            flt, limit=limit, offset=offset, oldest_first=oldest_first
-        )
-        return [SagaSnapshot.from_row(r) for r in rows]
-
-    async def count_sagas(
-        self,
-        *,
-        status: m.SagaStatus | str | Sequence[m.SagaStatus | str] | None = None,
-        saga_name: str | Sequence[str] | None = None,
-        aggregation_id: str | None = None,
-        created_after: datetime | None = None,
-        created_before: datetime | None = None,
-    ) -> int:
-        """As ``SagaAdmin.count_sagas``."""
-        flt = saga_filter(status, saga_name, aggregation_id, created_after, created_before)
-        return await self._reads.saga_count(flt)

@@ -32,6 +32,29 @@ class Seeded:
         return self.ids[label]
 
 
+async def start_every_status(orch: Any) -> dict[str, uuid.UUID]:
+    """One saga in every status of ``LABELS`` but ``held``, on ``orch``'s table."""
+    ids: dict[str, uuid.UUID] = {}
+
+    async def start(label: str, name: str, inline: bool = True, **flags: bool) -> None:
+        ids[label] = await orch.start(
+            saga_name=name,
+            initial_data={"order_id": label, **flags},
+            aggregation_id=f"agg-{label}",
+            inline=inline,
+        )
+
+    await start("completed", "order")
+    await start("compensated", "order_fast", fail=True)
+    await start("failed", "order_manual", fail=True)
+    await start("compensating", "order_fast", fail=True, comp_fail=True)
+    await start("suspended", "order", fail=True)
+    await start("aborted", "order", fail=True)
+    await SagaAdmin(engine=orch.engine, actor="seed").abort(ids["aborted"], reason="seeding")
+    await start("running", "order", inline=False)
+    return ids
+
+
 async def seed(database_url: str, model: Any = None) -> Seeded:
     """Empty the table, then leave one saga in each status of ``LABELS`` (``running``: due
     now and unheld; ``held``: claimed by worker ``worker-held`` under a one-hour lease)."""
@@ -42,25 +65,13 @@ async def seed(database_url: str, model: Any = None) -> Seeded:
         await orch.create_tables()
         async with eng.sql_engine.begin() as conn:
             await conn.execute(text(f"TRUNCATE {eng.table_name}, saga_workers"))
-        ids: dict[str, uuid.UUID] = {}
-
-        async def start(label: str, name: str, inline: bool = True, **flags: bool) -> None:
-            ids[label] = await orch.start(
-                saga_name=name,
-                initial_data={"order_id": label, **flags},
-                aggregation_id=f"agg-{label}",
-                inline=inline,
-            )
-
-        await start("completed", "order")
-        await start("compensated", "order_fast", fail=True)
-        await start("failed", "order_manual", fail=True)
-        await start("compensating", "order_fast", fail=True, comp_fail=True)
-        await start("suspended", "order", fail=True)
-        await start("aborted", "order", fail=True)
-        await SagaAdmin(engine=eng, actor="seed").abort(ids["aborted"], reason="seeding")
-        await start("running", "order", inline=False)
-        await start("held", "order", inline=False)
+        ids = await start_every_status(orch)
+        ids["held"] = await orch.start(
+            saga_name="order",
+            initial_data={"order_id": "held"},
+            aggregation_id="agg-held",
+            inline=False,
+        )
         claimed = await holder.engine.claim(1, saga_ids=[ids["held"]])
         assert len(claimed) == 1
         tokens = {}

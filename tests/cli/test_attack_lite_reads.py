@@ -33,11 +33,10 @@ import asyncpg
 import pytest
 from cli_app import build
 from cli_helpers import Run, invoke
-from cli_seed import Seeded
+from cli_seed import Seeded, start_every_status
 from dbutil import plain_dsn
 from pgscram import PASSWORD, ScramServer, start_scram_server
 
-from saga_core import SagaAdmin
 from saga_core.schema import upgrade_schema
 from sagactl.appload import model_for_table
 
@@ -67,25 +66,7 @@ async def _seed_sqlite(url: str) -> dict[str, Any]:
     orch = build(url)
     try:
         await orch.create_tables()
-        ids: dict[str, Any] = {}
-
-        async def start(label: str, name: str, inline: bool = True, **flags: bool) -> None:
-            ids[label] = await orch.start(
-                saga_name=name,
-                initial_data={"order_id": label, **flags},
-                aggregation_id=f"agg-{label}",
-                inline=inline,
-            )
-
-        await start("completed", "order")
-        await start("compensated", "order_fast", fail=True)
-        await start("failed", "order_manual", fail=True)
-        await start("compensating", "order_fast", fail=True, comp_fail=True)
-        await start("suspended", "order", fail=True)
-        await start("aborted", "order", fail=True)
-        await SagaAdmin(engine=orch.engine, actor="seed").abort(ids["aborted"], reason="seed")
-        await start("running", "order", inline=False)
-        return ids
+        return await start_every_status(orch)
     finally:
         await orch.engine.sql_engine.dispose()
 
