@@ -7,7 +7,6 @@ import json
 import os
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from typing import Any
@@ -95,12 +94,15 @@ async def burn_down(
 
 
 def _spawn_starter(
-    url: str, rate: float, seconds: float, nice: int, pin: bool
+    code: Code, url: str, rate: float, seconds: float, nice: int, pin: bool
 ) -> subprocess.Popen[str]:
-    cmd = [sys.executable, "-m", "benchmarks.starter", "--url", url, "--rate", str(rate)]
+    # The worker's interpreter and app module (saga_bench_app), so that the sagas it starts
+    # carry the fingerprint the worker expects (no DEFINITION_CHANGED entry at the claim).
+    cmd = [code.python, "-m", "benchmarks.starter", "--url", url, "--rate", str(rate)]
     starter = subprocess.Popen(
         [*cmd, "--seconds", str(seconds)],
         cwd=ROOT,
+        env=code.env({"PYTHONPATH": os.pathsep.join([*code.pythonpath, str(ROOT)])}),
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -131,7 +133,7 @@ async def open_loop(
     starter: subprocess.Popen[str] | None = None
     try:
         await wait_registered(engine, 1)
-        starter = _spawn_starter(url, rate, seconds, nice, pin)
+        starter = _spawn_starter(code, url, rate, seconds, nice, pin)
         assert starter.stdin is not None and starter.stdout is not None
         json.loads(await asyncio.to_thread(starter.stdout.readline))  # ready
         await asyncio.sleep(0.5)

@@ -33,7 +33,10 @@ def _pct(values: list[float], q: float) -> float:
 
 async def run(url: str, rate: float, seconds: float, in_flight: int, pool: int) -> dict[str, Any]:
     os.environ["BENCH_POOL"] = str(pool)
-    from benchmarks.app import make_orchestrator
+    try:  # the worker's copy of the app (the same definition fingerprint)
+        from saga_bench_app import make_orchestrator  # type: ignore[import-not-found]
+    except ImportError:
+        from benchmarks.app import make_orchestrator
 
     orch = make_orchestrator(url)
     engine = orch.engine.sql_engine
