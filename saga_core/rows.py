@@ -6,6 +6,7 @@ Shared by the executor, event delivery, operator actions and every store query.
 
 from __future__ import annotations
 
+import functools
 import uuid
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -194,12 +195,19 @@ def with_tokens(row: SagaRow) -> list[dict[str, Any]]:
     return out
 
 
+@functools.lru_cache(maxsize=4096)
+def parse_token(text: str) -> uuid.UUID:
+    """A step token's text as a UUID (ValueError if it is none). Cached: a run parses the
+    same few tokens for every step, checkpoint and event."""
+    return uuid.UUID(text)
+
+
 def token_of(steps: list[dict[str, Any]], index: int) -> uuid.UUID | None:
     if not 0 <= index < len(steps):
         return None
     raw = steps[index].get("token")
     try:
-        return uuid.UUID(str(raw)) if raw is not None else None
+        return parse_token(str(raw)) if raw is not None else None
     except ValueError:
         return None
 
@@ -340,12 +348,14 @@ def update_for(
 ) -> RowUpdate:
     """The row update that persists transition ``t`` (``at``: the time of the notes the
     transition itself produces)."""
-    stamp = at or h.now_iso()
-    notes = [{"at": stamp, **n} for n in t.notes]
+    notes: list[dict[str, Any]] = []
+    if t.notes:
+        stamp = at or h.now_iso()
+        notes = [{"at": stamp, **n} for n in t.notes]
     steps = steps_json(row_steps, t.state)
     upd = RowUpdate(
-        status=t.state.status.value,
-        phase=t.state.phase.value,
+        status=t.state.status._value_,
+        phase=t.state.phase._value_,
         current_step_index=t.state.cursor,
         steps_state=steps,
         retry_counter=t.state.retry_counter,

@@ -24,6 +24,7 @@ from saga_core.rows import (
     STEP_INPUTS_KEY,
     STEP_OUTPUTS_KEY,
     machine_state,
+    parse_token,
     shape_of,
     update_for,
     with_tokens,
@@ -178,7 +179,7 @@ class Run:
         return self.definition.steps[index]
 
     def step_token(self, index: int) -> uuid.UUID:
-        return uuid.UUID(str(self.steps[index]["token"]))
+        return parse_token(str(self.steps[index]["token"]))
 
     def entry(self, spec: StepSpec, phase: str, attempt: int) -> dict[str, Any]:
         return h.attempt(
@@ -223,7 +224,7 @@ class Run:
                 "saga rolls back: compensating its completed steps, newest first"
             )
         if state.status.is_terminal or state.status is m.SagaStatus.FAILED:
-            self.deps.emit("finished", saga_name=self.row.saga_name, status=state.status.value)
+            self.deps.emit("finished", saga_name=self.row.saga_name, status=state.status._value_)
             log = self.log.bind(status=state.status.value)
             if state.status is m.SagaStatus.FAILED:
                 log.error("saga FAILED: an operator must act (%s)", self.row.saga_name)
@@ -252,7 +253,7 @@ class Run:
         upd = update_for(
             t,
             self.steps,
-            at=self.at(),
+            at=self.at() if t.notes else None,  # the time of the transition's own notes
             history=history,
             context=self.context,
             last_error=last_error,
