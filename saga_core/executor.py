@@ -10,9 +10,8 @@ events that arrived early (the saga's inbox) are found and consumed.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime
 
 from saga_core import attempt as a
@@ -27,7 +26,7 @@ from saga_core.rows import Wait, rotate_token, update_for, waits_of, with_waits
 from saga_core.run import Run, RunDeps
 from saga_core.store.base import DeadlineChange, RowUpdate, SagaRow
 from saga_core.tracebacks import traceback_text
-from saga_core.tracing import NO_SPAN, RunSpan, Tracing
+from saga_core.tracing import Tracing
 
 __all__ = ["Executor"]
 
@@ -79,25 +78,23 @@ class Executor:
             if row.lease_token is not None:
                 await deps.store.saga_release(row.id, row.lease_token, None)
             return
-        with self._span(row) as span:
-            run = Run.claimed(
-                row, definition, deps, log=log, sent=monotonic() if sent is None else sent
-            )
-            run.span = span
-            run.isolated = isolated
-            run.lease.start_keeping(log=log)
-            try:
-                await self._run(run)
-            finally:
-                await run.lease.stop_keeping()
-
-    @contextlib.contextmanager
-    def _span(self, row: SagaRow) -> Iterator[RunSpan]:
+        run = Run.claimed(
+            row, definition, deps, log=log, sent=monotonic() if sent is None else sent
+        )
+        run.isolated = isolated
         if self.tracing is None:
-            yield NO_SPAN
-        else:
-            with self.tracing.run_span(row, self.deps.settings.worker_id) as span:
-                yield span
+            await self._drive(run)
+            return
+        with self.tracing.run_span(row, settings.worker_id) as span:
+            run.span = span
+            await self._drive(run)
+
+    async def _drive(self, run: Run) -> None:
+        run.lease.start_keeping(log=run.log)
+        try:
+            await self._run(run)
+        finally:
+            await run.lease.stop_keeping()
 
     async def _run(self, run: Run) -> None:
         settings = self.deps.settings
@@ -210,7 +207,7 @@ class Executor:
             t = m.step_succeeded(state, run.shape)
             await run.checkpoint(t, [out.entry], set_last_error=True, succeeded=True)
         run.emit_step(out.entry)
-        run.span.saw(t.state.status.value, out.error)
+        run.span.saw(t.state.status._value_, out.error)
         return t
 
     async def _compensate(self, run: Run) -> m.Transition:
@@ -243,7 +240,7 @@ class Executor:
             await run.checkpoint(t, [out.entry], succeeded=True)
             error = None
         run.emit_step(out.entry)
-        run.span.saw(t.state.status.value, error)
+        run.span.saw(t.state.status._value_, error)
         return t
 
     @staticmethod

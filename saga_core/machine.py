@@ -86,7 +86,7 @@ class StepState:
     def to_json(self, step_id: str) -> dict[str, Any]:
         data: dict[str, Any] = {
             "step_id": step_id,
-            "status": self.status.value,
+            "status": self.status._value_,
             "attempts": self.attempts,
             "compensation_attempts": self.compensation_attempts,
         }
