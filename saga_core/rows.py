@@ -318,10 +318,20 @@ def shape_of(row: SagaRow) -> m.Shape:
     )
 
 
-def steps_json(row_steps: list[dict[str, Any]], state: m.MachineState) -> list[dict[str, Any]]:
+def steps_json(
+    row_steps: list[dict[str, Any]],
+    state: m.MachineState,
+    written: m.MachineState | None = None,
+) -> list[dict[str, Any]]:
+    """``row_steps`` updated to ``state``. ``written``: the state ``row_steps`` were made from
+    by this very function; its steps that ``state`` still holds (the same objects) keep
+    their entries as they are."""
+    kept = written.steps if written is not None else ()
     # The counters StepState leaves out when zero must not survive from the old entry.
     return [
-        {
+        old
+        if i < len(kept) and kept[i] is st
+        else {
             **(
                 {k: v for k, v in old.items() if k not in _OPTIONAL_STEP_KEYS}
                 if "failures" in old or "seq" in old
@@ -329,7 +339,7 @@ def steps_json(row_steps: list[dict[str, Any]], state: m.MachineState) -> list[d
             ),
             **st.to_json(str(old["step_id"])),
         }
-        for old, st in zip(row_steps, state.steps, strict=True)
+        for i, (old, st) in enumerate(zip(row_steps, state.steps, strict=True))
     ]
 
 
@@ -345,14 +355,15 @@ def update_for(
     context: dict[str, Any] | None = None,
     last_error: str | None = None,
     set_last_error: bool = False,
+    written: m.MachineState | None = None,
 ) -> RowUpdate:
     """The row update that persists transition ``t`` (``at``: the time of the notes the
-    transition itself produces)."""
+    transition itself produces; ``written``: see :func:`steps_json`)."""
     notes: list[dict[str, Any]] = []
     if t.notes:
         stamp = at or h.now_iso()
         notes = [{"at": stamp, **n} for n in t.notes]
-    steps = steps_json(row_steps, t.state)
+    steps = steps_json(row_steps, t.state, written)
     upd = RowUpdate(
         status=t.state.status._value_,
         phase=t.state.phase._value_,

@@ -118,6 +118,8 @@ class Run:
     shape: m.Shape = field(init=False)
     tx: Any = None
     """The open transaction of the transactional step in flight (see ``txstep``)."""
+    _written: tuple[list[dict[str, Any]], m.MachineState] | None = None
+    """``steps`` as the last checkpoint made them, with the state they were made from."""
 
     def __post_init__(self) -> None:
         self.context = dict(self.row.context)
@@ -250,6 +252,7 @@ class Run:
         ``succeeded`` commits with the step's own transaction. Events that arrived meanwhile
         for steps not running now (``in_flight``) are then settled: what that decided, or
         None."""
+        written = self._written
         upd = update_for(
             t,
             self.steps,
@@ -258,6 +261,8 @@ class Run:
             context=self.context,
             last_error=last_error,
             set_last_error=set_last_error,
+            # Unchanged since this run's last checkpoint: only the steps that moved are redone.
+            written=written[1] if written and written[0] is self.steps else None,
         )
         sent = monotonic()
         res = await self.deps.tx.commit(
@@ -268,6 +273,7 @@ class Run:
         self.lease.confirm(sent, res.lease_left)
         self.steps = upd.steps_state or self.steps
         self.state = t.state
+        self._written = (self.steps, t.state)
         if not res.inbox:
             return None
         try:
