@@ -243,7 +243,7 @@ async def build_input(run: Run, spec: StepSpec) -> BaseModel:
             )
         ]
     raw = spec.input_map(*args)
-    if inspect.isawaitable(raw):
+    if not isinstance(raw, BaseModel | dict) and inspect.isawaitable(raw):
         raw = await raw
     return _as_model(spec.input_model, raw, f"input_map of step {spec.step_id!r}")
 

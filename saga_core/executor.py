@@ -10,6 +10,7 @@ events that arrived early (the saga's inbox) are found and consumed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from datetime import datetime
@@ -26,7 +27,7 @@ from saga_core.rows import Wait, rotate_token, update_for, waits_of, with_waits
 from saga_core.run import Run, RunDeps
 from saga_core.store.base import DeadlineChange, RowUpdate, SagaRow
 from saga_core.tracebacks import traceback_text
-from saga_core.tracing import Tracing
+from saga_core.tracing import NO_SPAN, Tracing
 
 __all__ = ["Executor"]
 
@@ -82,19 +83,18 @@ class Executor:
             row, definition, deps, log=log, sent=monotonic() if sent is None else sent
         )
         run.isolated = isolated
-        if self.tracing is None:
-            await self._drive(run)
-            return
-        with self.tracing.run_span(row, settings.worker_id) as span:
+        tracing = self.tracing
+        with (
+            contextlib.nullcontext(NO_SPAN)
+            if tracing is None
+            else tracing.run_span(row, settings.worker_id)
+        ) as span:
             run.span = span
-            await self._drive(run)
-
-    async def _drive(self, run: Run) -> None:
-        run.lease.start_keeping(log=run.log)
-        try:
-            await self._run(run)
-        finally:
-            await run.lease.stop_keeping()
+            run.lease.start_keeping(log=log)
+            try:
+                await self._run(run)
+            finally:
+                await run.lease.stop_keeping()
 
     async def _run(self, run: Run) -> None:
         settings = self.deps.settings
@@ -190,7 +190,10 @@ class Executor:
         await run.lease.ensure()
         number = state.steps[state.cursor].attempts + 1
         call = a.execute(run, spec, number, state.retry_counter + 1)
-        out = await run.span.attempt(spec.step_id, h.EXECUTE, number, call)
+        if run.span is NO_SPAN:
+            out = await call
+        else:
+            out = await run.span.attempt(spec.step_id, h.EXECUTE, number, call)
         if out.kind == "wait":
             return await self._start_wait(run, spec, out)
         if out.kind == "failure":
@@ -216,7 +219,10 @@ class Executor:
         await run.lease.ensure()
         number = state.steps[state.cursor].compensation_attempts + 1
         call = a.compensate(run, spec, number, state.retry_counter + 1)
-        out = await run.span.attempt(spec.step_id, h.COMPENSATE, number, call)
+        if run.span is NO_SPAN:
+            out = await call
+        else:
+            out = await run.span.attempt(spec.step_id, h.COMPENSATE, number, call)
         if out.kind == "failure":
             delay = out.retry_delay
             t = m.compensation_failed(
