@@ -18,7 +18,7 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 __all__ = ["DbClock", "Interrupted", "Lease", "LeaseLost", "monotonic"]
@@ -57,12 +57,19 @@ class DbClock:
     def __init__(self, db_now: datetime, mono: float | None = None) -> None:
         self._db = db_now
         self._mono = monotonic() if mono is None else mono
+        # In UTC (as the stores give it), the text is a naive time's and the offset: the same
+        # text, in half the time.
+        self._naive_utc = db_now.replace(tzinfo=None) if db_now.tzinfo is UTC else None
 
     def now(self) -> datetime:
         return self._db + timedelta(seconds=monotonic() - self._mono)
 
     def iso(self) -> str:
-        return self.now().isoformat()
+        if self._naive_utc is None:
+            return self.now().isoformat()
+        return (
+            self._naive_utc + timedelta(seconds=monotonic() - self._mono)
+        ).isoformat() + "+00:00"
 
     def to_mono(self, at: datetime) -> float:
         """The monotonic time at which the database's clock reads ``at``."""
