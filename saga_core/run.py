@@ -5,6 +5,7 @@ every write the run makes (fenced by its lease token), shared by the sequential 
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
@@ -225,15 +226,19 @@ class Run:
             self.log.bind(status=state.status.value).warning(
                 "saga rolls back: compensating its completed steps, newest first"
             )
-        if state.status.is_terminal or state.status is m.SagaStatus.FAILED:
-            self.deps.emit("finished", saga_name=self.row.saga_name, status=state.status._value_)
-            log = self.log.bind(status=state.status.value)
-            if state.status is m.SagaStatus.FAILED:
-                log.error("saga FAILED: an operator must act (%s)", self.row.saga_name)
-            elif state.status is m.SagaStatus.COMPENSATED:
-                log.info("saga compensated (rolled back)")
-            else:
-                log.info("saga %s", state.status.value.lower())
+        status = state.status
+        if status.is_terminal or status is m.SagaStatus.FAILED:
+            self.deps.emit("finished", saga_name=self.row.saga_name, status=status._value_)
+            if status is m.SagaStatus.FAILED:
+                self.log.bind(status=status._value_).error(
+                    "saga FAILED: an operator must act (%s)", self.row.saga_name
+                )
+            elif self.log.isEnabledFor(logging.INFO):  # most sagas: not logged, no bind
+                log = self.log.bind(status=status._value_)
+                if status is m.SagaStatus.COMPENSATED:
+                    log.info("saga compensated (rolled back)")
+                else:
+                    log.info("saga %s", status._value_.lower())
 
     # --- writes ----------------------------------------------------------------------------------
 
