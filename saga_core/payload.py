@@ -120,10 +120,11 @@ def check_size(value: Any, what: str, limit: int) -> int:
     # The limit is json's count. orjson writes some floats differently: 1e-7 (json 1e-07, one
     # byte more: each such float holds "e-") and 0.00001 (json 1e-05, shorter). Clearly under
     # the limit, orjson's count will do; near or over it, json's decides (careful path).
+    # (bytes.find: ``in`` first tries its operand as an integer, an exception each time.)
     if (
         fast is not None
-        and b"null" not in fast
-        and b"\\u0000" not in fast
+        and fast.find(b"null") < 0
+        and fast.find(b"\\u0000") < 0
         and len(fast) + fast.count(b"e-") <= limit
     ):
         return len(fast)
