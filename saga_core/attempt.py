@@ -17,6 +17,7 @@ from pydantic import BaseModel
 from saga_core import history as h
 from saga_core.context import StepContext, WaitForEvent, run_with_step
 from saga_core.definition import InputContext, StepSpec
+from saga_core.frozen import make
 from saga_core.lease import Interrupted, LeaseLost, monotonic
 from saga_core.payload import check_size
 from saga_core.retry import RetryPolicy
@@ -98,7 +99,8 @@ def _with_policy(out: Outcome, policy: RetryPolicy, failures: int) -> Outcome:
 
 def step_context(run: Run, spec: StepSpec, phase: str, attempt: int) -> StepContext:
     suffix = "" if phase == h.EXECUTE else ":compensate"
-    return StepContext(
+    return make(
+        StepContext,
         saga_id=run.saga_id,
         saga_name=run.row.saga_name,
         aggregation_id=run.row.aggregation_id,
@@ -109,6 +111,7 @@ def step_context(run: Run, spec: StepSpec, phase: str, attempt: int) -> StepCont
         trace_id=run.row.trace_id,
         idempotency_key=f"{run.saga_id}:{spec.step_id}{suffix}",
         worker=run.worker,
+        _session=None,
     )
 
 

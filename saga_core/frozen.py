@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, TypeVar
 
-__all__ = ["replace"]
+__all__ = ["make", "replace"]
 
 T = TypeVar("T")
 
@@ -39,4 +39,15 @@ def replace(obj: T, /, **changes: Any) -> T:
     new = object.__new__(cls)
     new.__dict__.update(obj.__dict__)
     new.__dict__.update(changes)
+    return new
+
+
+def make(cls: type[T], /, **values: Any) -> T:
+    """``cls(**values)`` for such a dataclass, every field given, without its generated
+    ``__init__`` (which sets each field through ``object.__setattr__``); TypeError unless
+    ``values`` names exactly its fields."""
+    if values.keys() != _plain_fields(cls):
+        raise TypeError(f"{cls.__name__} takes the fields {sorted(_plain_fields(cls))}")
+    new = object.__new__(cls)
+    new.__dict__.update(values)
     return new

@@ -16,7 +16,7 @@ from typing import Any
 
 from saga_core import history as h
 from saga_core.errors import SagaStateError
-from saga_core.frozen import replace
+from saga_core.frozen import make, replace
 
 __all__ = [
     "ACTIVE_STATUSES",
@@ -98,7 +98,8 @@ class StepState:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> StepState:
-        return cls(
+        return make(
+            cls,
             status=StepStatus(data.get("status", "PENDING")),
             attempts=int(data.get("attempts", 0)),
             compensation_attempts=int(data.get("compensation_attempts", 0)),
