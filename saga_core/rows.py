@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from saga_core import history as h
 from saga_core import machine as m
+from saga_core.frozen import make
 from saga_core.store.base import DeadlineChange, LeaseChange, RowUpdate, SagaRow
 
 if TYPE_CHECKING:
@@ -290,10 +291,16 @@ def new_saga_values(
 # --- rows <-> machine ----------------------------------------------------------------------
 
 
+_SAGA_STATUSES: dict[str, m.SagaStatus] = {s.value: s for s in m.SagaStatus}
+_PHASES: dict[str, m.Phase] = {p.value: p for p in m.Phase}
+
+
 def machine_state(row: SagaRow) -> m.MachineState:
-    return m.MachineState(
-        status=m.SagaStatus(row.status),
-        phase=m.Phase(row.phase),
+    # The enums by dictionary (their own lookup is slower); an unknown text raises as before.
+    return make(
+        m.MachineState,
+        status=_SAGA_STATUSES.get(row.status) or m.SagaStatus(row.status),
+        phase=_PHASES.get(row.phase) or m.Phase(row.phase),
         cursor=row.current_step_index,
         steps=tuple(m.StepState.from_json(s) for s in row.steps_state),
         retry_counter=row.retry_counter,
