@@ -109,7 +109,7 @@ def step_context(run: Run, spec: StepSpec, phase: str, attempt: int) -> StepCont
         attempt=attempt,
         token=run.step_token(spec.index),
         trace_id=run.row.trace_id,
-        idempotency_key=f"{run.saga_id}:{spec.step_id}{suffix}",
+        idempotency_key=f"{run.saga_id_text}:{spec.step_id}{suffix}",
         worker=run.worker,
         _session=None,
     )

@@ -5,6 +5,7 @@ every write the run makes (fenced by its lease token), shared by the sequential 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import uuid
 from collections.abc import Callable, Coroutine
@@ -161,6 +162,10 @@ class Run:
     @property
     def saga_id(self) -> uuid.UUID:
         return self.row.id
+
+    @functools.cached_property
+    def saga_id_text(self) -> str:
+        return str(self.row.id)
 
     @property
     def worker(self) -> str:
