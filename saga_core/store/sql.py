@@ -353,6 +353,11 @@ class SqlSagaStore(SqlReads, SagaStore):
             .returning(t.c.deadline_at, t.c.lease_owner, self._inbox_flag(), clock)
         )
 
+    def _checkpoint_call(self, cp: Checkpoint, *, statement_clock: bool = False) -> Any:
+        """``conn.execute``'s statement and parameters for one checkpoint (SQLite keeps a
+        statement per shape of update and binds the values)."""
+        return self._checkpoint_stmt(cp, statement_clock=statement_clock), None
+
     @staticmethod
     def _applied(row: Any) -> Applied | None:
         if row is None:
@@ -373,7 +378,7 @@ class SqlSagaStore(SqlReads, SagaStore):
         results: list[Applied | None] = []
         async with self._write_lock(), self.engine.begin() as conn:
             for cp in checkpoints:
-                row = (await conn.execute(self._checkpoint_stmt(cp))).first()
+                row = (await conn.execute(*self._checkpoint_call(cp))).first()
                 results.append(self._applied(row))
         return results
 
@@ -382,8 +387,8 @@ class SqlSagaStore(SqlReads, SagaStore):
     ) -> Applied | None:
         # The statement of saga_checkpoint, on the session's connection (both backends: the
         # PostgreSQL fast path has connections of its own).
-        stmt = self._checkpoint_stmt(checkpoint, statement_clock=True)
-        return self._applied((await session.execute(stmt)).first())
+        stmt, params = self._checkpoint_call(checkpoint, statement_clock=True)
+        return self._applied((await session.execute(stmt, params)).first())
 
     async def saga_renew_lease(self, saga_id: uuid.UUID, token: uuid.UUID) -> float | None:
         t = self.table
