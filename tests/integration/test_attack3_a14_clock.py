@@ -13,7 +13,7 @@ read 1 µs off the clock's ``now()`` (fixed: timedelta's rounding there)."""
 from __future__ import annotations
 
 import random
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -48,7 +48,7 @@ def test_attack3_a14_iso_matches_now_for_hostile_clocks(monkeypatch: pytest.Monk
     non-UTC clocks (fixed offsets, negative ones, ZoneInfo) keep their offset."""
     mono = Pinned(monkeypatch)
     rng = random.Random(14)
-    tzs = [UTC, timezone.utc, timezone(timedelta(hours=-3)), timezone(timedelta(minutes=330))]
+    tzs: list[tzinfo] = [UTC, timezone(timedelta(hours=-3)), timezone(timedelta(minutes=330))]
     tzs.append(ZoneInfo("UTC"))
     tzs.append(ZoneInfo("America/New_York"))
     clocks = []
