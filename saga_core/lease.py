@@ -75,7 +75,14 @@ class DbClock:
         by every clock: made once a second) and the microseconds, four times faster."""
         if self._db_us is None:
             return self.now().isoformat()
-        second, micro = divmod(self._db_us + round((monotonic() - self._mono) * 1e6), 1_000_000)
+        elapsed = monotonic() - self._mono
+        us = elapsed * 1e6
+        rounded = round(us)
+        if abs(abs(us - rounded) - 0.5) < 1e-3:
+            # Near half a microsecond the product's own rounding may tip it the other way
+            # from timedelta's (exact) rounding, which ``now()`` uses: take timedelta's.
+            rounded = timedelta(seconds=elapsed) // _US
+        second, micro = divmod(self._db_us + rounded, 1_000_000)
         global _second_text
         known, text = _second_text
         if known != second:
